@@ -1,0 +1,123 @@
+// Command vipd gives a Kubernetes cluster highly available virtual IPs on
+// layer 2. It reads kube-vip's environment variables, so a kube-vip
+// manifest (args: ["manager"]) runs it unchanged.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vipd/vipd/internal/agent"
+	"github.com/vipd/vipd/internal/config"
+)
+
+// version is set at build time: go build -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+// Exit codes: a usage or configuration error is 2, so a crash-looping pod
+// with a bad manifest is told apart from an agent that failed while running.
+const (
+	exitAgentFailed = 1
+	exitUsage       = 2
+)
+
+func main() {
+	a := app{getenv: os.Getenv, stdout: os.Stdout, stderr: os.Stderr, runAgent: agent.Run}
+	os.Exit(a.execute(context.Background(), os.Args[1:]))
+}
+
+// app is vipd with its surroundings passed in, so tests can run it in-process.
+type app struct {
+	getenv         func(string) string
+	stdout, stderr io.Writer
+	runAgent       func(context.Context, config.Config, *slog.Logger) error
+}
+
+// agentError marks a failure of the running agent, as opposed to a usage
+// or configuration error.
+type agentError struct{ err error }
+
+func (e agentError) Error() string { return e.err.Error() }
+func (e agentError) Unwrap() error { return e.err }
+
+// execute runs vipd with args and returns the process exit code.
+func (a app) execute(ctx context.Context, args []string) int {
+	root := a.command()
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	if errors.As(err, new(agentError)) {
+		// Already logged by the agent's logger; nothing more to say.
+		return exitAgentFailed
+	}
+	fmt.Fprintf(a.stderr, "vipd: %v\n", err)
+	return exitUsage
+}
+
+func (a app) command() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "vipd",
+		Short:         "Highly available virtual IPs for bare-metal Kubernetes",
+		SilenceErrors: true, // execute prints errors itself, as one line
+		SilenceUsage:  true,
+	}
+	root.SetOut(a.stdout)
+	root.SetErr(a.stderr)
+
+	run := &cobra.Command{
+		Use:     "run",
+		Aliases: []string{"manager"}, // what kube-vip manifests run
+		Short:   "Run the agent until SIGTERM or SIGINT",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.run(cmd.Context(), cmd)
+		},
+	}
+	config.AddFlags(run.Flags())
+
+	ver := &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintln(cmd.OutOrStdout(), "vipd", version)
+		},
+	}
+
+	root.AddCommand(run, ver)
+	return root
+}
+
+func (a app) run(ctx context.Context, cmd *cobra.Command) error {
+	cfg, err := config.Load(cmd.Flags(), a.getenv)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: cfg.Level()})).With("node", cfg.NodeName)
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	log.Info("starting vipd", "version", version, "config", cfg)
+	if err := a.runAgent(ctx, cfg, log); err != nil {
+		log.Error("agent failed", "err", err)
+		return agentError{err}
+	}
+	if cause := context.Cause(ctx); cause != nil {
+		// Says which signal ended the run.
+		log.Info("vipd stopped", "cause", cause)
+		return nil
+	}
+	log.Info("vipd stopped")
+	return nil
+}

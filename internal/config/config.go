@@ -1,0 +1,126 @@
+// Package config holds vipd's settings: what they mean, their defaults, and
+// how they are read from flags and environment variables (kube-vip's names
+// are accepted so that an existing manifest keeps working).
+package config
+
+import (
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Config is the validated configuration of one agent.
+type Config struct {
+	// NodeName identifies this agent in Leases (vip_nodename; default: hostname).
+	NodeName string
+
+	// ControlPlane enables the control-plane VIP (cp_enable).
+	ControlPlane bool
+	// VIPs are the control-plane virtual IPs (address / vip_address). One
+	// address, or one IPv4 and one IPv6 address separated by a comma.
+	VIPs []netip.Addr
+	// Interface carries the VIPs (vip_interface). Empty: auto-detect.
+	Interface string
+
+	// ARP enables gratuitous ARP / unsolicited neighbour advertisements (vip_arp).
+	ARP bool
+	// ARPRate is the refresh interval of announcements (vip_arpRate, milliseconds).
+	ARPRate time.Duration
+
+	// Namespace holds the Leases (cp_namespace; default kube-system).
+	Namespace string
+	// LeaseName is the control-plane Lease (vip_leasename; default plndr-cp-lock).
+	LeaseName string
+	// LeaseDuration, RenewDeadline and RetryPeriod are the election timings
+	// (vip_leaseduration, vip_renewdeadline, vip_retryperiod; seconds, or a Go
+	// duration such as 500ms). Defaults 5s, 3s, 1s.
+	LeaseDuration time.Duration
+	RenewDeadline time.Duration
+	RetryPeriod   time.Duration
+
+	// PreserveVIPOnLeadershipLoss keeps IPv4 VIPs on the interface (silent)
+	// after leadership is lost, until a new leader is observed
+	// (vip_preserve_on_leadership_loss).
+	PreserveVIPOnLeadershipLoss bool
+
+	// Kubeconfig is the path of a kubeconfig (k8s_config_file, then
+	// KUBECONFIG). Empty: in-cluster configuration.
+	Kubeconfig string
+
+	// MetricsAddr is where Prometheus metrics are served (prometheus_server,
+	// e.g. ":2112"). Empty: no metrics server.
+	MetricsAddr string
+
+	// Services enables LoadBalancer Services (svc_enable).
+	Services bool
+	// ServiceElection elects each service address separately (svc_election).
+	ServiceElection bool
+	// ServiceNamespace restricts the Services served (svc_namespace; empty: all).
+	ServiceNamespace string
+	// ServiceLeaseName is the Lease of the one-for-all services election
+	// (svc_leasename; default plndr-svcs-lock).
+	ServiceLeaseName string
+
+	// LogLevel is debug, info, warn or error (vip_loglevel, which also
+	// takes kube-vip's numeric levels).
+	LogLevel string
+}
+
+// Defaults returns the settings used when neither a flag nor an environment
+// variable says otherwise. NodeName is left empty: Load fills in the host name.
+func Defaults() Config {
+	return Config{
+		ARP:              true,
+		ARPRate:          3 * time.Second,
+		Namespace:        "kube-system",
+		LeaseName:        "plndr-cp-lock",
+		LeaseDuration:    5 * time.Second,
+		RenewDeadline:    3 * time.Second,
+		RetryPeriod:      time.Second,
+		ServiceLeaseName: "plndr-svcs-lock",
+		LogLevel:         "info",
+	}
+}
+
+// Level is LogLevel as a slog level; anything unknown counts as info.
+func (c Config) Level() slog.Level {
+	switch c.LogLevel {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+// LogValue lets the effective configuration be logged as one group.
+func (c Config) LogValue() slog.Value {
+	vips := make([]string, len(c.VIPs))
+	for i, a := range c.VIPs {
+		vips[i] = a.String()
+	}
+	return slog.GroupValue(
+		slog.String("node_name", c.NodeName),
+		slog.Bool("control_plane", c.ControlPlane),
+		slog.String("vips", strings.Join(vips, ",")),
+		slog.String("interface", c.Interface),
+		slog.Bool("arp", c.ARP),
+		slog.Duration("arp_rate", c.ARPRate),
+		slog.String("namespace", c.Namespace),
+		slog.String("lease_name", c.LeaseName),
+		slog.Duration("lease_duration", c.LeaseDuration),
+		slog.Duration("renew_deadline", c.RenewDeadline),
+		slog.Duration("retry_period", c.RetryPeriod),
+		slog.Bool("preserve_vip_on_leadership_loss", c.PreserveVIPOnLeadershipLoss),
+		slog.String("kubeconfig", c.Kubeconfig),
+		slog.String("metrics_addr", c.MetricsAddr),
+		slog.Bool("services", c.Services),
+		slog.Bool("service_election", c.ServiceElection),
+		slog.String("service_namespace", c.ServiceNamespace),
+		slog.String("service_lease_name", c.ServiceLeaseName),
+		slog.String("log_level", c.LogLevel),
+	)
+}
