@@ -1,0 +1,144 @@
+package address
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+)
+
+// The netlink package (v1.3.1) neither sets nor reports IFA_PROTO, so the
+// address requests are built here with its nl package.
+
+// ifaProto is IFA_PROTO from linux/if_addr.h (Linux 5.18); x/sys/unix does
+// not name it.
+const ifaProto = 11
+
+// kernelAddr is one address as the kernel reports it.
+type kernelAddr struct {
+	addr      netip.Addr
+	prefixLen int
+	index     int
+	proto     uint8
+	flags     uint32
+}
+
+func (n *Namespace) request(typ, flags int) *nl.NetlinkRequest {
+	req := nl.NewNetlinkRequest(typ, flags)
+	if n.sockets != nil {
+		req.Sockets = n.sockets
+	}
+	return req
+}
+
+// dump lists the addresses of family (AF_UNSPEC: all) in the namespace.
+func (n *Namespace) dump(family int) ([]kernelAddr, error) {
+	var err error
+	// A dump that raced with an address change is flagged by the kernel;
+	// asking again gives a consistent one.
+	for range 3 {
+		var out []kernelAddr
+		req := n.request(unix.RTM_GETADDR, unix.NLM_F_DUMP)
+		req.AddData(nl.NewIfAddrmsg(family))
+		var msgs [][]byte
+		msgs, err = req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWADDR)
+		if errors.Is(err, nl.ErrDumpInterrupted) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("dumping addresses: %w", err)
+		}
+		for _, m := range msgs {
+			a, err := parseAddr(m)
+			if err != nil {
+				return nil, err
+			}
+			if family == unix.AF_UNSPEC || family == familyOf(a.addr) {
+				out = append(out, a)
+			}
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("dumping addresses: %w", err)
+}
+
+func parseAddr(m []byte) (kernelAddr, error) {
+	if len(m) < unix.SizeofIfAddrmsg {
+		return kernelAddr{}, fmt.Errorf("short address message (%d bytes)", len(m))
+	}
+	msg := nl.DeserializeIfAddrmsg(m)
+	attrs, err := nl.ParseRouteAttr(m[msg.Len():])
+	if err != nil {
+		return kernelAddr{}, fmt.Errorf("parsing address message: %w", err)
+	}
+	a := kernelAddr{prefixLen: int(msg.Prefixlen), index: int(msg.Index), flags: uint32(msg.Flags)}
+	var local, address netip.Addr
+	for _, attr := range attrs {
+		switch attr.Attr.Type {
+		case unix.IFA_LOCAL:
+			local, _ = netip.AddrFromSlice(attr.Value)
+		case unix.IFA_ADDRESS:
+			address, _ = netip.AddrFromSlice(attr.Value)
+		case unix.IFA_FLAGS:
+			if len(attr.Value) >= 4 {
+				a.flags = nl.NativeEndian().Uint32(attr.Value)
+			}
+		case ifaProto:
+			if len(attr.Value) >= 1 {
+				a.proto = attr.Value[0]
+			}
+		}
+	}
+	// IFA_LOCAL is the address itself; IFA_ADDRESS is the peer of a
+	// point-to-point address, and the only one IPv6 usually sends.
+	a.addr = local
+	if !a.addr.IsValid() {
+		a.addr = address
+	}
+	return a, nil
+}
+
+// newAddr adds vip as a host address (/32 or /128), marked with Proto.
+func (n *Namespace) newAddr(index int, vip netip.Addr) error {
+	req := n.request(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+	msg := nl.NewIfAddrmsg(familyOf(vip))
+	msg.Prefixlen = uint8(vip.BitLen())
+	msg.Index = uint32(index)
+	msg.Scope = unix.RT_SCOPE_UNIVERSE
+	if vip.Is6() {
+		// A VIP moves between nodes; DAD would keep it unusable ("tentative")
+		// for a second or more after every takeover.
+		msg.Flags = unix.IFA_F_NODAD
+	}
+	req.AddData(msg)
+	req.AddData(nl.NewRtAttr(unix.IFA_LOCAL, vip.AsSlice()))
+	req.AddData(nl.NewRtAttr(unix.IFA_ADDRESS, vip.AsSlice()))
+	if vip.Is6() {
+		req.AddData(nl.NewRtAttr(unix.IFA_FLAGS, nl.Uint32Attr(unix.IFA_F_NODAD)))
+	}
+	req.AddData(nl.NewRtAttr(ifaProto, nl.Uint8Attr(Proto)))
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
+}
+
+// delAddr deletes exactly a (same address and prefix length).
+func (n *Namespace) delAddr(index int, a kernelAddr) error {
+	req := n.request(unix.RTM_DELADDR, unix.NLM_F_ACK)
+	msg := nl.NewIfAddrmsg(familyOf(a.addr))
+	msg.Prefixlen = uint8(a.prefixLen)
+	msg.Index = uint32(index)
+	req.AddData(msg)
+	req.AddData(nl.NewRtAttr(unix.IFA_LOCAL, a.addr.AsSlice()))
+	req.AddData(nl.NewRtAttr(unix.IFA_ADDRESS, a.addr.AsSlice()))
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
+}
+
+func familyOf(a netip.Addr) int {
+	if a.Is4() {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
+}
