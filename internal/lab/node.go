@@ -1,0 +1,135 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// LinkDown takes the node off the segment by setting its port on the bridge
+// down; the node's eth0 loses carrier, as when its cable is pulled.
+func (n *Node) LinkDown() error {
+	if err := ipCmd(n.lab.BridgeNetns, "link", "set", n.bridgePort, "down"); err != nil {
+		return fmt.Errorf("taking %s off the segment: %w", n.Name, err)
+	}
+	return nil
+}
+
+// LinkUp puts the node back on the segment.
+func (n *Node) LinkUp() error {
+	if err := ipCmd(n.lab.BridgeNetns, "link", "set", n.bridgePort, "up"); err != nil {
+		return fmt.Errorf("putting %s back on the segment: %w", n.Name, err)
+	}
+	return nil
+}
+
+// BlockAPI adds blackhole routes to the API server's addresses in the node's
+// namespace: the node loses the API server but keeps its clients.
+func (n *Node) BlockAPI() error {
+	if err := ipCmd(n.Netns, "route", "add", "blackhole", APIIPv4+"/32"); err != nil {
+		return fmt.Errorf("blocking the API server on %s: %w", n.Name, err)
+	}
+	if err := ipCmd(n.Netns, "-6", "route", "add", "blackhole", APIIPv6+"/128"); err != nil {
+		return fmt.Errorf("blocking the API server on %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// UnblockAPI removes the routes BlockAPI added.
+func (n *Node) UnblockAPI() error {
+	if err := ipCmd(n.Netns, "route", "del", "blackhole", APIIPv4+"/32"); err != nil {
+		return fmt.Errorf("unblocking the API server on %s: %w", n.Name, err)
+	}
+	if err := ipCmd(n.Netns, "-6", "route", "del", "blackhole", APIIPv6+"/128"); err != nil {
+		return fmt.Errorf("unblocking the API server on %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// dropTable is the nftables table DropPercent owns in a node's namespace.
+const dropTable = "vipdlab"
+
+// DropPercent makes the node's eth0 drop p percent of frames at random in
+// both directions (ARP and neighbour discovery included); 0 removes the
+// drop. It stands in for netem, which this kernel lacks.
+func (n *Node) DropPercent(p int) error {
+	if p < 0 || p > 100 {
+		return fmt.Errorf("drop percentage %d out of 0..100", p)
+	}
+	// Declaring then deleting the table makes the script work whether or
+	// not the table exists.
+	script := fmt.Sprintf("table netdev %[1]s\ndelete table netdev %[1]s\n", dropTable)
+	if p > 0 {
+		rule := fmt.Sprintf("numgen random mod 100 < %d drop", p)
+		if p == 100 {
+			rule = "drop" // numgen's values stop at 99
+		}
+		chain := func(hook string) string {
+			return fmt.Sprintf("  chain %[1]s { type filter hook %[1]s device \"eth0\" priority 0; policy accept; %[2]s; }\n", hook, rule)
+		}
+		script += "table netdev " + dropTable + " {\n" + chain("ingress") + chain("egress") + "}\n"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := execIn(ctx, n.Netns, strings.NewReader(script), "nft", "-f", "-"); err != nil {
+		return fmt.Errorf("setting %d%% drop on %s: %w", p, n.Name, err)
+	}
+	return nil
+}
+
+// ServeTCP listens on port on 0.0.0.0 and [::] in the node's namespace and
+// answers every connection with the node's name and a newline, so a client
+// connecting to a VIP learns which node holds it. The listeners close with
+// the lab.
+func (n *Node) ServeTCP(port int) error {
+	var lns []net.Listener
+	err := InNetns(n.Netns, func() error {
+		for _, a := range []struct{ network, addr string }{
+			{"tcp4", net.JoinHostPort("0.0.0.0", strconv.Itoa(port))},
+			{"tcp6", net.JoinHostPort("::", strconv.Itoa(port))},
+		} {
+			ln, err := net.Listen(a.network, a.addr)
+			if err != nil {
+				return fmt.Errorf("listening on %s on %s: %w", a.addr, n.Name, err)
+			}
+			lns = append(lns, ln)
+		}
+		return nil
+	})
+	for _, ln := range lns {
+		if err != nil {
+			ln.Close()
+			continue
+		}
+		if terr := n.lab.track(ln); terr != nil {
+			ln.Close()
+			err = terr
+			continue
+		}
+		go answerName(ln, n.Name)
+	}
+	return err
+}
+
+func answerName(ln net.Listener, name string) {
+	for {
+		c, err := ln.Accept()
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err != nil {
+			// Temporary, e.g. out of file descriptors: back off a little.
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		go func() {
+			defer c.Close()
+			_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			_, _ = c.Write([]byte(name + "\n"))
+		}()
+	}
+}
