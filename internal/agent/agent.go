@@ -1,0 +1,273 @@
+// Package agent wires configuration, election, addresses and announcements
+// into one running vipd.
+//
+// Data flows one way: the election's status gives the desired set of VIPs
+// (planFor), and the reconciler makes the interface and the announcer match
+// it. Nothing else adds, removes or announces a VIP.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/flowcontrol"
+
+	"github.com/vipd/vipd/internal/address"
+	"github.com/vipd/vipd/internal/announce"
+	"github.com/vipd/vipd/internal/config"
+	"github.com/vipd/vipd/internal/election"
+)
+
+// resyncInterval is how often the reconciler re-reads the interface even
+// when nothing changed, to repair an address someone else removed.
+const resyncInterval = 5 * time.Second
+
+// releaseTimeout bounds the final Lease release on shutdown, so a dead API
+// server cannot hold up a node drain.
+const releaseTimeout = 2 * time.Second
+
+// Run runs the agent until ctx is cancelled; then it steps down cleanly
+// (stops announcing, removes its VIPs, releases its Leases) and returns.
+// Every check that can fail on bad configuration runs before anything on
+// the node is changed.
+func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	if cfg.Services {
+		return errors.New("svc_enable: LoadBalancer Services are not supported by this version of vipd yet")
+	}
+	if !cfg.ControlPlane {
+		return errors.New("cp_enable: nothing to do; enable the control-plane VIP")
+	}
+
+	iface, err := resolveInterface(cfg.Interface)
+	if err != nil {
+		return err
+	}
+	log = log.With("iface", iface.Name)
+	for _, vip := range cfg.VIPs {
+		if err := checkNotNodeAddress(vip); err != nil {
+			return err
+		}
+	}
+
+	client, err := newClient(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	cp, err := election.NewLease(election.LeaseConfig{
+		Client:        client,
+		Namespace:     cfg.Namespace,
+		Name:          cfg.LeaseName,
+		Identity:      cfg.NodeName,
+		LeaseDuration: cfg.LeaseDuration,
+		RenewDeadline: cfg.RenewDeadline,
+		RetryPeriod:   cfg.RetryPeriod,
+		Log:           log,
+	})
+	if err != nil {
+		return fmt.Errorf("setting up the control-plane election: %w", err)
+	}
+
+	var ann announcer = noAnnouncer{}
+	if cfg.ARP {
+		a, err := announce.New(iface.Net(), announce.Options{Interval: cfg.ARPRate}, log)
+		if err != nil {
+			return fmt.Errorf("starting announcements on %s: %w", iface.Name, err)
+		}
+		defer a.Close()
+		ann = a
+	} else {
+		log.Warn("vip_arp is off: VIPs are added but never announced; clients learn the new holder only when their neighbour entries expire")
+	}
+
+	// From here on the node is changed. A VIP left by an earlier run that
+	// crashed is not ours to hold until we win the election again.
+	if err := removeStale(iface, log); err != nil {
+		return err
+	}
+
+	r := &reconciler{iface: iface, ann: ann, vips: cfg.VIPs, preserve: cfg.PreserveVIPOnLeadershipLoss, log: log}
+	electionCtx, stopElection := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() { done <- cp.Run(electionCtx) }()
+	log.Info("agent started", "vips", cfg.VIPs, "lease", cfg.Namespace+"/"+cfg.LeaseName)
+
+	resync := time.NewTicker(resyncInterval)
+	defer resync.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			err := r.shutdown(cp)
+			stopElection()
+			return errors.Join(err, <-done)
+		case err := <-done:
+			stopElection()
+			r.apply(plan{})
+			return fmt.Errorf("control-plane election ended: %w", err)
+		case <-cp.Changes():
+		case <-resync.C:
+		}
+		r.reconcile(cp.Status())
+	}
+}
+
+// announcer is the part of announce.Announcer the reconciler uses.
+type announcer interface {
+	Set(vips []netip.Addr)
+}
+
+type noAnnouncer struct{}
+
+func (noAnnouncer) Set([]netip.Addr) {}
+
+type reconciler struct {
+	iface    *address.Interface
+	ann      announcer
+	vips     []netip.Addr
+	preserve bool
+	log      *slog.Logger
+	last     election.Status
+}
+
+func (r *reconciler) reconcile(st election.Status) {
+	if st != r.last {
+		r.log.Info("election status changed", "leading", st.Leading, "leader", st.Leader,
+			"was_leading", r.last.Leading, "was_leader", r.last.Leader)
+		r.last = st
+	}
+	r.apply(planFor(st, r.vips, r.preserve, r.onIface))
+}
+
+func (r *reconciler) onIface(vip netip.Addr) bool {
+	ok, err := r.iface.Has(vip)
+	if err != nil {
+		r.log.Error("reading interface addresses", "vip", vip, "err", err)
+	}
+	return ok
+}
+
+// apply makes the node match p. Announcements stop before an address goes,
+// and start only after it is in place.
+func (r *reconciler) apply(p plan) {
+	var keep []netip.Addr
+	for _, vip := range p.announce {
+		if r.onIface(vip) {
+			keep = append(keep, vip)
+		}
+	}
+	r.ann.Set(keep)
+
+	for _, vip := range r.vips {
+		if slices.Contains(p.present, vip) || !r.onIface(vip) {
+			continue
+		}
+		if err := r.iface.Remove(vip); err != nil {
+			r.log.Error("removing VIP", "vip", vip, "err", err)
+			continue
+		}
+		r.log.Info("removed VIP", "vip", vip)
+	}
+	var announce []netip.Addr
+	for _, vip := range p.present {
+		if !r.onIface(vip) {
+			if err := r.iface.Add(vip); err != nil {
+				r.log.Error("adding VIP", "vip", vip, "err", err)
+				continue
+			}
+			r.log.Info("added VIP", "vip", vip)
+		}
+		if slices.Contains(p.announce, vip) {
+			announce = append(announce, vip)
+		}
+	}
+	r.ann.Set(announce)
+}
+
+// shutdown steps down in the order that keeps one holder: silence, remove
+// the addresses, then release the Lease so the next holder starts at once.
+func (r *reconciler) shutdown(e election.Election) error {
+	r.log.Info("shutting down: stepping down")
+	r.apply(plan{})
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	if err := e.Release(ctx); err != nil {
+		r.log.Warn("could not release the lease; others take over when it expires", "err", err)
+	}
+	return nil
+}
+
+func resolveInterface(name string) (*address.Interface, error) {
+	if name != "" {
+		iface, err := address.Lookup(name)
+		if err != nil {
+			return nil, fmt.Errorf("vip_interface %q: %w", name, err)
+		}
+		return iface, nil
+	}
+	iface, err := address.Detect()
+	if err != nil {
+		return nil, fmt.Errorf("vip_interface is not set and no interface could be detected (set vip_interface): %w", err)
+	}
+	return iface, nil
+}
+
+// checkNotNodeAddress refuses a VIP that is already one of the node's own
+// addresses: removing it on failover would cut the node off.
+func checkNotNodeAddress(vip netip.Addr) error {
+	ifname, found, err := address.Conflicts(vip)
+	if err != nil {
+		return fmt.Errorf("checking whether %s is already in use: %w", vip, err)
+	}
+	if found {
+		return fmt.Errorf("address %s: already assigned to interface %s and not added by vipd; a VIP must not be a node address", vip, ifname)
+	}
+	return nil
+}
+
+func removeStale(iface *address.Interface, log *slog.Logger) error {
+	stale, err := iface.Owned()
+	if err != nil {
+		return fmt.Errorf("listing VIPs left on %s by an earlier run: %w", iface.Name, err)
+	}
+	for _, vip := range stale {
+		if err := iface.Remove(vip); err != nil {
+			return fmt.Errorf("removing VIP %s left by an earlier run: %w", vip, err)
+		}
+		log.Info("removed VIP left by an earlier run", "vip", vip)
+	}
+	return nil
+}
+
+// newClient builds the API client. Its client-side rate limiter is off: a
+// holder must never miss a renewal because its own client queued it.
+func newClient(kubeconfig string) (kubernetes.Interface, error) {
+	var (
+		rc  *rest.Config
+		err error
+	)
+	if kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("k8s_config_file %q: %w", kubeconfig, err)
+		}
+	} else {
+		rc, err = rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("no kubeconfig set (k8s_config_file or KUBECONFIG) and not running in a cluster: %w", err)
+		}
+	}
+	rc.RateLimiter = flowcontrol.NewFakeAlwaysRateLimiter()
+	rc.UserAgent = "vipd"
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("building the Kubernetes client: %w", err)
+	}
+	return client, nil
+}

@@ -1,0 +1,37 @@
+package agent
+
+import (
+	"net/netip"
+
+	"github.com/vipd/vipd/internal/election"
+)
+
+// plan is the state the interface and the announcer should be in.
+type plan struct {
+	// present are the VIPs that must be on the interface.
+	present []netip.Addr
+	// announce are the VIPs to announce; always a subset of present.
+	announce []netip.Addr
+}
+
+// planFor derives the desired state of one election's VIPs from what the
+// election observed. onIface reports whether a VIP is on the interface now.
+//
+// A leader holds and announces every VIP. A non-leader announces nothing.
+// With preserve set it keeps an IPv4 VIP that is still on its interface
+// until a new leader is observed, so that clients' established connections
+// survive a short loss of leadership; IPv6 VIPs always go at once, because
+// a second node holding one would fail Duplicate Address Detection.
+func planFor(st election.Status, vips []netip.Addr, preserve bool, onIface func(netip.Addr) bool) plan {
+	var p plan
+	for _, vip := range vips {
+		switch {
+		case st.Leading:
+			p.present = append(p.present, vip)
+			p.announce = append(p.announce, vip)
+		case preserve && vip.Is4() && st.Leader == "" && onIface(vip):
+			p.present = append(p.present, vip)
+		}
+	}
+	return p
+}
