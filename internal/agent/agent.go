@@ -61,10 +61,9 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	cp, err := election.NewLease(election.LeaseConfig{
+	el, err := election.New(election.Config{
 		Client:        client,
 		Namespace:     cfg.Namespace,
-		Name:          cfg.LeaseName,
 		Identity:      cfg.NodeName,
 		LeaseDuration: cfg.LeaseDuration,
 		RenewDeadline: cfg.RenewDeadline,
@@ -72,7 +71,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		Log:           log,
 	})
 	if err != nil {
-		return fmt.Errorf("setting up the control-plane election: %w", err)
+		return fmt.Errorf("setting up the election: %w", err)
 	}
 
 	var ann announcer = noAnnouncer{}
@@ -88,15 +87,19 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 
 	// From here on the node is changed. A VIP left by an earlier run that
-	// crashed is not ours to hold until we win the election again.
+	// crashed is not ours to hold until we win its election again.
 	if err := removeStale(iface, log); err != nil {
 		return err
 	}
 
-	r := &reconciler{iface: iface, ann: ann, vips: cfg.VIPs, preserve: cfg.PreserveVIPOnLeadershipLoss, log: log}
+	bindings := []binding{{contest: cfg.LeaseName, vips: cfg.VIPs}}
+	el.SetContests(contests(bindings))
+	r := &reconciler{iface: iface, ann: ann, el: el, bindings: bindings,
+		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log}
+
 	electionCtx, stopElection := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan error, 1)
-	go func() { done <- cp.Run(electionCtx) }()
+	go func() { done <- el.Run(electionCtx) }()
 	log.Info("agent started", "vips", cfg.VIPs, "lease", cfg.Namespace+"/"+cfg.LeaseName)
 
 	resync := time.NewTicker(resyncInterval)
@@ -104,18 +107,34 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	for {
 		select {
 		case <-ctx.Done():
-			err := r.shutdown(cp)
+			r.shutdown()
 			stopElection()
-			return errors.Join(err, <-done)
+			return <-done
 		case err := <-done:
 			stopElection()
 			r.apply(plan{})
-			return fmt.Errorf("control-plane election ended: %w", err)
-		case <-cp.Changes():
+			return fmt.Errorf("election ended: %w", err)
+		case <-el.Changes():
 		case <-resync.C:
 		}
-		r.reconcile(cp.Status())
+		r.reconcile()
 	}
+}
+
+// binding ties VIPs to the contest whose holder carries them.
+type binding struct {
+	contest string
+	vips    []netip.Addr
+	// candidates restricts the holders (nil: any node).
+	candidates []string
+}
+
+func contests(bs []binding) []election.Contest {
+	out := make([]election.Contest, 0, len(bs))
+	for _, b := range bs {
+		out = append(out, election.Contest{Name: b.contest, Candidates: b.candidates})
+	}
+	return out
 }
 
 // announcer is the part of announce.Announcer the reconciler uses.
@@ -130,19 +149,30 @@ func (noAnnouncer) Set([]netip.Addr) {}
 type reconciler struct {
 	iface    *address.Interface
 	ann      announcer
-	vips     []netip.Addr
+	el       *election.Elector
+	bindings []binding
 	preserve bool
 	log      *slog.Logger
-	last     election.Status
+	last     map[string]election.Status
 }
 
-func (r *reconciler) reconcile(st election.Status) {
-	if st != r.last {
-		r.log.Info("election status changed", "leading", st.Leading, "leader", st.Leader,
-			"was_leading", r.last.Leading, "was_leader", r.last.Leader)
-		r.last = st
+// reconcile makes the node match what the election says now.
+func (r *reconciler) reconcile() {
+	var want plan
+	seen := make(map[string]election.Status, len(r.bindings))
+	for _, b := range r.bindings {
+		st := r.el.Status(b.contest)
+		seen[b.contest] = st
+		if prev := r.last[b.contest]; st != prev {
+			r.log.Info("election status changed", "contest", b.contest, "leading", st.Leading,
+				"leader", st.Leader, "was_leading", prev.Leading, "was_leader", prev.Leader)
+		}
+		p := planFor(st, b.vips, r.preserve, r.onIface)
+		want.present = append(want.present, p.present...)
+		want.announce = append(want.announce, p.announce...)
 	}
-	r.apply(planFor(st, r.vips, r.preserve, r.onIface))
+	r.last = seen
+	r.apply(want)
 }
 
 func (r *reconciler) onIface(vip netip.Addr) bool {
@@ -153,19 +183,26 @@ func (r *reconciler) onIface(vip netip.Addr) bool {
 	return ok
 }
 
-// apply makes the node match p. Announcements stop before an address goes,
-// and start only after it is in place.
+// apply makes the interface and the announcer match p: every VIP vipd put
+// on the interface that p does not want goes, every one it wants is added.
+// Announcements stop before an address goes, and start only after it is in
+// place.
 func (r *reconciler) apply(p plan) {
+	owned, err := r.iface.Owned()
+	if err != nil {
+		r.log.Error("listing VIPs on the interface", "err", err)
+		return
+	}
 	var keep []netip.Addr
 	for _, vip := range p.announce {
-		if r.onIface(vip) {
+		if slices.Contains(owned, vip) {
 			keep = append(keep, vip)
 		}
 	}
 	r.ann.Set(keep)
 
-	for _, vip := range r.vips {
-		if slices.Contains(p.present, vip) || !r.onIface(vip) {
+	for _, vip := range owned {
+		if slices.Contains(p.present, vip) {
 			continue
 		}
 		if err := r.iface.Remove(vip); err != nil {
@@ -176,7 +213,7 @@ func (r *reconciler) apply(p plan) {
 	}
 	var announce []netip.Addr
 	for _, vip := range p.present {
-		if !r.onIface(vip) {
+		if !slices.Contains(owned, vip) {
 			if err := r.iface.Add(vip); err != nil {
 				r.log.Error("adding VIP", "vip", vip, "err", err)
 				continue
@@ -191,16 +228,15 @@ func (r *reconciler) apply(p plan) {
 }
 
 // shutdown steps down in the order that keeps one holder: silence, remove
-// the addresses, then release the Lease so the next holder starts at once.
-func (r *reconciler) shutdown(e election.Election) error {
+// the addresses, then release so the next holders start at once.
+func (r *reconciler) shutdown() {
 	r.log.Info("shutting down: stepping down")
 	r.apply(plan{})
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
-	if err := e.Release(ctx); err != nil {
-		r.log.Warn("could not release the lease; others take over when it expires", "err", err)
+	if err := r.el.Release(ctx); err != nil {
+		r.log.Warn("could not release; others take over when this node's lease expires", "err", err)
 	}
-	return nil
 }
 
 func resolveInterface(name string) (*address.Interface, error) {

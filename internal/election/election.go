@@ -1,38 +1,51 @@
 // Package election decides, through coordination.k8s.io/v1 Leases on the
 // Kubernetes API, which agent holds a VIP.
 //
-// The rest of the agent sees an election only through the Election
-// interface: a Status snapshot, a channel that signals changes, and Release.
-// How leadership is decided behind it (renewals, watches, fencing) can change
-// without the agent noticing.
+// The agent sees only contests and their Status: which node holds each, and
+// whether it is this one. How that is decided (node Leases, claims,
+// placement, fencing) stays behind the Elector.
 package election
 
-import "context"
+import (
+	"strconv"
 
-// Status is what an election has observed at one moment.
+	coordinationv1 "k8s.io/api/coordination/v1"
+)
+
+// Status is what this agent has observed of one contest at one moment.
 type Status struct {
-	// Leader is the identity the Lease names as holder; empty when the Lease
-	// is released, missing, or not yet observed.
+	// Leader is the node whose claim is valid; empty when the claim is
+	// missing, released, or names a node that is no longer live.
 	Leader string
-	// Leading is true while this agent holds the Lease and has renewed it
-	// within its renew deadline. It turns false the moment either stops
-	// being true, before any other agent can take the Lease.
+	// Leading is true while this agent holds the claim and is live (its
+	// node Lease renewed within the renew deadline). It turns false the
+	// moment either stops being true, before any other agent may take over.
 	Leading bool
 }
 
-// Election is one contest for one Lease.
-type Election interface {
-	// Run campaigns until ctx is done. It does not release the Lease when
-	// ctx ends: call Release first, once the VIPs are gone.
-	Run(ctx context.Context) error
-	// Status returns the latest observation.
-	Status() Status
-	// Changes receives a value whenever Status may have changed. Values are
-	// coalesced: read Status after each receive.
-	Changes() <-chan struct{}
-	// Release gives up leadership at once and, if this agent holds the
-	// Lease, clears its holder so that another agent takes over without
-	// waiting for the Lease to expire. The election stays stopped (it does
-	// not campaign again) until Run returns.
-	Release(ctx context.Context) error
+func holder(l *coordinationv1.Lease) string {
+	if l == nil || l.Spec.HolderIdentity == nil {
+		return ""
+	}
+	return *l.Spec.HolderIdentity
+}
+
+// newer reports whether resourceVersion a is newer than b. The API server
+// hands out etcd revisions, which are integers; if either is not, a is
+// trusted as the newer one.
+func newer(a, b string) bool {
+	ai, errA := strconv.ParseUint(a, 10, 64)
+	bi, errB := strconv.ParseUint(b, 10, 64)
+	if errA != nil || errB != nil {
+		return a != b
+	}
+	return ai > bi
+}
+
+// signal sends on a coalescing channel of capacity one.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
 }

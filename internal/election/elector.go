@@ -1,0 +1,694 @@
+package election
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math"
+	"slices"
+	"sync"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+// Labels on the Leases vipd writes. A claim is told from a node Lease by
+// its kind, so that a claim whose contest is gone can be deleted and a
+// node Lease never is.
+const (
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	LabelKind      = "vipd.io/kind"
+	KindNode       = "node"
+	KindClaim      = "claim"
+	managedBy      = "vipd"
+	// NodeLeasePrefix starts the name of each agent's own liveness Lease.
+	NodeLeasePrefix = "vipd-node-"
+)
+
+// writeWorkers bounds the claim writes in flight at once: enough to place
+// hundreds of VIPs in well under a second, few enough not to flood the API
+// server when a node with many VIPs is lost.
+const writeWorkers = 8
+
+// Contest is one thing to elect a holder for: a VIP, or a group of VIPs
+// that must move together. Its name is the name of its claim Lease.
+type Contest struct {
+	Name string
+	// Candidates are the nodes allowed to hold the contest; nil means every
+	// live agent.
+	Candidates []string
+}
+
+// Config describes an agent's elector.
+type Config struct {
+	Client    kubernetes.Interface
+	Namespace string
+	// Identity is this agent's node name.
+	Identity string
+	// LeaseDuration is how long others consider an agent live after they
+	// last saw it renew its node Lease.
+	LeaseDuration time.Duration
+	// RenewDeadline is how long an agent considers itself live after its
+	// last successful renewal; shorter than LeaseDuration, so that an agent
+	// that cannot renew has let go before anyone takes over.
+	RenewDeadline time.Duration
+	// RetryPeriod paces retries and the fallback of less preferred
+	// candidates when the preferred one does not act.
+	RetryPeriod time.Duration
+	Log         *slog.Logger
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.Client == nil:
+		return errors.New("no Kubernetes client")
+	case c.Namespace == "":
+		return errors.New("namespace must be set")
+	case c.Identity == "":
+		return errors.New("identity must be set")
+	case c.RetryPeriod <= 0 || c.RenewDeadline <= c.RetryPeriod || c.LeaseDuration <= c.RenewDeadline:
+		return fmt.Errorf("need 0 < retry period (%s) < renew deadline (%s) < lease duration (%s)",
+			c.RetryPeriod, c.RenewDeadline, c.LeaseDuration)
+	}
+	return nil
+}
+
+// Elector elects holders for many contests at an API cost that does not
+// depend on how many there are.
+//
+// Liveness is separate from ownership. Each agent renews one node Lease of
+// its own (vipd-node-<name>); a contest's claim Lease names its holder and
+// is written only when ownership changes. A claim is valid while its
+// holder is live: for others, while they keep seeing its node Lease renewed
+// within LeaseDuration; for the holder itself, while its own renewals
+// succeed within RenewDeadline. A free contest (no claim, a released one,
+// or a holder that is no longer live) is taken by the candidate that the
+// deterministic placement prefers, through a compare-and-swap on the claim,
+// so two agents can never both take it; others follow only if the
+// preferred one has not acted after a delay that grows with their rank.
+type Elector struct {
+	cfg  Config
+	log  *slog.Logger
+	now  func() time.Time
+	node string // name of our node Lease
+
+	changes chan struct{}
+	wake    chan struct{}
+	jobs    chan job
+	done    chan result
+
+	mu        sync.Mutex
+	contests  map[string]Contest // nil until the first SetContests
+	leases    map[string]*observed
+	status    map[string]Status
+	members   []string  // live agents as last evaluated
+	lastRenew time.Time // start of our last successful node Lease write
+	released  bool
+}
+
+// observed is a Lease as this agent last saw it.
+type observed struct {
+	lease *coordinationv1.Lease
+	// seen is the local time at which the holder or renewal last changed;
+	// expiry is judged on the local clock from it, so skew between nodes'
+	// clocks does not matter.
+	seen time.Time
+}
+
+type job struct {
+	name string
+	base *coordinationv1.Lease // version the write is conditional on; nil to create
+	op   op
+}
+
+type op int
+
+const (
+	opAcquire op = iota
+	opRelease
+	opDelete
+)
+
+type result struct {
+	name string
+	err  error
+}
+
+// New returns an Elector; it starts once Run is called and contends only
+// after the first SetContests.
+func New(cfg Config) (*Elector, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("election in %s: %w", cfg.Namespace, err)
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Elector{
+		cfg:     cfg,
+		log:     log,
+		now:     time.Now,
+		node:    NodeLeasePrefix + cfg.Identity,
+		changes: make(chan struct{}, 1),
+		wake:    make(chan struct{}, 1),
+		jobs:    make(chan job),
+		done:    make(chan result, writeWorkers),
+		leases:  map[string]*observed{},
+		status:  map[string]Status{},
+	}, nil
+}
+
+// SetContests replaces the set of contests this agent takes part in. A
+// held contest that disappears has its claim deleted; one whose candidates
+// no longer include this agent is released.
+func (e *Elector) SetContests(cs []Contest) {
+	m := make(map[string]Contest, len(cs))
+	for _, c := range cs {
+		m[c.Name] = c
+	}
+	e.mu.Lock()
+	e.contests = m
+	e.mu.Unlock()
+	signal(e.wake)
+}
+
+// Status returns what this agent has observed of one contest.
+func (e *Elector) Status(name string) Status {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.status[name]
+}
+
+// Changes receives a value whenever any Status may have changed.
+func (e *Elector) Changes() <-chan struct{} { return e.changes }
+
+// Members returns the agents this agent considers live, itself included
+// while it is live, sorted.
+func (e *Elector) Members() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.members)
+}
+
+// Live reports whether this agent currently considers itself live: its node
+// Lease renewed within the renew deadline.
+func (e *Elector) Live() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.liveLocked(e.now())
+}
+
+func (e *Elector) liveLocked(now time.Time) bool {
+	return !e.released && !e.lastRenew.IsZero() && now.Before(e.lastRenew.Add(e.cfg.RenewDeadline))
+}
+
+// Release stops this agent from holding anything, at once, and clears the
+// holder of its node Lease so that every other agent sees it gone and takes
+// over its contests without waiting for expiry. Call it after the VIPs are
+// removed. The Elector holds nothing afterwards.
+func (e *Elector) Release(ctx context.Context) error {
+	e.mu.Lock()
+	e.released = true
+	e.mu.Unlock()
+	e.dropHolding()
+
+	leases := e.cfg.Client.CoordinationV1().Leases(e.cfg.Namespace)
+	for {
+		e.mu.Lock()
+		o := e.leases[e.node]
+		e.mu.Unlock()
+		if o == nil || holder(o.lease) != e.cfg.Identity {
+			return nil
+		}
+		l := o.lease.DeepCopy()
+		empty := ""
+		l.Spec.HolderIdentity = &empty
+		out, err := leases.Update(ctx, l, metav1.UpdateOptions{})
+		if err == nil {
+			e.record(out)
+			e.log.Info("released node lease; other agents take over at once")
+			return nil
+		}
+		if !apierrors.IsConflict(err) {
+			return fmt.Errorf("releasing node lease %s/%s: %w", e.cfg.Namespace, e.node, err)
+		}
+		cur, gerr := leases.Get(ctx, e.node, metav1.GetOptions{})
+		if gerr != nil {
+			return fmt.Errorf("releasing node lease %s/%s: %w", e.cfg.Namespace, e.node, gerr)
+		}
+		e.record(cur)
+	}
+}
+
+// Run elects until ctx is done. It does not release anything when ctx ends:
+// call Release first, once the VIPs are gone.
+func (e *Elector) Run(ctx context.Context) error {
+	factory := informers.NewSharedInformerFactoryWithOptions(e.cfg.Client, 0, informers.WithNamespace(e.cfg.Namespace))
+	inf := factory.Coordination().V1().Leases().Informer()
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { e.observe(obj, false) },
+		UpdateFunc: func(_, obj any) { e.observe(obj, false) },
+		DeleteFunc: func(obj any) { e.observe(obj, true) },
+	}); err != nil {
+		return fmt.Errorf("watching leases in %s: %w", e.cfg.Namespace, err)
+	}
+	factory.StartWithContext(ctx)
+	defer factory.Shutdown()
+	// Judge only from what the API holds: an empty cache would make every
+	// contest look free.
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+		return nil
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { e.renewLoop(ctx) })
+	for range writeWorkers {
+		wg.Go(func() { e.writeLoop(ctx) })
+	}
+
+	inflight := map[string]bool{}
+	freeSince := map[string]time.Time{}
+	retryAt := map[string]time.Time{}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	var queue []job
+	for {
+		var send chan job
+		var next job
+		if len(queue) > 0 {
+			send, next = e.jobs, queue[0]
+		}
+		select {
+		case <-ctx.Done():
+			e.mu.Lock()
+			e.status = map[string]Status{}
+			e.mu.Unlock()
+			signal(e.changes)
+			return nil
+		case send <- next:
+			queue = queue[1:]
+			continue
+		case r := <-e.done:
+			delete(inflight, r.name)
+			if r.err != nil {
+				retryAt[r.name] = e.now().Add(e.cfg.RetryPeriod / 4)
+			}
+		case <-e.wake:
+		case <-timer.C:
+		}
+		jobs, wakeAt := e.evaluate(inflight, freeSince, retryAt)
+		for _, j := range jobs {
+			inflight[j.name] = true
+		}
+		queue = append(queue, jobs...)
+		timer.Reset(max(wakeAt.Sub(e.now()), time.Millisecond))
+	}
+}
+
+// evaluate publishes the status of every contest and decides the writes
+// this agent should make. It returns them and when to look again.
+func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[string]time.Time) ([]job, time.Time) {
+	now := e.now()
+	wakeAt := now.Add(e.cfg.RetryPeriod)
+	soon := func(t time.Time) {
+		if t.Before(wakeAt) {
+			wakeAt = t
+		}
+	}
+
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.contests == nil {
+		return nil, wakeAt
+	}
+
+	me := e.cfg.Identity
+	meLive := e.liveLocked(now)
+	live := map[string]bool{}
+	for _, o := range e.leases {
+		if o.lease.Labels[LabelKind] != KindNode {
+			continue
+		}
+		h := holder(o.lease)
+		if h == "" || h == me {
+			continue
+		}
+		expiry := o.seen.Add(leaseDuration(o.lease, e.cfg.LeaseDuration))
+		if now.Before(expiry) {
+			live[h] = true
+			soon(expiry)
+		}
+	}
+	if meLive {
+		live[me] = true
+		soon(e.lastRenew.Add(e.cfg.RenewDeadline))
+	}
+	liveNodes := make([]string, 0, len(live))
+	for n := range live {
+		liveNodes = append(liveNodes, n)
+	}
+	slices.Sort(liveNodes)
+	e.members = liveNodes
+	candidates := func(name string) []string {
+		c := e.contests[name]
+		if c.Candidates == nil {
+			return liveNodes
+		}
+		var out []string
+		for _, n := range c.Candidates {
+			if live[n] {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+
+	var jobs []job
+	held := map[string]string{}
+	var free []string
+	status := make(map[string]Status, len(e.contests))
+	for name, c := range e.contests {
+		var lease *coordinationv1.Lease
+		if o := e.leases[name]; o != nil {
+			lease = o.lease
+		}
+		h := holder(lease)
+		if h != "" && live[h] {
+			held[name] = h
+			delete(freeSince, name)
+			status[name] = Status{Leader: h, Leading: h == me}
+			if h == me && c.Candidates != nil && !slices.Contains(c.Candidates, me) && !inflight[name] {
+				jobs = append(jobs, job{name: name, base: lease, op: opRelease})
+			}
+			continue
+		}
+		status[name] = Status{}
+		free = append(free, name)
+		if _, ok := freeSince[name]; !ok {
+			freeSince[name] = now
+		}
+	}
+	if !maps.Equal(status, e.status) {
+		e.status = status
+		signal(e.changes)
+	}
+
+	if meLive {
+		place := placeFree(free, candidates, held, liveNodes)
+		for _, name := range free {
+			if inflight[name] || now.Before(retryAt[name]) {
+				soon(retryAt[name])
+				continue
+			}
+			cands := candidates(name)
+			rank := slices.Index(preference(name, cands), me)
+			if rank < 0 {
+				continue
+			}
+			if place[name] != me {
+				// Fallback: the preferred agent has had its chance.
+				at := freeSince[name].Add(time.Duration(rank+1) * e.cfg.RetryPeriod)
+				if now.Before(at) {
+					soon(at)
+					continue
+				}
+			}
+			var base *coordinationv1.Lease
+			if o := e.leases[name]; o != nil {
+				base = o.lease
+			}
+			jobs = append(jobs, job{name: name, base: base, op: opAcquire})
+		}
+		// Claims of ours whose contest is gone: delete them, so a deleted
+		// Service leaves no Lease behind.
+		for name, o := range e.leases {
+			if _, ok := e.contests[name]; ok || inflight[name] {
+				continue
+			}
+			if o.lease.Labels[LabelKind] == KindClaim && holder(o.lease) == me {
+				jobs = append(jobs, job{name: name, base: o.lease, op: opDelete})
+			}
+		}
+	}
+	for name := range freeSince {
+		if _, ok := e.contests[name]; !ok {
+			delete(freeSince, name)
+		}
+	}
+	for name, t := range retryAt {
+		if now.After(t) {
+			delete(retryAt, name)
+		}
+	}
+	return jobs, wakeAt
+}
+
+// dropHolding makes a release visible at once, before the next evaluation.
+func (e *Elector) dropHolding() {
+	e.mu.Lock()
+	for name, s := range e.status {
+		if s.Leading {
+			e.status[name] = Status{}
+		}
+	}
+	e.mu.Unlock()
+	signal(e.changes)
+}
+
+func (e *Elector) observe(obj any, deleted bool) {
+	l, ok := obj.(*coordinationv1.Lease)
+	if !ok {
+		if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			l, _ = tomb.Obj.(*coordinationv1.Lease)
+		}
+	}
+	if l == nil {
+		return
+	}
+	if deleted {
+		e.mu.Lock()
+		if o := e.leases[l.Name]; o != nil && !newer(o.lease.ResourceVersion, l.ResourceVersion) {
+			delete(e.leases, l.Name)
+		}
+		e.mu.Unlock()
+		signal(e.wake)
+		return
+	}
+	e.record(l)
+}
+
+// record adopts a Lease version unless a newer one is known: our own write
+// may overtake the watch.
+func (e *Elector) record(l *coordinationv1.Lease) {
+	e.mu.Lock()
+	o := e.leases[l.Name]
+	switch {
+	case o == nil:
+		e.leases[l.Name] = &observed{lease: l, seen: e.now()}
+	case newer(l.ResourceVersion, o.lease.ResourceVersion):
+		if holder(o.lease) != holder(l) || !o.lease.Spec.RenewTime.Equal(l.Spec.RenewTime) {
+			o.seen = e.now()
+		}
+		o.lease = l
+	}
+	e.mu.Unlock()
+	signal(e.wake)
+}
+
+// renewLoop keeps this agent's node Lease fresh. It is the only periodic
+// write an agent makes, whatever the number of contests.
+func (e *Elector) renewLoop(ctx context.Context) {
+	interval := e.cfg.RenewDeadline / 2
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	wasLive := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		e.mu.Lock()
+		last, released := e.lastRenew, e.released
+		e.mu.Unlock()
+		if released {
+			return
+		}
+		now := e.now()
+		var err error
+		if now.Sub(last) >= interval {
+			ctxW, cancel := e.writeContext(ctx, last)
+			err = e.renew(ctxW, now)
+			cancel()
+			if err != nil {
+				e.log.Warn("renewing node lease failed", "err", err)
+			}
+		}
+		e.mu.Lock()
+		last = e.lastRenew
+		live := e.liveLocked(e.now())
+		e.mu.Unlock()
+		if live != wasLive {
+			if live {
+				e.log.Info("node lease renewed: this agent is live")
+			} else {
+				e.log.Warn("stopped holding: node lease not renewed within the renew deadline",
+					"renew_deadline", e.cfg.RenewDeadline, "last_renewal", last)
+			}
+			wasLive = live
+			signal(e.wake)
+		}
+		next := last.Add(interval)
+		if err != nil {
+			next = e.now().Add(e.cfg.RetryPeriod / 4)
+		}
+		if deadline := last.Add(e.cfg.RenewDeadline); live && deadline.Before(next) {
+			next = deadline
+		}
+		timer.Reset(max(next.Sub(e.now()), time.Millisecond))
+	}
+}
+
+// writeContext bounds a renewal: it may not outlive the deadline by which
+// this agent must consider itself no longer live.
+func (e *Elector) writeContext(ctx context.Context, last time.Time) (context.Context, context.CancelFunc) {
+	if !last.IsZero() {
+		if d := last.Add(e.cfg.RenewDeadline); d.After(e.now()) {
+			return context.WithDeadline(ctx, d)
+		}
+	}
+	return context.WithTimeout(ctx, e.cfg.RetryPeriod)
+}
+
+func (e *Elector) renew(ctx context.Context, start time.Time) error {
+	e.mu.Lock()
+	var base *coordinationv1.Lease
+	if o := e.leases[e.node]; o != nil {
+		base = o.lease
+	}
+	e.mu.Unlock()
+	out, err := e.writeLease(ctx, e.node, KindNode, base)
+	if apierrors.IsConflict(err) {
+		// Our view was stale; read once and retry at the next tick.
+		if cur, gerr := e.cfg.Client.CoordinationV1().Leases(e.cfg.Namespace).Get(ctx, e.node, metav1.GetOptions{}); gerr == nil {
+			e.record(cur)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	e.lastRenew = start
+	e.mu.Unlock()
+	e.record(out)
+	return nil
+}
+
+// writeLease makes this agent the holder of the named Lease, conditional on
+// base (created if base is nil).
+func (e *Elector) writeLease(ctx context.Context, name, kind string, base *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+	leases := e.cfg.Client.CoordinationV1().Leases(e.cfg.Namespace)
+	now := metav1.NewMicroTime(e.now())
+	secs := int32(math.Ceil(e.cfg.LeaseDuration.Seconds()))
+	id := e.cfg.Identity
+	if base == nil {
+		return leases.Create(ctx, &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: e.cfg.Namespace,
+				Labels: map[string]string{LabelManagedBy: managedBy, LabelKind: kind}},
+			Spec: coordinationv1.LeaseSpec{HolderIdentity: &id, LeaseDurationSeconds: &secs, AcquireTime: &now, RenewTime: &now},
+		}, metav1.CreateOptions{})
+	}
+	l := base.DeepCopy()
+	if holder(l) != id {
+		l.Spec.AcquireTime = &now
+		if holder(l) != "" || l.Spec.LeaseTransitions != nil {
+			t := int32(1)
+			if l.Spec.LeaseTransitions != nil {
+				t = *l.Spec.LeaseTransitions + 1
+			}
+			l.Spec.LeaseTransitions = &t
+		}
+	}
+	if l.Labels == nil {
+		l.Labels = map[string]string{}
+	}
+	l.Labels[LabelManagedBy] = managedBy
+	l.Labels[LabelKind] = kind
+	l.Spec.HolderIdentity = &id
+	l.Spec.LeaseDurationSeconds = &secs
+	l.Spec.RenewTime = &now
+	return leases.Update(ctx, l, metav1.UpdateOptions{})
+}
+
+func (e *Elector) writeLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case j := <-e.jobs:
+			err := e.do(ctx, j)
+			select {
+			case e.done <- result{name: j.name, err: err}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+func (e *Elector) do(ctx context.Context, j job) error {
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.RenewDeadline)
+	defer cancel()
+	leases := e.cfg.Client.CoordinationV1().Leases(e.cfg.Namespace)
+	log := e.log.With("contest", j.name)
+	switch j.op {
+	case opAcquire:
+		prev := holder(j.base)
+		out, err := e.writeLease(ctx, j.name, KindClaim, j.base)
+		if err != nil {
+			if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) {
+				log.Debug("claim changed before we could take it", "err", err)
+			} else {
+				log.Warn("taking claim failed", "err", err)
+			}
+			return err
+		}
+		e.record(out)
+		log.Info("took claim", "previous_holder", prev)
+	case opRelease:
+		l := j.base.DeepCopy()
+		empty := ""
+		l.Spec.HolderIdentity = &empty
+		out, err := leases.Update(ctx, l, metav1.UpdateOptions{})
+		if err != nil {
+			log.Warn("releasing claim failed", "err", err)
+			return err
+		}
+		e.record(out)
+		log.Info("released claim: this node is no longer a candidate")
+	case opDelete:
+		rv := j.base.ResourceVersion
+		err := leases.Delete(ctx, j.name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &rv}})
+		if err != nil && !apierrors.IsNotFound(err) {
+			log.Warn("deleting claim of a removed contest failed", "err", err)
+			return err
+		}
+		log.Info("deleted claim of a removed contest")
+	}
+	return nil
+}
+
+func leaseDuration(l *coordinationv1.Lease, def time.Duration) time.Duration {
+	if l != nil && l.Spec.LeaseDurationSeconds != nil {
+		return time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second
+	}
+	return def
+}

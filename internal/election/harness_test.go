@@ -1,0 +1,113 @@
+package election
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/flowcontrol"
+
+	"github.com/vipd/vipd/internal/lab/controlplane"
+)
+
+// The tests share one real API server; each uses a Lease of its own.
+var (
+	cp    *controlplane.ControlPlane
+	cpErr error
+)
+
+func TestMain(m *testing.M) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	cp, cpErr = controlplane.Start(ctx, controlplane.Options{})
+	cancel()
+	code := m.Run()
+	if cp != nil {
+		if err := cp.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stopping control plane:", err)
+		}
+	}
+	os.Exit(code)
+}
+
+func needAPI(t *testing.T) {
+	t.Helper()
+	if errors.Is(cpErr, controlplane.ErrAssetsMissing) && os.Getenv("CI") != "true" {
+		t.Skipf("skipping: %v", cpErr)
+	}
+	if cpErr != nil {
+		t.Fatalf("control plane: %v", cpErr)
+	}
+}
+
+// cutDialer lets a test cut one client off the API server, as a network
+// partition would: open connections break and new ones fail.
+type cutDialer struct {
+	mu    sync.Mutex
+	cut   bool
+	conns []net.Conn
+}
+
+func (d *cutDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cut {
+		return nil, errors.New("test partition: API server unreachable")
+	}
+	c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+	if err == nil {
+		d.conns = append(d.conns, c)
+	}
+	return c, err
+}
+
+func (d *cutDialer) setCut(cut bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.cut = cut
+	if cut {
+		for _, c := range d.conns {
+			c.Close()
+		}
+		d.conns = nil
+	}
+}
+
+func newClient(t *testing.T, d *cutDialer) kubernetes.Interface {
+	t.Helper()
+	rc := rest.CopyConfig(cp.Config())
+	rc.RateLimiter = flowcontrol.NewFakeAlwaysRateLimiter()
+	if d != nil {
+		rc.Dial = d.DialContext
+	}
+	c, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p[:len(p)-1]))
+	return len(p), nil
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	began := time.Now()
+	for !cond() {
+		if time.Since(began) > timeout {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return time.Since(began)
+}

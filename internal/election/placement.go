@@ -1,0 +1,90 @@
+package election
+
+import (
+	"cmp"
+	"hash/fnv"
+	"slices"
+)
+
+// score is the rendezvous (highest random weight) score of node for
+// contest: every agent computes the same order of preference from names
+// alone, and a node joining or leaving changes the preferred node only of
+// the contests it wins or held.
+func score(contest, node string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(contest))
+	h.Write([]byte{0})
+	h.Write([]byte(node))
+	return mix(h.Sum64())
+}
+
+// mix is the splitmix64 finaliser; FNV alone spreads similar names poorly.
+func mix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}
+
+// preference orders nodes from most to least preferred for contest.
+func preference(contest string, nodes []string) []string {
+	out := slices.Clone(nodes)
+	slices.SortFunc(out, func(a, b string) int {
+		if c := cmp.Compare(score(contest, b), score(contest, a)); c != 0 {
+			return c
+		}
+		return cmp.Compare(a, b)
+	})
+	return out
+}
+
+// placeFree decides who should take each free contest. Contests already
+// validly held stay where they are (no preemption) but count towards their
+// holder's load; free ones go, in name order, to the most preferred live
+// candidate that is below the fair share, so placement is even, not merely
+// random. Every agent with the same view computes the same answer.
+//
+// candidates(c) returns the live nodes allowed to hold c, held maps every
+// validly held contest to its holder, and free lists the contests to place.
+func placeFree(free []string, candidates func(string) []string, held map[string]string, live []string) map[string]string {
+	if len(live) == 0 {
+		return nil
+	}
+	load := make(map[string]int, len(live))
+	for _, h := range held {
+		load[h]++
+	}
+	total := len(held) + len(free)
+	share := (total + len(live) - 1) / len(live)
+
+	free = slices.Clone(free)
+	slices.Sort(free)
+	out := make(map[string]string, len(free))
+	for _, c := range free {
+		order := preference(c, candidates(c))
+		if len(order) == 0 {
+			continue
+		}
+		pick := ""
+		for _, n := range order {
+			if load[n] < share {
+				pick = n
+				break
+			}
+		}
+		if pick == "" {
+			// Everyone allowed is at its share: the least loaded, by preference.
+			pick = order[0]
+			for _, n := range order[1:] {
+				if load[n] < load[pick] {
+					pick = n
+				}
+			}
+		}
+		out[c] = pick
+		load[pick]++
+	}
+	return out
+}
