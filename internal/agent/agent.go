@@ -74,9 +74,16 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return fmt.Errorf("setting up the election: %w", err)
 	}
 
+	m := newMetrics()
+	if cfg.MetricsAddr != "" {
+		if err := m.serve(ctx, cfg.MetricsAddr, log); err != nil {
+			return err
+		}
+	}
+
 	var ann announcer = noAnnouncer{}
 	if cfg.ARP {
-		a, err := announce.New(iface.Net(), announce.Options{Interval: cfg.ARPRate}, log)
+		a, err := announce.New(iface.Net(), announce.Options{Interval: cfg.ARPRate, Registerer: m.reg}, log)
 		if err != nil {
 			return fmt.Errorf("starting announcements on %s: %w", iface.Name, err)
 		}
@@ -95,7 +102,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	bindings := []binding{{contest: cfg.LeaseName, vips: cfg.VIPs}}
 	el.SetContests(contests(bindings))
 	r := &reconciler{iface: iface, ann: ann, el: el, bindings: bindings,
-		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log}
+		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m}
 
 	electionCtx, stopElection := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan error, 1)
@@ -153,6 +160,7 @@ type reconciler struct {
 	bindings []binding
 	preserve bool
 	log      *slog.Logger
+	metrics  *metrics
 	last     map[string]election.Status
 }
 
@@ -173,6 +181,14 @@ func (r *reconciler) reconcile() {
 	}
 	r.last = seen
 	r.apply(want)
+	r.metrics.live.Set(boolGauge(r.el.Live()))
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func (r *reconciler) onIface(vip netip.Addr) bool {
@@ -212,6 +228,8 @@ func (r *reconciler) apply(p plan) {
 		r.log.Info("removed VIP", "vip", vip)
 	}
 	var announce []netip.Addr
+	held := 0
+	defer func() { r.metrics.held.Set(float64(held)) }()
 	for _, vip := range p.present {
 		if !slices.Contains(owned, vip) {
 			if err := r.iface.Add(vip); err != nil {
@@ -220,6 +238,7 @@ func (r *reconciler) apply(p plan) {
 			}
 			r.log.Info("added VIP", "vip", vip)
 		}
+		held++
 		if slices.Contains(p.announce, vip) {
 			announce = append(announce, vip)
 		}
