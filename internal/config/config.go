@@ -61,6 +61,17 @@ type Config struct {
 	// ServiceLeaseName is the Lease of the one-for-all services election
 	// (svc_leasename; default plndr-svcs-lock).
 	ServiceLeaseName string
+	// LoadBalancerClass is the spec.loadBalancerClass vipd serves
+	// (lb_class_name; default kube-vip.io/kube-vip-class).
+	LoadBalancerClass string
+	// LoadBalancerClassOnly serves only Services of LoadBalancerClass;
+	// otherwise Services without a class are served too (lb_class_only).
+	LoadBalancerClassOnly bool
+	// PoolNamespace and PoolConfigMap name the ConfigMap with the address
+	// pools for Services that ask for no address (default kube-system/kubevip,
+	// the ConfigMap kube-vip's cloud provider reads).
+	PoolNamespace string
+	PoolConfigMap string
 
 	// LogLevel is debug, info, warn or error (vip_loglevel, which also
 	// takes kube-vip's numeric levels).
@@ -71,15 +82,18 @@ type Config struct {
 // variable says otherwise. NodeName is left empty: Load fills in the host name.
 func Defaults() Config {
 	return Config{
-		ARP:              true,
-		ARPRate:          3 * time.Second,
-		Namespace:        "kube-system",
-		LeaseName:        "plndr-cp-lock",
-		LeaseDuration:    5 * time.Second,
-		RenewDeadline:    3 * time.Second,
-		RetryPeriod:      time.Second,
-		ServiceLeaseName: "plndr-svcs-lock",
-		LogLevel:         "info",
+		ARP:               true,
+		ARPRate:           3 * time.Second,
+		Namespace:         "kube-system",
+		LeaseName:         "plndr-cp-lock",
+		LeaseDuration:     5 * time.Second,
+		RenewDeadline:     3 * time.Second,
+		RetryPeriod:       time.Second,
+		ServiceLeaseName:  "plndr-svcs-lock",
+		LoadBalancerClass: "kube-vip.io/kube-vip-class",
+		PoolNamespace:     "kube-system",
+		PoolConfigMap:     "kubevip",
+		LogLevel:          "info",
 	}
 }
 
@@ -121,6 +135,10 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("service_election", c.ServiceElection),
 		slog.String("service_namespace", c.ServiceNamespace),
 		slog.String("service_lease_name", c.ServiceLeaseName),
+		slog.String("lb_class", c.LoadBalancerClass),
+		slog.Bool("lb_class_only", c.LoadBalancerClassOnly),
+		slog.String("pool_namespace", c.PoolNamespace),
+		slog.String("pool_configmap", c.PoolConfigMap),
 		slog.String("log_level", c.LogLevel),
 	)
 }

@@ -36,6 +36,10 @@ const (
 	flagServiceElection  = "service-election"
 	flagServiceNamespace = "service-namespace"
 	flagServiceLeaseName = "service-lease-name"
+	flagLBClass          = "lb-class"
+	flagLBClassOnly      = "lb-class-only"
+	flagPoolConfigMap    = "pool-configmap"
+	flagPoolNamespace    = "pool-namespace"
 	flagLogLevel         = "log-level"
 )
 
@@ -90,6 +94,10 @@ func kubeVIPNames(flag string) []string {
 		return []string{"svc_namespace"}
 	case flagServiceLeaseName:
 		return []string{"svc_leasename"}
+	case flagLBClass:
+		return []string{"lb_class_name"}
+	case flagLBClassOnly:
+		return []string{"lb_class_only"}
 	case flagLogLevel:
 		return []string{"vip_loglevel"}
 	}
@@ -121,6 +129,10 @@ func AddFlags(fs *pflag.FlagSet) {
 	boolean(flagServiceElection, d.ServiceElection, "elect a holder for each Service address separately")
 	str(flagServiceNamespace, "", "only serve Services in this namespace (empty: all)")
 	str(flagServiceLeaseName, d.ServiceLeaseName, "name of the Lease for all Services when not electing per Service")
+	str(flagLBClass, d.LoadBalancerClass, "spec.loadBalancerClass of the Services vipd serves")
+	boolean(flagLBClassOnly, d.LoadBalancerClassOnly, "serve only Services of --lb-class, not those without a class")
+	str(flagPoolConfigMap, d.PoolConfigMap, "ConfigMap with the address pools (cidr-<namespace>, range-<namespace>, cidr-global, range-global)")
+	str(flagPoolNamespace, d.PoolNamespace, "namespace of the address pool ConfigMap")
 	str(flagLogLevel, d.LogLevel, "debug, info, warn or error")
 }
 
@@ -197,6 +209,18 @@ func Load(flags *pflag.FlagSet, getenv func(string) string) (Config, error) {
 		return Config{}, err
 	}
 	if c.ServiceLeaseName, err = objectNameSetting(l.lookup(flagServiceLeaseName), c.ServiceLeaseName); err != nil {
+		return Config{}, err
+	}
+	if c.LoadBalancerClass, err = lbClass(l.lookup(flagLBClass), c.LoadBalancerClass); err != nil {
+		return Config{}, err
+	}
+	if c.LoadBalancerClassOnly, err = boolSetting(l.lookup(flagLBClassOnly), c.LoadBalancerClassOnly); err != nil {
+		return Config{}, err
+	}
+	if c.PoolConfigMap, err = configMapNameSetting(l.lookup(flagPoolConfigMap), c.PoolConfigMap); err != nil {
+		return Config{}, err
+	}
+	if c.PoolNamespace, err = namespaceSetting(l.lookup(flagPoolNamespace), c.PoolNamespace); err != nil {
 		return Config{}, err
 	}
 	if c.LogLevel, err = logLevel(l.lookup(flagLogLevel), c.LogLevel); err != nil {
@@ -373,6 +397,7 @@ func durationSetting(s source, unit time.Duration, def time.Duration) (time.Dura
 const (
 	namespaceRule = "lower-case letters, digits and '-', at most 63 characters"
 	objectRule    = "lower-case letters, digits, '-' and '.', at most 253 characters"
+	classRule     = "an optional DNS-subdomain prefix and '/', then a name of letters, digits, '-', '_' and '.', at most 63 characters, starting and ending with a letter or digit"
 )
 
 // namespaceSetting and objectNameSetting check Kubernetes names. An empty
@@ -393,6 +418,28 @@ func objectNameSetting(s source, def string) (string, error) {
 	}
 	if len(validation.IsDNS1123Subdomain(s.raw)) > 0 {
 		return "", s.errorf("not a valid Lease name (%s)", objectRule)
+	}
+	return s.raw, nil
+}
+
+func configMapNameSetting(s source, def string) (string, error) {
+	if s.raw == "" {
+		return def, nil
+	}
+	if len(validation.IsDNS1123Subdomain(s.raw)) > 0 {
+		return "", s.errorf("not a valid ConfigMap name (%s)", objectRule)
+	}
+	return s.raw, nil
+}
+
+// lbClass checks a loadBalancerClass the way the API server checks
+// spec.loadBalancerClass, so that a class no Service can carry is refused.
+func lbClass(s source, def string) (string, error) {
+	if s.raw == "" {
+		return def, nil
+	}
+	if len(validation.IsQualifiedName(s.raw)) > 0 {
+		return "", s.errorf("not a valid loadBalancerClass (%s)", classRule)
 	}
 	return s.raw, nil
 }

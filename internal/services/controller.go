@@ -1,0 +1,498 @@
+// Package services is the Kubernetes side of LoadBalancer Services: it
+// works out which service addresses exist (from annotations,
+// spec.loadBalancerIP and the address pool ConfigMap), which Services share
+// each, and which nodes may hold it; and it reports the holder back in the
+// Services' status, annotations and Events. Electing holders and putting
+// addresses on interfaces is the agent's job.
+package services
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+)
+
+// Config describes the Services one agent serves.
+type Config struct {
+	Client kubernetes.Interface
+	// Namespace restricts the Services served (svc_namespace); "" means all.
+	Namespace string
+	// Class is vipd's loadBalancerClass.
+	Class string
+	// OnlyOwnClass serves only Services with spec.loadBalancerClass ==
+	// Class; otherwise Services without a class are served too.
+	OnlyOwnClass bool
+	// PoolNamespace and PoolConfigMap name the address pool ConfigMap;
+	// an empty PoolConfigMap means no pool.
+	PoolNamespace, PoolConfigMap string
+	// NodeName is this agent's node, named in status annotations and Events.
+	NodeName string
+	// Log receives the controller's logs; nil discards them.
+	Log *slog.Logger
+}
+
+// Address is one service VIP and everything that shares it.
+type Address struct {
+	IP netip.Addr
+	// Services sharing this address (possibly across namespaces), sorted.
+	Services []types.NamespacedName
+	// Candidates restricts which nodes may hold the address: nil means any
+	// node; non-nil (possibly empty) means only these (externalTrafficPolicy:
+	// Local — the nodes with a ready endpoint, from EndpointSlices; if
+	// several sharers are Local, the intersection). Sorted.
+	Candidates []string
+}
+
+// workers is how many items are processed at once: status writes for
+// different Services may proceed in parallel, and a slow write must not
+// hold up recomputing the addresses.
+const workers = 4
+
+type itemKind int
+
+const (
+	kindPlan     itemKind = iota // recompute Addresses
+	kindAllocate                 // write a pool allocation to a Service
+	kindStatus                   // make a Service's status match what this node holds
+)
+
+type item struct {
+	kind itemKind
+	svc  types.NamespacedName
+}
+
+// rejection is the last reason the agent rejected an address for, and the
+// Services already told.
+type rejection struct {
+	reason string
+	told   map[types.NamespacedName]bool
+}
+
+// Controller watches Services, their EndpointSlices and the pool ConfigMap.
+type Controller struct {
+	cfg     Config
+	log     *slog.Logger
+	filter  filter
+	queue   workqueue.TypedRateLimitingInterface[item]
+	changes chan struct{}
+	running atomic.Bool
+
+	// Set by Run before any worker starts.
+	services   corelisters.ServiceLister
+	configMaps corelisters.ConfigMapLister // nil without a pool
+	slices     discoverylisters.EndpointSliceLister
+
+	mu       sync.Mutex
+	recorder record.EventRecorder // nil until the caches have synced
+	plan     plan
+	planned  bool
+	held     map[netip.Addr]bool
+	warned   map[types.UID]map[warning]bool
+	assigned map[types.NamespacedName]map[netip.Addr]bool // takeovers already reported
+	rejected map[netip.Addr]*rejection
+}
+
+// New checks cfg and returns a Controller; Run starts it.
+func New(cfg Config) (*Controller, error) {
+	if cfg.Client == nil {
+		return nil, errors.New("services: no Kubernetes client")
+	}
+	if cfg.NodeName == "" {
+		return nil, errors.New("services: no node name")
+	}
+	if cfg.PoolConfigMap != "" && cfg.PoolNamespace == "" {
+		return nil, fmt.Errorf("services: pool ConfigMap %s has no namespace", cfg.PoolConfigMap)
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Controller{
+		cfg:    cfg,
+		log:    log.With("node", cfg.NodeName),
+		filter: filter{namespace: cfg.Namespace, class: cfg.Class, onlyOwnClass: cfg.OnlyOwnClass},
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[item](),
+			workqueue.TypedRateLimitingQueueConfig[item]{Name: "services"}),
+		changes:  make(chan struct{}, 1),
+		held:     map[netip.Addr]bool{},
+		warned:   map[types.UID]map[warning]bool{},
+		assigned: map[types.NamespacedName]map[netip.Addr]bool{},
+		rejected: map[netip.Addr]*rejection{},
+	}, nil
+}
+
+// Run watches the API until ctx is done. Addresses stays empty until the
+// caches have synced, so an agent never acts on a half-read cluster. Run
+// may be called once.
+func (c *Controller) Run(ctx context.Context) error {
+	if !c.running.CompareAndSwap(false, true) {
+		return errors.New("services: Run called twice")
+	}
+	defer c.queue.ShutDown()
+
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	defer broadcaster.Shutdown()
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.cfg.Client.CoreV1().Events("")})
+	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: reportingController, Host: c.cfg.NodeName})
+
+	factory := informers.NewSharedInformerFactoryWithOptions(c.cfg.Client, 0, informers.WithNamespace(c.cfg.Namespace))
+	svcInf := factory.Core().V1().Services()
+	epInf := factory.Discovery().V1().EndpointSlices()
+	c.services = svcInf.Lister()
+	c.slices = epInf.Lister()
+	synced := []cache.InformerSynced{svcInf.Informer().HasSynced, epInf.Informer().HasSynced}
+
+	replan := func(any) { c.queue.Add(item{kind: kindPlan}) }
+	onService := func(obj any) {
+		replan(obj)
+		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+			if ns, name, err := cache.SplitMetaNamespaceKey(key); err == nil {
+				c.queue.Add(item{kind: kindStatus, svc: types.NamespacedName{Namespace: ns, Name: name}})
+			}
+		}
+	}
+	if _, err := svcInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: onService, UpdateFunc: func(_, obj any) { onService(obj) }, DeleteFunc: onService,
+	}); err != nil {
+		return fmt.Errorf("watching Services: %w", err)
+	}
+	// EndpointSlices change all the time and matter only for Services with
+	// externalTrafficPolicy Local; a Service that becomes Local triggers a
+	// recomputation of its own, which reads all slices.
+	onSlice := func(obj any) {
+		if c.sliceMatters(obj) {
+			replan(obj)
+		}
+	}
+	if _, err := epInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: onSlice, UpdateFunc: func(_, obj any) { onSlice(obj) }, DeleteFunc: onSlice,
+	}); err != nil {
+		return fmt.Errorf("watching EndpointSlices: %w", err)
+	}
+	other := cache.ResourceEventHandlerFuncs{AddFunc: replan, UpdateFunc: func(_, obj any) { replan(obj) }, DeleteFunc: replan}
+	if c.cfg.PoolConfigMap != "" {
+		// The pool lives in its own namespace and is one object, so it gets
+		// an informer of its own, still run by the shared factory.
+		cmInf := factory.InformerFor(&corev1.ConfigMap{}, func(client kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+			return coreinformers.NewFilteredConfigMapInformer(client, c.cfg.PoolNamespace, resync,
+				cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
+				func(o *metav1.ListOptions) {
+					o.FieldSelector = fields.OneTermEqualSelector("metadata.name", c.cfg.PoolConfigMap).String()
+				})
+		})
+		c.configMaps = corelisters.NewConfigMapLister(cmInf.GetIndexer())
+		synced = append(synced, cmInf.HasSynced)
+		if _, err := cmInf.AddEventHandler(other); err != nil {
+			return fmt.Errorf("watching ConfigMap %s/%s: %w", c.cfg.PoolNamespace, c.cfg.PoolConfigMap, err)
+		}
+	}
+
+	factory.StartWithContext(ctx)
+	defer factory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return nil
+	}
+	c.mu.Lock()
+	c.recorder = recorder
+	c.mu.Unlock()
+	c.queue.Add(item{kind: kindPlan})
+
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for c.processNext(ctx) {
+			}
+		})
+	}
+	<-ctx.Done()
+	c.queue.ShutDown()
+	wg.Wait()
+	return nil
+}
+
+func (c *Controller) processNext(ctx context.Context) bool {
+	it, shutdown := c.queue.Get()
+	if shutdown {
+		return false
+	}
+	defer c.queue.Done(it)
+	var err error
+	switch it.kind {
+	case kindPlan:
+		c.replan()
+	case kindAllocate:
+		err = c.allocate(ctx, it.svc)
+	case kindStatus:
+		err = c.syncStatus(ctx, it.svc)
+	}
+	if err != nil && ctx.Err() == nil {
+		c.log.Warn("will retry", "svc", it.svc.String(), "err", err)
+		c.queue.AddRateLimited(it)
+		return true
+	}
+	c.queue.Forget(it)
+	return true
+}
+
+// sliceMatters reports whether an EndpointSlice belongs to a served Service
+// with externalTrafficPolicy Local.
+func (c *Controller) sliceMatters(obj any) bool {
+	if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = tomb.Obj
+	}
+	es, ok := obj.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return true
+	}
+	name := es.Labels[discoveryv1.LabelServiceName]
+	if name == "" {
+		return false
+	}
+	svc, err := c.services.Services(es.Namespace).Get(name)
+	if err != nil {
+		return false
+	}
+	return c.filter.serves(svc) && svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
+}
+
+// Addresses returns the current desired addresses, sorted by IP.
+func (c *Controller) Addresses() []Address {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]Address, len(c.plan.addresses))
+	for i, a := range c.plan.addresses {
+		out[i] = Address{IP: a.IP, Services: slices.Clone(a.Services), Candidates: slices.Clone(a.Candidates)}
+	}
+	return out
+}
+
+// Changes delivers a value (coalesced) whenever Addresses may have changed,
+// and once when the first Addresses are known.
+func (c *Controller) Changes() <-chan struct{} {
+	return c.changes
+}
+
+// SetHeld tells the controller which service addresses this node holds now.
+// The Services of addresses that changed hands get their status brought up
+// to date in the background.
+func (c *Controller) SetHeld(ips []netip.Addr) {
+	next := make(map[netip.Addr]bool, len(ips))
+	for _, a := range ips {
+		next[a] = true
+	}
+	c.mu.Lock()
+	var todo []types.NamespacedName
+	for a := range next {
+		if !c.held[a] {
+			todo = append(todo, c.plan.servicesAt(a)...)
+		}
+	}
+	for a := range c.held {
+		if !next[a] {
+			todo = append(todo, c.plan.servicesAt(a)...)
+		}
+	}
+	c.held = next
+	c.mu.Unlock()
+	for _, nn := range todo {
+		c.queue.Add(item{kind: kindStatus, svc: nn})
+	}
+}
+
+// Reject records a Warning Event on every Service of ip saying why this
+// node will not hold it. The same reason for the same address is reported
+// once per Service.
+func (c *Controller) Reject(ip netip.Addr, reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.rejected[ip]
+	if r == nil || r.reason != reason {
+		r = &rejection{reason: reason, told: map[types.NamespacedName]bool{}}
+		c.rejected[ip] = r
+	}
+	if c.recorder == nil {
+		return
+	}
+	for _, nn := range c.plan.servicesAt(ip) {
+		if r.told[nn] {
+			continue
+		}
+		svc, err := c.services.Services(nn.Namespace).Get(nn.Name)
+		if err != nil {
+			continue
+		}
+		c.recorder.Eventf(svc, corev1.EventTypeWarning, reasonRejected, "%s rejected by node %s: %s", ip, c.cfg.NodeName, reason)
+		c.log.Warn("service address rejected", "svc", nn.String(), "vip", ip, "reason", reason)
+		r.told[nn] = true
+	}
+}
+
+// replan recomputes the addresses from the informer caches.
+func (c *Controller) replan() {
+	svcs, err := c.services.List(labels.Everything())
+	if err != nil {
+		c.log.Error("listing Services from the cache", "err", err)
+		return
+	}
+	eps, err := c.slices.List(labels.Everything())
+	if err != nil {
+		c.log.Error("listing EndpointSlices from the cache", "err", err)
+		return
+	}
+	p := pool{}
+	if c.configMaps != nil {
+		p.name = c.cfg.PoolNamespace + "/" + c.cfg.PoolConfigMap
+		if cm, err := c.configMaps.ConfigMaps(c.cfg.PoolNamespace).Get(c.cfg.PoolConfigMap); err == nil {
+			p.data = cm.Data
+			if p.data == nil {
+				p.data = map[string]string{}
+			}
+		}
+	}
+	next := computePlan(svcs, eps, p, c.filter)
+	byName := make(map[types.NamespacedName]*corev1.Service, len(svcs))
+	for _, s := range svcs {
+		byName[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = s
+	}
+
+	c.mu.Lock()
+	prev, first := c.plan, !c.planned
+	c.plan, c.planned = next, true
+	changed := first || !equalAddresses(prev.addresses, next.addresses)
+
+	// Warn once per problem, not on every recomputation; a problem that
+	// goes away and comes back is reported again.
+	warned := map[types.UID]map[warning]bool{}
+	for nn, sp := range next.services {
+		for _, w := range sp.warnings {
+			if !c.warned[sp.uid][w] {
+				c.recorder.Event(byName[nn], corev1.EventTypeWarning, w.reason, w.message)
+				c.log.Warn("service problem", "svc", nn.String(), "reason", w.reason, "msg", w.message)
+			}
+			if warned[sp.uid] == nil {
+				warned[sp.uid] = map[warning]bool{}
+			}
+			warned[sp.uid][w] = true
+		}
+	}
+	c.warned = warned
+	for ip := range c.rejected {
+		if len(next.servicesAt(ip)) == 0 {
+			delete(c.rejected, ip)
+		}
+	}
+	var todo []item
+	for nn, sp := range next.services {
+		if sp.write {
+			todo = append(todo, item{kind: kindAllocate, svc: nn})
+		}
+		if old := prev.services[nn]; old == nil || old.source != sp.source || !slices.Equal(old.addrs, sp.addrs) {
+			todo = append(todo, item{kind: kindStatus, svc: nn})
+		}
+	}
+	for nn := range prev.services {
+		if next.services[nn] == nil {
+			delete(c.assigned, nn)
+		}
+	}
+	c.mu.Unlock()
+
+	if changed {
+		select {
+		case c.changes <- struct{}{}:
+		default:
+		}
+	}
+	for _, it := range todo {
+		c.queue.Add(it)
+	}
+}
+
+func equalAddresses(a, b []Address) bool {
+	return slices.EqualFunc(a, b, func(x, y Address) bool {
+		return x.IP == y.IP && slices.Equal(x.Services, y.Services) &&
+			(x.Candidates == nil) == (y.Candidates == nil) && slices.Equal(x.Candidates, y.Candidates)
+	})
+}
+
+// allocate writes the pool allocation the plan made for a Service. The
+// Update carries the resourceVersion the plan was computed from, so when
+// agents race only one write lands; the others see a conflict and
+// recompute from what it wrote.
+func (c *Controller) allocate(ctx context.Context, nn types.NamespacedName) error {
+	c.mu.Lock()
+	sp := c.plan.services[nn]
+	c.mu.Unlock()
+	if sp == nil || !sp.write {
+		return nil
+	}
+	svc, err := c.services.Services(nn.Namespace).Get(nn.Name)
+	if err != nil || svc.ResourceVersion != sp.writeRV {
+		return nil // gone or changed: a newer plan is on its way
+	}
+	value := joinAddrs(sp.alloc)
+	upd := svc.DeepCopy()
+	if upd.Annotations == nil {
+		upd.Annotations = map[string]string{}
+	}
+	if value == "" {
+		delete(upd.Annotations, AnnotationLoadBalancerIPs)
+		delete(upd.Annotations, AnnotationPoolAllocated)
+	} else {
+		upd.Annotations[AnnotationLoadBalancerIPs] = value
+		upd.Annotations[AnnotationPoolAllocated] = value
+	}
+	_, err = c.cfg.Client.CoreV1().Services(nn.Namespace).Update(ctx, upd, metav1.UpdateOptions{FieldManager: fieldManager})
+	switch {
+	case apierrors.IsConflict(err) || apierrors.IsNotFound(err):
+		c.log.Debug("pool allocation lost a race", "svc", nn.String(), "vip", value)
+		return nil
+	case err != nil:
+		return fmt.Errorf("writing pool allocation %q to Service %s: %w", value, nn, err)
+	}
+	if value == "" {
+		c.log.Info("removed an allocation that lost a race; no other address is free", "svc", nn.String(), "vip", svc.Annotations[AnnotationLoadBalancerIPs])
+		return nil
+	}
+	c.log.Info("allocated service address from the pool", "svc", nn.String(), "vip", value)
+	c.mu.Lock()
+	c.recorder.Eventf(svc, corev1.EventTypeNormal, reasonAllocated, "%s allocated from the address pool (ConfigMap %s/%s) by node %s",
+		value, c.cfg.PoolNamespace, c.cfg.PoolConfigMap, c.cfg.NodeName)
+	c.mu.Unlock()
+	return nil
+}
+
+func joinAddrs(ips []netip.Addr) string {
+	s := ""
+	for i, a := range ips {
+		if i > 0 {
+			s += ","
+		}
+		s += a.String()
+	}
+	return s
+}
