@@ -63,7 +63,41 @@ type Config struct {
 	// candidates when the preferred one does not act.
 	RetryPeriod time.Duration
 	Log         *slog.Logger
+
+	// Peers, if set, is a fast failure detector: heartbeats between the
+	// agents. It lets a dead holder be replaced long before its node Lease
+	// expires, and lets a holder keep its VIPs through an API outage that
+	// every agent shares. Nil: Leases alone decide.
+	Peers Peers
+	// PeerAddr is where this agent's detector listens; it is published on
+	// the node Lease so that the others know where to send.
+	PeerAddr string
 }
+
+// Peers is what a failure detector knows of the other agents.
+type Peers interface {
+	// Peer reports on one agent, by node name.
+	Peer(node string) PeerReport
+	// Changes receives a value whenever a report may have changed.
+	Changes() <-chan struct{}
+	// SetPeers tells the detector where the agents listen.
+	SetPeers(addrs map[string]string)
+	// SetSelf tells the detector what to say about this agent.
+	SetSelf(self PeerReport)
+}
+
+// PeerReport is one agent's state as a failure detector sees it.
+type PeerReport struct {
+	// Heard: the agent's heartbeats arrive. Ever: they ever did.
+	Heard, Ever bool
+	// APIOK: the agent renews its node Lease. Live: it considers itself
+	// live, so it may hold VIPs.
+	APIOK, Live bool
+}
+
+// AnnotationPeerAddr on a node Lease holds where its agent's failure
+// detector listens.
+const AnnotationPeerAddr = "vipd.io/heartbeat"
 
 func (c Config) validate() error {
 	switch {
@@ -111,6 +145,12 @@ type Elector struct {
 	members   []string  // live agents as last evaluated
 	lastRenew time.Time // start of our last successful node Lease write
 	released  bool
+	// wasLive is whether we were live at the last evaluation: an outage
+	// hold only continues holding, it never starts it.
+	wasLive        bool
+	holdingThrough bool // live through an outage hold
+	lastSelf       PeerReport
+	peerAddr       map[string]string
 }
 
 // observed is a Lease as this agent last saw it.
@@ -206,7 +246,62 @@ func (e *Elector) Live() bool {
 }
 
 func (e *Elector) liveLocked(now time.Time) bool {
+	return e.renewedLocked(now) || e.outageHoldLocked(now)
+}
+
+// renewedLocked: our node Lease was renewed within the renew deadline.
+func (e *Elector) renewedLocked(now time.Time) bool {
 	return !e.released && !e.lastRenew.IsZero() && now.Before(e.lastRenew.Add(e.cfg.RenewDeadline))
+}
+
+// outageHoldLocked decides whether this agent, unable to renew, may keep
+// holding anyway. It may when every agent that was live when it last
+// renewed is heard from and says it cannot reach the API server either:
+// then nobody can take a claim from it, and dropping the VIPs would turn
+// an API outage into a VIP outage. If any of them is silent, or reaches
+// the API, it could take over: the holder lets go by its renew deadline as
+// usual.
+func (e *Elector) outageHoldLocked(now time.Time) bool {
+	if e.released || e.cfg.Peers == nil || e.lastRenew.IsZero() || !e.wasLive {
+		return false
+	}
+	for _, o := range e.leases {
+		if o.lease.Labels[LabelKind] != KindNode {
+			continue
+		}
+		h := holder(o.lease)
+		if h == "" || h == e.cfg.Identity {
+			continue
+		}
+		if !e.lastRenew.Before(o.seen.Add(leaseDuration(o.lease, e.cfg.LeaseDuration))) {
+			continue // not live when we last reached the API: not a rival
+		}
+		r := e.cfg.Peers.Peer(h)
+		if !r.Heard || r.APIOK {
+			return false
+		}
+	}
+	return true
+}
+
+// peerLiveLocked judges another agent. Heartbeats, where there are any,
+// overrule the Lease in both directions: a node whose beats stopped is dead
+// at once, and one that says it has let go is not live; one still heard and
+// saying it is live stays live even when no one can renew a Lease.
+func (e *Elector) peerLiveLocked(node string, leaseLive bool) bool {
+	if e.cfg.Peers == nil {
+		return leaseLive
+	}
+	r := e.cfg.Peers.Peer(node)
+	switch {
+	case r.Ever && !r.Heard:
+		return false
+	case r.Heard && !r.Live:
+		return false
+	case r.Heard && r.Live:
+		return true
+	}
+	return leaseLive
 }
 
 // Release stops this agent from holding anything, at once, and clears the
@@ -274,6 +369,10 @@ func (e *Elector) Run(ctx context.Context) error {
 		wg.Go(func() { e.writeLoop(ctx) })
 	}
 
+	var peerChanges <-chan struct{}
+	if e.cfg.Peers != nil {
+		peerChanges = e.cfg.Peers.Changes()
+	}
 	inflight := map[string]bool{}
 	freeSince := map[string]time.Time{}
 	retryAt := map[string]time.Time{}
@@ -302,6 +401,7 @@ func (e *Elector) Run(ctx context.Context) error {
 				retryAt[r.name] = e.now().Add(e.cfg.RetryPeriod / 4)
 			}
 		case <-e.wake:
+		case <-peerChanges:
 		case <-timer.C:
 		}
 		jobs, wakeAt := e.evaluate(inflight, freeSince, retryAt)
@@ -342,15 +442,32 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 			continue
 		}
 		expiry := o.seen.Add(leaseDuration(o.lease, e.cfg.LeaseDuration))
-		if now.Before(expiry) {
-			live[h] = true
+		leaseLive := now.Before(expiry)
+		if leaseLive {
 			soon(expiry)
+		}
+		if e.peerLiveLocked(h, leaseLive) {
+			live[h] = true
 		}
 	}
 	if meLive {
 		live[me] = true
-		soon(e.lastRenew.Add(e.cfg.RenewDeadline))
+		if d := e.lastRenew.Add(e.cfg.RenewDeadline); d.After(now) {
+			soon(d)
+		}
 	}
+	if hold := meLive && !e.renewedLocked(now); hold != e.holdingThrough {
+		e.holdingThrough = hold
+		if hold {
+			e.log.Warn("cannot renew the node lease, but every live agent reports the API server unreachable too: keeping VIPs through the outage")
+		} else if meLive {
+			e.log.Info("node lease renewed again: API outage over")
+		} else {
+			e.log.Warn("stopped holding: an agent is silent or reaches the API server, so it may take over")
+		}
+	}
+	e.wasLive = meLive
+	e.reportSelfLocked(now)
 	liveNodes := make([]string, 0, len(live))
 	for n := range live {
 		liveNodes = append(liveNodes, n)
@@ -451,7 +568,8 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 	return jobs, wakeAt
 }
 
-// dropHolding makes a release visible at once, before the next evaluation.
+// dropHolding makes a release visible at once, before the next
+// evaluation, to the agent and to the other agents' failure detectors.
 func (e *Elector) dropHolding() {
 	e.mu.Lock()
 	for name, s := range e.status {
@@ -459,8 +577,34 @@ func (e *Elector) dropHolding() {
 			e.status[name] = Status{}
 		}
 	}
+	e.reportSelfLocked(e.now())
 	e.mu.Unlock()
 	signal(e.changes)
+}
+
+// reportSelfLocked keeps the failure detector's message about us current,
+// and hands it the addresses of the other agents.
+func (e *Elector) reportSelfLocked(now time.Time) {
+	if e.cfg.Peers == nil {
+		return
+	}
+	self := PeerReport{APIOK: e.renewedLocked(now), Live: e.liveLocked(now)}
+	if self != e.lastSelf {
+		e.lastSelf = self
+		e.cfg.Peers.SetSelf(self)
+	}
+	addrs := map[string]string{}
+	for _, o := range e.leases {
+		if o.lease.Labels[LabelKind] == KindNode && holder(o.lease) != "" && holder(o.lease) != e.cfg.Identity {
+			if a := o.lease.Annotations[AnnotationPeerAddr]; a != "" {
+				addrs[holder(o.lease)] = a
+			}
+		}
+	}
+	if !maps.Equal(addrs, e.peerAddr) {
+		e.peerAddr = addrs
+		e.cfg.Peers.SetPeers(addrs)
+	}
 }
 
 func (e *Elector) observe(obj any, deleted bool) {
@@ -575,7 +719,7 @@ func (e *Elector) renew(ctx context.Context, start time.Time) error {
 		base = o.lease
 	}
 	e.mu.Unlock()
-	out, err := e.writeLease(ctx, e.node, KindNode, base)
+	out, err := e.writeLease(ctx, e.node, KindNode, base, e.cfg.PeerAddr)
 	if apierrors.IsConflict(err) {
 		// Our view was stale; read once and retry at the next tick.
 		if cur, gerr := e.cfg.Client.CoordinationV1().Leases(e.cfg.Namespace).Get(ctx, e.node, metav1.GetOptions{}); gerr == nil {
@@ -594,14 +738,18 @@ func (e *Elector) renew(ctx context.Context, start time.Time) error {
 
 // writeLease makes this agent the holder of the named Lease, conditional on
 // base (created if base is nil).
-func (e *Elector) writeLease(ctx context.Context, name, kind string, base *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+func (e *Elector) writeLease(ctx context.Context, name, kind string, base *coordinationv1.Lease, peerAddr string) (*coordinationv1.Lease, error) {
+	var annotations map[string]string
+	if peerAddr != "" {
+		annotations = map[string]string{AnnotationPeerAddr: peerAddr}
+	}
 	leases := e.cfg.Client.CoordinationV1().Leases(e.cfg.Namespace)
 	now := metav1.NewMicroTime(e.now())
 	secs := int32(math.Ceil(e.cfg.LeaseDuration.Seconds()))
 	id := e.cfg.Identity
 	if base == nil {
 		return leases.Create(ctx, &coordinationv1.Lease{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: e.cfg.Namespace,
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: e.cfg.Namespace, Annotations: annotations,
 				Labels: map[string]string{LabelManagedBy: managedBy, LabelKind: kind}},
 			Spec: coordinationv1.LeaseSpec{HolderIdentity: &id, LeaseDurationSeconds: &secs, AcquireTime: &now, RenewTime: &now},
 		}, metav1.CreateOptions{})
@@ -622,6 +770,12 @@ func (e *Elector) writeLease(ctx context.Context, name, kind string, base *coord
 	}
 	l.Labels[LabelManagedBy] = managedBy
 	l.Labels[LabelKind] = kind
+	if peerAddr != "" {
+		if l.Annotations == nil {
+			l.Annotations = map[string]string{}
+		}
+		l.Annotations[AnnotationPeerAddr] = peerAddr
+	}
 	l.Spec.HolderIdentity = &id
 	l.Spec.LeaseDurationSeconds = &secs
 	l.Spec.RenewTime = &now
@@ -652,7 +806,7 @@ func (e *Elector) do(ctx context.Context, j job) error {
 	switch j.op {
 	case opAcquire:
 		prev := holder(j.base)
-		out, err := e.writeLease(ctx, j.name, KindClaim, j.base)
+		out, err := e.writeLease(ctx, j.name, KindClaim, j.base, "")
 		if err != nil {
 			if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) {
 				log.Debug("claim changed before we could take it", "err", err)
