@@ -24,6 +24,7 @@ import (
 	"github.com/vipd/vipd/internal/announce"
 	"github.com/vipd/vipd/internal/config"
 	"github.com/vipd/vipd/internal/election"
+	"github.com/vipd/vipd/internal/services"
 )
 
 // resyncInterval is how often the reconciler re-reads the interface even
@@ -39,13 +40,6 @@ const releaseTimeout = 2 * time.Second
 // Every check that can fail on bad configuration runs before anything on
 // the node is changed.
 func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
-	if cfg.Services {
-		return errors.New("svc_enable: LoadBalancer Services are not supported by this version of vipd yet")
-	}
-	if !cfg.ControlPlane {
-		return errors.New("cp_enable: nothing to do; enable the control-plane VIP")
-	}
-
 	iface, err := resolveInterface(cfg.Interface)
 	if err != nil {
 		return err
@@ -73,6 +67,22 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("setting up the election: %w", err)
 	}
+	var svc *services.Controller
+	if cfg.Services {
+		svc, err = services.New(services.Config{
+			Client:        client,
+			Namespace:     cfg.ServiceNamespace,
+			Class:         cfg.LoadBalancerClass,
+			OnlyOwnClass:  cfg.LoadBalancerClassOnly,
+			PoolNamespace: cfg.PoolNamespace,
+			PoolConfigMap: cfg.PoolConfigMap,
+			NodeName:      cfg.NodeName,
+			Log:           log,
+		})
+		if err != nil {
+			return fmt.Errorf("setting up LoadBalancer Services: %w", err)
+		}
+	}
 
 	m := newMetrics()
 	if cfg.MetricsAddr != "" {
@@ -99,15 +109,24 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return err
 	}
 
-	bindings := []binding{{contest: cfg.LeaseName, vips: cfg.VIPs}}
-	el.SetContests(contests(bindings))
-	r := &reconciler{iface: iface, ann: ann, el: el, bindings: bindings,
+	r := &reconciler{iface: iface, ann: ann, el: el, svc: svc,
 		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m}
-
-	electionCtx, stopElection := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan error, 1)
-	go func() { done <- el.Run(electionCtx) }()
-	log.Info("agent started", "vips", cfg.VIPs, "lease", cfg.Namespace+"/"+cfg.LeaseName)
+	// Background work ends only after shutdown has released the Leases.
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBG()
+	done := make(chan error, 2)
+	go func() { done <- wrap("election", el.Run(bg)) }()
+	var svcChanges <-chan struct{}
+	if svc != nil {
+		go func() { done <- wrap("watching Services", svc.Run(bg)) }()
+		svcChanges = svc.Changes()
+	} else {
+		// Without Services the contests are known now. With them, they
+		// are set once the Services are synced: contending with a partial
+		// set would give up claims this node still holds.
+		r.setBindings(cfg, nil)
+	}
+	log.Info("agent started", "vips", cfg.VIPs, "services", cfg.Services, "namespace", cfg.Namespace)
 
 	resync := time.NewTicker(resyncInterval)
 	defer resync.Stop()
@@ -115,17 +134,27 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		select {
 		case <-ctx.Done():
 			r.shutdown()
-			stopElection()
-			return <-done
+			return nil
 		case err := <-done:
-			stopElection()
 			r.apply(plan{})
-			return fmt.Errorf("election ended: %w", err)
+			if err == nil {
+				err = errors.New("stopped unexpectedly")
+			}
+			return err
+		case <-svcChanges:
+			r.setBindings(cfg, svc.Addresses())
 		case <-el.Changes():
 		case <-resync.C:
 		}
 		r.reconcile()
 	}
+}
+
+func wrap(what string, err error) error {
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
 }
 
 // binding ties VIPs to the contest whose holder carries them.
@@ -157,6 +186,7 @@ type reconciler struct {
 	iface    *address.Interface
 	ann      announcer
 	el       *election.Elector
+	svc      *services.Controller // nil without Services
 	bindings []binding
 	preserve bool
 	log      *slog.Logger
@@ -164,23 +194,52 @@ type reconciler struct {
 	last     map[string]election.Status
 }
 
+// setBindings recomputes which contest carries which VIP, refusing
+// service addresses that are this node's own, and hands the contests to
+// the election.
+func (r *reconciler) setBindings(cfg config.Config, addrs []services.Address) {
+	var ok []services.Address
+	for _, a := range addrs {
+		if err := checkNotNodeAddress(a.IP); err != nil {
+			r.svc.Reject(a.IP, err.Error())
+			r.log.Warn("refusing service address", "vip", a.IP, "err", err)
+			continue
+		}
+		ok = append(ok, a)
+	}
+	var cpVIPs []netip.Addr
+	if cfg.ControlPlane {
+		cpVIPs = cfg.VIPs
+	}
+	r.bindings = bindingsFor(cfg.LeaseName, cpVIPs, cfg.ServiceLeaseName, cfg.ServiceElection, ok)
+	r.el.SetContests(contests(r.bindings))
+}
+
 // reconcile makes the node match what the election says now.
 func (r *reconciler) reconcile() {
 	var want plan
+	var servedHere []netip.Addr
 	seen := make(map[string]election.Status, len(r.bindings))
 	for _, b := range r.bindings {
 		st := r.el.Status(b.contest)
 		seen[b.contest] = st
 		if prev := r.last[b.contest]; st != prev {
-			r.log.Info("election status changed", "contest", b.contest, "leading", st.Leading,
+			r.log.Info("election status changed", "contest", b.contest, "vips", b.vips, "leading", st.Leading,
 				"leader", st.Leader, "was_leading", prev.Leading, "was_leader", prev.Leader)
 		}
 		p := planFor(st, b.vips, r.preserve, r.onIface)
 		want.present = append(want.present, p.present...)
 		want.announce = append(want.announce, p.announce...)
+		if st.Leading {
+			servedHere = append(servedHere, b.vips...)
+		}
 	}
 	r.last = seen
 	r.apply(want)
+	if r.svc != nil {
+		// The controller writes the status of the Services among these.
+		r.svc.SetHeld(servedHere)
+	}
 	r.metrics.live.Set(boolGauge(r.el.Live()))
 }
 

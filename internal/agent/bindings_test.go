@@ -1,0 +1,58 @@
+package agent
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/vipd/vipd/internal/services"
+)
+
+func TestBindingsFor(t *testing.T) {
+	cp := netip.MustParseAddr("198.51.100.100")
+	a := netip.MustParseAddr("192.0.2.10")
+	b := netip.MustParseAddr("203.0.113.7")
+	v6 := netip.MustParseAddr("2001:db8::10")
+	addrs := []services.Address{
+		{IP: a},
+		{IP: b, Candidates: []string{"n2"}},
+		{IP: cp}, // a Service sharing the control-plane VIP
+		{IP: v6},
+	}
+	type want struct {
+		contest    string
+		vips       []netip.Addr
+		candidates []string
+	}
+	check := func(t *testing.T, got []binding, ws []want) {
+		t.Helper()
+		if len(got) != len(ws) {
+			t.Fatalf("got %d bindings %+v, want %d", len(got), got, len(ws))
+		}
+		for i, w := range ws {
+			g := got[i]
+			if g.contest != w.contest || !slices.Equal(g.vips, w.vips) || !slices.Equal(g.candidates, w.candidates) {
+				t.Errorf("binding %d = %+v, want %+v", i, g, w)
+			}
+		}
+	}
+	t.Run("per address", func(t *testing.T) {
+		check(t, bindingsFor("plndr-cp-lock", []netip.Addr{cp}, "plndr-svcs-lock", true, addrs), []want{
+			{"plndr-cp-lock", []netip.Addr{cp}, nil},
+			{"vipd-svc-192-0-2-10", []netip.Addr{a}, nil},
+			{"vipd-svc-203-0-113-7", []netip.Addr{b}, []string{"n2"}},
+			{"vipd-svc-2001-db8--10", []netip.Addr{v6}, nil},
+		})
+	})
+	t.Run("one for all", func(t *testing.T) {
+		check(t, bindingsFor("plndr-cp-lock", []netip.Addr{cp}, "plndr-svcs-lock", false, addrs), []want{
+			{"plndr-cp-lock", []netip.Addr{cp}, nil},
+			{"vipd-svc-203-0-113-7", []netip.Addr{b}, []string{"n2"}},
+			{"plndr-svcs-lock", []netip.Addr{a, v6}, nil},
+		})
+	})
+	t.Run("services only", func(t *testing.T) {
+		got := bindingsFor("plndr-cp-lock", nil, "plndr-svcs-lock", false, addrs[:1])
+		check(t, got, []want{{"plndr-svcs-lock", []netip.Addr{a}, nil}})
+	})
+}
