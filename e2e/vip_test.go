@@ -1,0 +1,521 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vipd/vipd/internal/lab"
+)
+
+// startTimeout bounds how long three fresh agents take to elect a holder:
+// the first one creates the Lease as soon as its watch has synced.
+const startTimeout = 15 * time.Second
+
+// TestVIPServesClients: with an agent on every node, exactly one node holds
+// the control-plane VIP, the Lease names it, and the client reaches it by
+// ping and TCP; only that node answers ARP for the VIP.
+func TestVIPServesClients(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.startAll()
+	h := e.waitSoleHolder(startTimeout)
+	t.Logf("%s holds %v", h.Name, vip4)
+
+	e.waitLeaseHolder(5*time.Second, h.Name)
+	e.mustReach(vip4, h)
+	if mac, state, err := e.lab.Client.Neighbor(vip4); err != nil || mac.String() != h.MAC.String() {
+		t.Errorf("client's neighbour entry for %s: %v (%s) %v, want %s's MAC %v", vip4, mac, state, err, h.Name, h.MAC)
+	}
+	if who := e.mustAnswerers(vip4); !slices.Equal(who, []string{h.Name}) {
+		t.Errorf("ARP for %s answered by %v, want only %s", vip4, who, h.Name)
+	}
+
+	// Steady state: for longer than a Lease, the same single holder.
+	holdFor(t, e.timing.lease+e.timing.retry, "the VIP stays on one node", func() error {
+		got, err := e.holding()
+		if err != nil {
+			return err
+		}
+		if n, err := e.soleHolder(got); err != nil || n != h {
+			return fmt.Errorf("%v (holder was %s)", got, h.Name)
+		}
+		return nil
+	})
+	if got, err := e.leaseHolder(); err != nil || got != h.Name {
+		t.Errorf("Lease holder %q (%v), want %s", got, err, h.Name)
+	}
+}
+
+// TestAnnouncesOnTakeover: whoever takes the VIP broadcasts a gratuitous
+// ARP for it (sender IP = target IP = VIP, sender MAC = its MAC), and the
+// client's neighbour entry follows the VIP on every failover.
+func TestAnnouncesOnTakeover(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	cp := e.capture()
+	procs := e.startAll()
+	h := e.waitSoleHolder(startTimeout)
+	checkGARP(t, cp, time.Time{}, h)
+	e.mustReach(vip4, h)
+	e.waitNeighbor(time.Second, vip4, h)
+
+	for round := 1; round <= 2; round++ {
+		before := time.Now()
+		if err := procs[h.Name].Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		next, _ := e.waitNewHolder(5*time.Second, h)
+		t.Logf("failover %d: %s -> %s", round, h.Name, next.Name)
+		checkGARP(t, cp, before, next)
+		e.waitNeighbor(2*time.Second, vip4, next)
+		e.mustReach(vip4, next)
+		if code := waitExit(t, procs[h.Name], 5*time.Second); code != 0 {
+			t.Fatalf("vipd on %s exited %d after SIGTERM", h.Name, code)
+		}
+		procs[h.Name] = e.start(h) // back as a follower for the next round
+		h = next
+	}
+}
+
+// checkGARP waits for a gratuitous ARP for vip4 from n captured after t and
+// checks its fields.
+func checkGARP(t *testing.T, cp *lab.Capture, after time.Time, n *lab.Node) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	a, err := cp.WaitFor(ctx, func(a lab.Announcement) bool {
+		return a.Time.After(after) && gratuitousFrom(n, vip4)(a)
+	})
+	if err != nil {
+		t.Fatalf("no gratuitous ARP for %s from %s: %v; captured %+v", vip4, n.Name, err, cp.Announcements())
+	}
+	if a.Kind != "arp-request" || a.MAC.String() != n.MAC.String() || a.DstMAC.String() != "ff:ff:ff:ff:ff:ff" {
+		t.Errorf("gratuitous ARP from %s: %+v; want a broadcast ARP request with sender MAC %v", n.Name, a, n.MAC)
+	}
+}
+
+// TestGracefulHandover: SIGTERM to the holder's agent (a drain, a rolling
+// update) removes the VIP, releases the Lease and exits 0; another node
+// takes over at once, without waiting for the Lease to expire, and at no
+// moment do two nodes hold the VIP.
+func TestGracefulHandover(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	w := watchVIP(t, e.lab.Nodes, vip4)
+	procs := e.startAll()
+	h := e.waitSoleHolder(startTimeout)
+	e.waitLeaseHolder(5*time.Second, h.Name)
+	e.mustReach(vip4, h)
+
+	stop := time.Now()
+	if err := procs[h.Name].Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	var next string
+	took, err := w.Wait(5*time.Second, func(holders []string) bool {
+		if len(holders) == 1 && holders[0] != h.Name {
+			next = holders[0]
+			return true
+		}
+		return false
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Expiry would take a Lease duration; a release is seen through the
+	// watch at once.
+	if d := took.Sub(stop); d > e.timing.lease/2 {
+		t.Errorf("%s took over %v after SIGTERM; a released Lease should be taken at once (Lease duration %v)", next, d, e.timing.lease)
+	} else {
+		t.Logf("%s took over %v after SIGTERM to %s", next, d.Round(time.Millisecond), h.Name)
+	}
+	if code := waitExit(t, procs[h.Name], 5*time.Second); code != 0 {
+		t.Errorf("vipd on %s exited %d after SIGTERM, want 0", h.Name, code)
+	}
+	if got := e.mustHolding(); got.has(h.Name, vip4) {
+		t.Errorf("the VIP is still on %s after its agent stopped: %v", h.Name, got)
+	}
+	e.waitLeaseHolder(5*time.Second, next)
+	e.mustReach(vip4, e.node(next))
+	if d := w.Overlap(stop.Add(-time.Second), time.Now(), nil); d > 0 {
+		t.Errorf("two nodes held the VIP at once for %v: %+v", d, w.Events())
+	}
+}
+
+// TestHolderCrash: SIGKILL to the holder's agent. Another node takes over
+// once the Lease expires.
+//
+// What happens to the crashed node, recorded here on purpose: its agent had
+// no chance to remove the VIP, so the address stays on its eth0 until the
+// agent restarts, and its kernel keeps answering ARP requests for the VIP.
+// Clients that heard the new holder's gratuitous ARP (the test's client)
+// go to the new holder; a station that ARPs for the VIP gets two answers.
+// The restarted agent removes the stale VIP before it campaigns again.
+func TestHolderCrash(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	procs := e.startAll()
+	h := e.waitSoleHolder(startTimeout)
+	e.mustReach(vip4, h)
+
+	kill := time.Now()
+	if err := procs[h.Name].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	next, at := e.waitNewHolder(e.timing.lease+2*time.Second, h)
+	took := at.Sub(kill)
+	t.Logf("%s took over %v after %s's agent was killed", next.Name, took.Round(time.Millisecond), h.Name)
+	// The last renewal was at most a retry period before the kill; nobody
+	// may take the Lease before it expired.
+	if earliest := e.timing.lease - e.timing.retry - 100*time.Millisecond; took < earliest {
+		t.Errorf("%s took over %v after the kill, before the Lease (%v) could have expired", next.Name, took, e.timing.lease)
+	}
+	e.waitLeaseHolder(5*time.Second, next.Name)
+
+	e.waitNeighbor(2*time.Second, vip4, next)
+	e.mustReach(vip4, next)
+
+	got := e.mustHolding()
+	who := e.mustAnswerers(vip4)
+	t.Logf("after the crash: %v; ARP for %s answered by %v", got, vip4, who)
+	if !got.has(h.Name, vip4) {
+		t.Logf("note: the crashed node %s no longer has the VIP (the stale address was expected to stay until restart)", h.Name)
+	}
+	if !slices.Contains(who, next.Name) {
+		t.Errorf("the new holder %s does not answer ARP for %s: %v", next.Name, vip4, who)
+	}
+
+	// Restart-after-crash clean-up: the new agent removes the VIP its
+	// predecessor left, and does not take the VIP back.
+	procs[h.Name] = e.start(h)
+	waitFor(t, 10*time.Second, "the restarted agent on "+h.Name+" to remove the stale VIP", func() error {
+		got, err := e.holding()
+		if err != nil {
+			return err
+		}
+		if !slices.Equal(got.holdersOf(vip4), []string{next.Name}) {
+			return fmt.Errorf("%v", got)
+		}
+		return nil
+	})
+	waitLog(t, procs[h.Name], 0, 10*time.Second, "leader="+next.Name)
+	if who := e.mustAnswerers(vip4); !slices.Equal(who, []string{next.Name}) {
+		t.Errorf("after the restart ARP for %s is answered by %v, want only %s", vip4, who, next.Name)
+	}
+	e.mustReach(vip4, next)
+	if got, err := e.leaseHolder(); err != nil || got != next.Name {
+		t.Errorf("after the restart the Lease names %q (%v), want %s", got, err, next.Name)
+	}
+}
+
+// TestNodeLoss: the holder's agent is killed and its link goes down at the
+// same moment (power loss); another node takes over after the Lease expires
+// and the client reaches the VIP there.
+func TestNodeLoss(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	procs := e.startAll()
+	h := e.waitSoleHolder(startTimeout)
+	e.mustReach(vip4, h)
+
+	lost := time.Now()
+	if err := procs[h.Name].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkDown(); err != nil {
+		t.Fatal(err)
+	}
+	next, at := e.waitNewHolder(e.timing.lease+2*time.Second, h)
+	t.Logf("%s took over %v after %s was lost", next.Name, at.Sub(lost).Round(time.Millisecond), h.Name)
+	e.waitLeaseHolder(5*time.Second, next.Name)
+	e.waitNeighbor(2*time.Second, vip4, next)
+	e.mustReach(vip4, next)
+}
+
+// TestAPIPartition: the holder loses the API server but not its clients. It
+// must stop announcing and drop the VIP by its renew deadline, before the
+// Lease expires for the others, so that two nodes never hold the VIP; one of
+// the others takes over. When the API server comes back the old holder
+// sees the new one and leaves the VIP alone.
+func TestAPIPartition(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	w := watchVIP(t, e.lab.Nodes, vip4)
+	cp := e.capture()
+	// A short refresh, so that an agent still announcing after it dropped
+	// the VIP would be caught several times over.
+	procs := e.startAll("--arp-rate", "500ms")
+	h := e.waitSoleHolder(startTimeout)
+	e.mustReach(vip4, h)
+
+	block := time.Now()
+	if err := h.BlockAPI(); err != nil {
+		t.Fatal(err)
+	}
+	gone, err := w.Wait(e.timing.renew+5*time.Second, func(holders []string) bool { return !slices.Contains(holders, h.Name) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropped := gone.Sub(block)
+	t.Logf("%s dropped the VIP %v after losing the API server (renew deadline %v)", h.Name, dropped.Round(time.Millisecond), e.timing.renew)
+	if limit := e.timing.renew + 300*time.Millisecond; dropped > limit {
+		t.Errorf("%s kept the VIP %v after losing the API server, want at most the renew deadline %v + 300ms", h.Name, dropped, e.timing.renew)
+	}
+
+	next, at := e.waitNewHolder(e.timing.lease+2*time.Second, h)
+	t.Logf("%s took over %v after the partition", next.Name, at.Sub(block).Round(time.Millisecond))
+	e.waitNeighbor(2*time.Second, vip4, next)
+	e.mustReach(vip4, next)
+
+	// Back on the API: the old holder learns of the new one and stays a
+	// follower.
+	logged := len(procs[h.Name].Log())
+	if err := h.UnblockAPI(); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, procs[h.Name], logged, 30*time.Second, "leader="+next.Name)
+	holdFor(t, e.timing.lease, "the VIP stays with "+next.Name+" after "+h.Name+" is back", func() error {
+		if holders := w.Holders(); !slices.Equal(holders, []string{next.Name}) {
+			return fmt.Errorf("holders %v", holders)
+		}
+		return nil
+	})
+	e.waitLeaseHolder(time.Second, next.Name)
+	if d := w.Overlap(block.Add(-time.Second), time.Now(), nil); d > 0 {
+		t.Errorf("two nodes held the VIP at once for %v: %+v", d, w.Events())
+	}
+	// Announcements stop before the address goes; allow for the capture's
+	// timestamps being taken a little after the frame arrived.
+	if late := announcementsSince(cp, gone.Add(50*time.Millisecond), gratuitousFrom(h, vip4)); len(late) > 0 {
+		t.Errorf("%s announced %s after dropping it: %+v", h.Name, vip4, late)
+	}
+	if err := w.Err(); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestPreserveVIPOnLeadershipLoss: with --preserve-vip-on-leadership-loss a
+// holder cut from the API server stops announcing by its renew deadline but
+// keeps the IPv4 VIP on its interface, silent, until it sees a new holder.
+// Cut off, it cannot see one, so the address stays until the API server is
+// back; then it goes. The IPv6 VIP of a dual-stack pair goes at once on
+// loss (a second IPv6 holder would break Duplicate Address Detection).
+func TestPreserveVIPOnLeadershipLoss(t *testing.T) {
+	e := newEnv(t, envOptions{vips: []netip.Addr{vip4, vip6}})
+	w4 := watchVIP(t, e.lab.Nodes, vip4)
+	w6 := watchVIP(t, e.lab.Nodes, vip6)
+	cp := e.capture()
+	// A short refresh, so that an agent still announcing would be caught
+	// several times over in the windows below.
+	const arpRate = 500 * time.Millisecond
+	procs := e.startAll("--preserve-vip-on-leadership-loss", "--arp-rate", arpRate.String())
+	h := e.waitSoleHolder(startTimeout)
+	e.mustReach(vip4, h)
+	e.mustReach(vip6, h)
+
+	block := time.Now()
+	if err := h.BlockAPI(); err != nil {
+		t.Fatal(err)
+	}
+	gone6, err := w6.Wait(e.timing.renew+5*time.Second, func(holders []string) bool { return !slices.Contains(holders, h.Name) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := gone6.Sub(block)
+	t.Logf("%s lost leadership %v after the block and removed %s at once", h.Name, lost.Round(time.Millisecond), vip6)
+	if limit := e.timing.renew + 300*time.Millisecond; lost > limit {
+		t.Errorf("%s removed %s %v after losing the API server, want at most the renew deadline %v + 300ms", h.Name, vip6, lost, e.timing.renew)
+	}
+	if !slices.Contains(w4.Holders(), h.Name) {
+		t.Fatalf("%s removed the IPv4 VIP on leadership loss despite --preserve-vip-on-leadership-loss: %+v", h.Name, w4.Events())
+	}
+
+	next, _ := e.waitNewHolder(e.timing.lease+2*time.Second, h)
+	t.Logf("%s took over; %s keeps %s, silent", next.Name, h.Name, vip4)
+	e.waitNeighbor(2*time.Second, vip4, next)
+	e.mustReach(vip4, next)
+	e.mustReach(vip6, next)
+
+	// Cut off, h cannot observe the new holder: the IPv4 VIP stays, and h
+	// says nothing about it.
+	holdFor(t, 3*arpRate, h.Name+" keeps the IPv4 VIP while cut off", func() error {
+		got, err := e.holding()
+		if err != nil {
+			return err
+		}
+		if !got.has(h.Name, vip4) || got.has(h.Name, vip6) {
+			return fmt.Errorf("%v", got)
+		}
+		return nil
+	})
+	// Silent means no announcements; the kernel still answers ARP requests
+	// for an address it has. Recorded, not asserted.
+	t.Logf("while %s is cut off, ARP for %s is answered by %v", h.Name, vip4, e.mustAnswerers(vip4))
+	// Announcements stop before the IPv6 address goes; allow for the
+	// capture's timestamps being taken a little after the frame arrived.
+	silentSince := gone6.Add(50 * time.Millisecond)
+	for _, vip := range []netip.Addr{vip4, vip6} {
+		if late := announcementsSince(cp, silentSince, gratuitousFrom(h, vip)); len(late) > 0 {
+			t.Errorf("%s announced %s after losing leadership: %+v", h.Name, vip, late)
+		}
+	}
+
+	unblock := time.Now()
+	if err := h.UnblockAPI(); err != nil {
+		t.Fatal(err)
+	}
+	gone4, err := w4.Wait(30*time.Second, func(holders []string) bool { return !slices.Contains(holders, h.Name) })
+	if err != nil {
+		t.Fatalf("%s kept the IPv4 VIP after the API server came back: %v\n%s", h.Name, err, procs[h.Name].Log())
+	}
+	t.Logf("%s removed %s %v after the API server came back", h.Name, vip4, gone4.Sub(unblock).Round(time.Millisecond))
+	if got := w4.Holders(); !slices.Equal(got, []string{next.Name}) {
+		t.Errorf("IPv4 VIP held by %v, want %s", got, next.Name)
+	}
+	if got := w6.Holders(); !slices.Equal(got, []string{next.Name}) {
+		t.Errorf("IPv6 VIP held by %v, want %s", got, next.Name)
+	}
+	if d := w6.Overlap(block.Add(-time.Second), time.Now(), nil); d > 0 {
+		t.Errorf("two nodes held the IPv6 VIP at once for %v: %+v", d, w6.Events())
+	}
+	e.mustReach(vip4, next)
+	e.waitLeaseHolder(time.Second, next.Name)
+}
+
+// TestIPv6VIP: an IPv6 control-plane VIP is announced with an unsolicited
+// neighbour advertisement (override set, solicited clear, target link-layer
+// address = the holder's MAC) to all nodes; the client reaches it by ping
+// and TCP, and its neighbour entry follows the VIP on failover.
+func TestIPv6VIP(t *testing.T) {
+	e := newEnv(t, envOptions{vips: []netip.Addr{vip6}})
+	cp := e.capture()
+	procs := e.startAll()
+	h := e.waitSoleHolder(startTimeout)
+	checkNA(t, cp, time.Time{}, h)
+	e.mustReach(vip6, h)
+	e.waitNeighbor(time.Second, vip6, h)
+
+	before := time.Now()
+	if err := procs[h.Name].Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	next, _ := e.waitNewHolder(5*time.Second, h)
+	checkNA(t, cp, before, next)
+	e.waitNeighbor(2*time.Second, vip6, next)
+	e.mustReach(vip6, next)
+	if code := waitExit(t, procs[h.Name], 5*time.Second); code != 0 {
+		t.Errorf("vipd on %s exited %d after SIGTERM, want 0", h.Name, code)
+	}
+}
+
+// checkNA waits for an unsolicited NA for vip6 from n captured after t and
+// checks its fields.
+func checkNA(t *testing.T, cp *lab.Capture, after time.Time, n *lab.Node) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	a, err := cp.WaitFor(ctx, func(a lab.Announcement) bool {
+		return a.Time.After(after) && a.Kind == "na" && gratuitousFrom(n, vip6)(a)
+	})
+	if err != nil {
+		t.Fatalf("no unsolicited NA for %s from %s: %v; captured %+v", vip6, n.Name, err, cp.Announcements())
+	}
+	if !a.Override || a.Solicited || a.MAC.String() != n.MAC.String() || a.DstMAC.String() != "33:33:00:00:00:01" {
+		t.Errorf("NA from %s: %+v; want override set, solicited clear, target link-layer address %v, to all nodes", n.Name, a, n.MAC)
+	}
+}
+
+// TestBadConfigChangesNothing: a configuration vipd cannot run with makes it
+// exit non-zero with a message naming the setting, before it touches any
+// interface or the Lease.
+func TestBadConfigChangesNothing(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	n1 := e.lab.Nodes[0]
+	for _, tc := range []struct {
+		name     string
+		extra    []string
+		code     int
+		contains []string
+	}{
+		// The agent checks the interface when it starts. (It names the
+		// setting by its kube-vip name, vip_interface, whatever set it.)
+		{"no such interface", []string{"--interface", "nosuch0"}, 1, []string{"interface", "nosuch0", "not found"}},
+		{"invalid address", []string{"--address", "198.51.100.x"}, 2, []string{`vipd: --address "198.51.100.x"`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := e.allAddrs(t)
+			p := e.start(n1, tc.extra...)
+			code := waitExit(t, p, 10*time.Second)
+			log := p.Log()
+			if code != tc.code {
+				t.Errorf("exit status %d, want %d; output:\n%s", code, tc.code, log)
+			}
+			if !hasLine(log, tc.contains...) {
+				t.Errorf("no line of the output says all of %q:\n%s", tc.contains, log)
+			}
+			if after := e.allAddrs(t); !equalAddrs(before, after) {
+				t.Errorf("addresses changed:\nbefore %v\nafter  %v", before, after)
+			}
+			if e.leaseExists() {
+				t.Errorf("Lease %s/%s was created", e.ns, leaseName)
+			}
+		})
+	}
+}
+
+// TestRefusesNodeAddress: a VIP that is already the node's own address is
+// refused (removing it on failover would cut the node off) and the node's
+// address is left alone.
+func TestRefusesNodeAddress(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	n1 := e.lab.Nodes[0]
+	before := e.allAddrs(t)
+	p := e.start(n1, "--address", n1.IPv4.String())
+	code := waitExit(t, p, 10*time.Second)
+	log := p.Log()
+	if code == 0 {
+		t.Errorf("vipd accepted its node's own address %s as VIP; output:\n%s", n1.IPv4, log)
+	}
+	if !hasLine(log, n1.IPv4.String(), "already assigned") {
+		t.Errorf("output does not say that %s is already assigned:\n%s", n1.IPv4, log)
+	}
+	if after := e.allAddrs(t); !equalAddrs(before, after) {
+		t.Errorf("addresses changed:\nbefore %v\nafter  %v", before, after)
+	}
+	if e.leaseExists() {
+		t.Errorf("Lease %s/%s was created", e.ns, leaseName)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := e.lab.Client.Ping(ctx, n1.IPv4); err != nil {
+		t.Errorf("%s lost its own address: %v", n1.Name, err)
+	}
+}
+
+// allAddrs lists every node's eth0 addresses.
+func (e *env) allAddrs(t *testing.T) map[string][]netip.Addr {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out := map[string][]netip.Addr{}
+	for _, n := range e.lab.Nodes {
+		addrs, err := addrsOn(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.SortFunc(addrs, netip.Addr.Compare)
+		out[n.Name] = addrs
+	}
+	return out
+}
+
+func equalAddrs(a, b map[string][]netip.Addr) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if !slices.Equal(v, b[k]) {
+			return false
+		}
+	}
+	return true
+}
