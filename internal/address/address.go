@@ -15,6 +15,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -82,6 +83,10 @@ type Interface struct {
 	MTU          int
 	Flags        net.Flags
 	HardwareAddr net.HardwareAddr
+	// Lifetime, if set, is the valid lifetime Add gives a VIP; Add and
+	// Refresh renew it. The kernel removes a VIP whose lifetime runs out,
+	// so the VIPs of an agent that died do not stay behind. Zero: forever.
+	Lifetime time.Duration
 
 	ns *Namespace
 }
@@ -263,13 +268,13 @@ func (i *Interface) Add(vip netip.Addr) error {
 		return fmt.Errorf("adding %s to %s: %w", vip, i.Name, err)
 	}
 	if owned != nil {
-		return nil
+		return i.Refresh(vip)
 	}
 	if foreign != nil {
 		return fmt.Errorf("adding %s to %s: %w", vip, i.Name, ErrNotOwned)
 	}
 
-	err = i.ns.newAddr(i.Index, vip)
+	err = i.ns.newAddr(i.Index, vip, i.Lifetime, false)
 	if errors.Is(err, unix.EEXIST) {
 		// Someone added it between our look and our add: whose is it?
 		owned, _, ferr := i.find(vip)
@@ -297,6 +302,19 @@ func (i *Interface) Add(vip netip.Addr) error {
 	}
 	if owned == nil {
 		return fmt.Errorf("adding %s to %s: address vanished right after it was added", vip, i.Name)
+	}
+	return nil
+}
+
+// Refresh restarts the lifetime of a VIP vipd added (see
+// Interface.Lifetime); without a lifetime it does nothing. The caller must
+// know the VIP is vipd's: Refresh does not look.
+func (i *Interface) Refresh(vip netip.Addr) error {
+	if i.Lifetime <= 0 {
+		return nil
+	}
+	if err := i.ns.newAddr(i.Index, vip, i.Lifetime, true); err != nil {
+		return fmt.Errorf("refreshing %s on %s: %w", vip, i.Name, err)
 	}
 	return nil
 }
@@ -355,6 +373,31 @@ func (i *Interface) Owned() ([]netip.Addr, error) {
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return out, nil
+}
+
+// NodeAddr returns the interface's own address, the one vipd did not add:
+// the first global unicast IPv4 address, else the first IPv6 one.
+func (i *Interface) NodeAddr() (netip.Addr, error) {
+	addrs, err := i.ns.dump(unix.AF_UNSPEC)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("listing addresses of %s: %w", i.Name, err)
+	}
+	var v6 netip.Addr
+	for _, a := range addrs {
+		if a.index != i.Index || a.proto == Proto || !a.addr.IsGlobalUnicast() {
+			continue
+		}
+		if a.addr.Is4() {
+			return a.addr, nil
+		}
+		if !v6.IsValid() {
+			v6 = a.addr
+		}
+	}
+	if !v6.IsValid() {
+		return netip.Addr{}, fmt.Errorf("%s has no global address of its own", i.Name)
+	}
+	return v6, nil
 }
 
 // find returns vip's entries on the interface: the one marked as vipd's, and

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -101,8 +102,14 @@ func parseAddr(m []byte) (kernelAddr, error) {
 }
 
 // newAddr adds vip as a host address (/32 or /128), marked with Proto.
-func (n *Namespace) newAddr(index int, vip netip.Addr) error {
-	req := n.request(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+// With replace it updates an existing one instead (its lifetime). A
+// lifetime of zero means forever.
+func (n *Namespace) newAddr(index int, vip netip.Addr, lifetime time.Duration, replace bool) error {
+	flags := unix.NLM_F_CREATE | unix.NLM_F_EXCL | unix.NLM_F_ACK
+	if replace {
+		flags = unix.NLM_F_CREATE | unix.NLM_F_REPLACE | unix.NLM_F_ACK
+	}
+	req := n.request(unix.RTM_NEWADDR, flags)
 	msg := nl.NewIfAddrmsg(familyOf(vip))
 	msg.Prefixlen = uint8(vip.BitLen())
 	msg.Index = uint32(index)
@@ -117,6 +124,17 @@ func (n *Namespace) newAddr(index int, vip netip.Addr) error {
 	req.AddData(nl.NewRtAttr(unix.IFA_ADDRESS, vip.AsSlice()))
 	if vip.Is6() {
 		req.AddData(nl.NewRtAttr(unix.IFA_FLAGS, nl.Uint32Attr(unix.IFA_F_NODAD)))
+	}
+	if lifetime > 0 {
+		secs := uint32(max(1, lifetime.Round(time.Second)/time.Second))
+		ci := nl.IfaCacheInfo{IfaCacheinfo: unix.IfaCacheinfo{Valid: secs, Prefered: secs}}
+		if vip.Is6() {
+			// Deprecated at once: the kernel then never picks the VIP as the
+			// source of the node's own connections, which would break when
+			// the VIP moves. It still answers for it.
+			ci.Prefered = 0
+		}
+		req.AddData(nl.NewRtAttr(unix.IFA_CACHEINFO, ci.Serialize()))
 	}
 	req.AddData(nl.NewRtAttr(ifaProto, nl.Uint8Attr(Proto)))
 	_, err := req.Execute(unix.NETLINK_ROUTE, 0)

@@ -24,6 +24,7 @@ import (
 	"github.com/vipd/vipd/internal/announce"
 	"github.com/vipd/vipd/internal/config"
 	"github.com/vipd/vipd/internal/election"
+	"github.com/vipd/vipd/internal/heartbeat"
 	"github.com/vipd/vipd/internal/services"
 )
 
@@ -45,6 +46,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return err
 	}
 	log = log.With("iface", iface.Name)
+	iface.Lifetime = cfg.VIPLifetime
 	for _, vip := range cfg.VIPs {
 		if err := checkNotNodeAddress(vip); err != nil {
 			return err
@@ -55,7 +57,9 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	el, err := election.New(election.Config{
+	m := newMetrics()
+	var hb *heartbeat.Monitor
+	elCfg := election.Config{
 		Client:        client,
 		Namespace:     cfg.Namespace,
 		Identity:      cfg.NodeName,
@@ -63,7 +67,16 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		RenewDeadline: cfg.RenewDeadline,
 		RetryPeriod:   cfg.RetryPeriod,
 		Log:           log,
-	})
+	}
+	if cfg.HeartbeatPort != 0 {
+		if hb, err = newHeartbeat(cfg, iface, m, log); err != nil {
+			return err
+		}
+		defer hb.Close()
+		elCfg.Peers = peers{m: hb, log: log}
+		elCfg.PeerAddr = hb.Addr().String()
+	}
+	el, err := election.New(elCfg)
 	if err != nil {
 		return fmt.Errorf("setting up the election: %w", err)
 	}
@@ -84,7 +97,6 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		}
 	}
 
-	m := newMetrics()
 	if cfg.MetricsAddr != "" {
 		if err := m.serve(ctx, cfg.MetricsAddr, log); err != nil {
 			return err
@@ -114,8 +126,11 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	// Background work ends only after shutdown has released the Leases.
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBG()
-	done := make(chan error, 2)
+	done := make(chan error, 3)
 	go func() { done <- wrap("election", el.Run(bg)) }()
+	if hb != nil {
+		go func() { done <- wrap("heartbeats", hb.Run(bg)) }()
+	}
 	var svcChanges <-chan struct{}
 	if svc != nil {
 		go func() { done <- wrap("watching Services", svc.Run(bg)) }()
@@ -128,7 +143,13 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 	log.Info("agent started", "vips", cfg.VIPs, "services", cfg.Services, "namespace", cfg.Namespace)
 
-	resync := time.NewTicker(resyncInterval)
+	// With a VIP lifetime the reconciler renews the VIPs it holds well
+	// before they expire.
+	every := resyncInterval
+	if cfg.VIPLifetime > 0 {
+		every = min(every, cfg.VIPLifetime/4)
+	}
+	resync := time.NewTicker(every)
 	defer resync.Stop()
 	for {
 		select {
@@ -148,6 +169,26 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		}
 		r.reconcile()
 	}
+}
+
+// newHeartbeat binds the failure detector to the node's own address on the
+// VIP interface: heartbeats travel the same network as the VIPs.
+func newHeartbeat(cfg config.Config, iface *address.Interface, m *metrics, log *slog.Logger) (*heartbeat.Monitor, error) {
+	ip, err := iface.NodeAddr()
+	if err != nil {
+		return nil, fmt.Errorf("heartbeats need the node's address on %s (set --heartbeat-port=0 to turn them off): %w", iface.Name, err)
+	}
+	hb, err := heartbeat.New(heartbeat.Config{
+		Node:       cfg.NodeName,
+		Cluster:    "vipd/" + cfg.Namespace,
+		Listen:     netip.AddrPortFrom(ip, uint16(cfg.HeartbeatPort)),
+		Log:        log,
+		Registerer: m.reg,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("heartbeat-port %d: %w", cfg.HeartbeatPort, err)
+	}
+	return hb, nil
 }
 
 func wrap(what string, err error) error {
@@ -290,7 +331,11 @@ func (r *reconciler) apply(p plan) {
 	held := 0
 	defer func() { r.metrics.held.Set(float64(held)) }()
 	for _, vip := range p.present {
-		if !slices.Contains(owned, vip) {
+		if slices.Contains(owned, vip) {
+			if err := r.iface.Refresh(vip); err != nil {
+				r.log.Error("renewing VIP lifetime", "vip", vip, "err", err)
+			}
+		} else {
 			if err := r.iface.Add(vip); err != nil {
 				r.log.Error("adding VIP", "vip", vip, "err", err)
 				continue

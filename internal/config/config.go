@@ -73,6 +73,16 @@ type Config struct {
 	PoolNamespace string
 	PoolConfigMap string
 
+	// HeartbeatPort is the UDP port of the agents' failure detector
+	// (heartbeats on the VIP interface's node address). 0 turns it off:
+	// then only Lease expiry detects a dead holder.
+	HeartbeatPort int
+	// VIPLifetime is the valid lifetime vipd gives each VIP and keeps
+	// renewing while it holds it, so that the kernel removes the VIP of an
+	// agent that crashed instead of answering for it beside the new holder.
+	// 0: VIPs never expire.
+	VIPLifetime time.Duration
+
 	// LogLevel is debug, info, warn or error (vip_loglevel, which also
 	// takes kube-vip's numeric levels).
 	LogLevel string
@@ -93,6 +103,8 @@ func Defaults() Config {
 		LoadBalancerClass: "kube-vip.io/kube-vip-class",
 		PoolNamespace:     "kube-system",
 		PoolConfigMap:     "kubevip",
+		HeartbeatPort:     7947,
+		VIPLifetime:       2 * time.Second,
 		LogLevel:          "info",
 	}
 }
@@ -139,6 +151,8 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("lb_class_only", c.LoadBalancerClassOnly),
 		slog.String("pool_namespace", c.PoolNamespace),
 		slog.String("pool_configmap", c.PoolConfigMap),
+		slog.Int("heartbeat_port", c.HeartbeatPort),
+		slog.Duration("vip_lifetime", c.VIPLifetime),
 		slog.String("log_level", c.LogLevel),
 	)
 }

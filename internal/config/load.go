@@ -41,6 +41,8 @@ const (
 	flagPoolConfigMap    = "pool-configmap"
 	flagPoolNamespace    = "pool-namespace"
 	flagLogLevel         = "log-level"
+	flagHeartbeatPort    = "heartbeat-port"
+	flagVIPLifetime      = "vip-lifetime"
 )
 
 // envLeaderElection is kube-vip's switch for leader election. vipd has no
@@ -134,6 +136,8 @@ func AddFlags(fs *pflag.FlagSet) {
 	str(flagPoolConfigMap, d.PoolConfigMap, "ConfigMap with the address pools (cidr-<namespace>, range-<namespace>, cidr-global, range-global)")
 	str(flagPoolNamespace, d.PoolNamespace, "namespace of the address pool ConfigMap")
 	str(flagLogLevel, d.LogLevel, "debug, info, warn or error")
+	str(flagHeartbeatPort, strconv.Itoa(d.HeartbeatPort), "UDP port of the heartbeats between agents that detect a dead holder fast (0: off, Lease expiry only)")
+	str(flagVIPLifetime, d.VIPLifetime.String(), "valid lifetime of a VIP, renewed while held, so a crashed agent's VIP expires (Go duration, at least 1s; 0: never)")
 }
 
 func envHelp(flag string) string {
@@ -224,6 +228,12 @@ func Load(flags *pflag.FlagSet, getenv func(string) string) (Config, error) {
 		return Config{}, err
 	}
 	if c.LogLevel, err = logLevel(l.lookup(flagLogLevel), c.LogLevel); err != nil {
+		return Config{}, err
+	}
+	if c.HeartbeatPort, err = portSetting(l.lookup(flagHeartbeatPort), c.HeartbeatPort); err != nil {
+		return Config{}, err
+	}
+	if c.VIPLifetime, err = lifetimeSetting(l.lookup(flagVIPLifetime), c.VIPLifetime); err != nil {
 		return Config{}, err
 	}
 	if err = l.leaderElection(); err != nil {
@@ -468,6 +478,37 @@ func nodeName(s source) (string, error) {
 		return "", s.errorf("not a valid node name (%s)", objectRule)
 	}
 	return s.raw, nil
+}
+
+// portSetting accepts a UDP or TCP port number; 0 means off.
+func portSetting(s source, def int) (int, error) {
+	if !s.set {
+		return def, nil
+	}
+	p, err := strconv.ParseUint(s.raw, 10, 16)
+	if err != nil {
+		return 0, s.errorf("not a port number (0 to 65535; 0 turns it off)")
+	}
+	return int(p), nil
+}
+
+// lifetimeSetting accepts 0 (never expire) or a Go duration of whole
+// seconds, at least one: the kernel counts address lifetimes in seconds.
+func lifetimeSetting(s source, def time.Duration) (time.Duration, error) {
+	if !s.set {
+		return def, nil
+	}
+	if s.raw == "0" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s.raw)
+	if err != nil {
+		return 0, s.errorf("not a duration (use e.g. 2s, or 0 for never)")
+	}
+	if d < time.Second || d%time.Second != 0 {
+		return 0, s.errorf("must be whole seconds, at least 1s (the kernel counts address lifetimes in seconds), or 0")
+	}
+	return d, nil
 }
 
 func metricsAddr(s source) (string, error) {
