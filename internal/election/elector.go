@@ -135,6 +135,7 @@ type Elector struct {
 
 	changes chan struct{}
 	wake    chan struct{}
+	probe   chan struct{} // asks renewLoop to check the API server now
 	jobs    chan job
 	done    chan result
 
@@ -150,7 +151,11 @@ type Elector struct {
 	wasLive        bool
 	holdingThrough bool // live through an outage hold
 	lastSelf       PeerReport
-	peerAddr       map[string]string
+	apiOK          bool // the last renewal succeeded, and none is hanging
+	// apiBackAt is when, during an outage hold, a peer first said it
+	// reaches the API server again.
+	apiBackAt time.Time
+	peerAddr  map[string]string
 }
 
 // observed is a Lease as this agent last saw it.
@@ -198,6 +203,7 @@ func New(cfg Config) (*Elector, error) {
 		node:    NodeLeasePrefix + cfg.Identity,
 		changes: make(chan struct{}, 1),
 		wake:    make(chan struct{}, 1),
+		probe:   make(chan struct{}, 1),
 		jobs:    make(chan job),
 		done:    make(chan result, writeWorkers),
 		leases:  map[string]*observed{},
@@ -258,13 +264,17 @@ func (e *Elector) renewedLocked(now time.Time) bool {
 // holding anyway. It may when every agent that was live when it last
 // renewed is heard from and says it cannot reach the API server either:
 // then nobody can take a claim from it, and dropping the VIPs would turn
-// an API outage into a VIP outage. If any of them is silent, or reaches
-// the API, it could take over: the holder lets go by its renew deadline as
-// usual.
+// an API outage into a VIP outage. If any of them is silent it could take
+// over: the holder lets go by its renew deadline as usual. If one reaches
+// the API server again, the holder probes it too and keeps holding for
+// half a retry period, long enough for its own renewal to succeed when the
+// outage is over; only if it is cut off alone does it let go. The others
+// do not take over meanwhile: they hear it say it is live.
 func (e *Elector) outageHoldLocked(now time.Time) bool {
 	if e.released || e.cfg.Peers == nil || e.lastRenew.IsZero() || !e.wasLive {
 		return false
 	}
+	peerReachesAPI := false
 	for _, o := range e.leases {
 		if o.lease.Labels[LabelKind] != KindNode {
 			continue
@@ -277,25 +287,60 @@ func (e *Elector) outageHoldLocked(now time.Time) bool {
 			continue // not live when we last reached the API: not a rival
 		}
 		r := e.cfg.Peers.Peer(h)
-		if !r.Heard || r.APIOK {
+		if !r.Heard {
 			return false
 		}
+		peerReachesAPI = peerReachesAPI || r.APIOK
 	}
-	return true
+	if !peerReachesAPI {
+		e.apiBackAt = time.Time{}
+		return true
+	}
+	if e.apiBackAt.IsZero() {
+		e.apiBackAt = now
+		signal(e.probe)
+	}
+	return now.Before(e.apiBackAt.Add(e.cfg.RetryPeriod / 2))
+}
+
+// isolatedLocked reports whether this agent has heard other agents before
+// but hears none now.
+func (e *Elector) isolatedLocked(me string) bool {
+	if e.cfg.Peers == nil {
+		return false
+	}
+	ever := false
+	for _, o := range e.leases {
+		h := holder(o.lease)
+		if o.lease.Labels[LabelKind] != KindNode || h == "" || h == me {
+			continue
+		}
+		r := e.cfg.Peers.Peer(h)
+		if r.Heard {
+			return false
+		}
+		ever = ever || r.Ever
+	}
+	return ever
 }
 
 // peerLiveLocked judges another agent. Heartbeats, where there are any,
 // overrule the Lease in both directions: a node whose beats stopped is dead
 // at once, and one that says it has let go is not live; one still heard and
 // saying it is live stays live even when no one can renew a Lease.
-func (e *Elector) peerLiveLocked(node string, leaseLive bool) bool {
+//
+// When this agent hears no other agent at all, silence proves nothing: it
+// may be the one cut off (or stalled), so only the Leases count. A holder's
+// death is then noticed at Lease expiry; with three or more agents the
+// survivors still hear each other and act at once.
+func (e *Elector) peerLiveLocked(node string, leaseLive, isolated bool) bool {
 	if e.cfg.Peers == nil {
 		return leaseLive
 	}
 	r := e.cfg.Peers.Peer(node)
 	switch {
 	case r.Ever && !r.Heard:
-		return false
+		return isolated && leaseLive
 	case r.Heard && !r.Live:
 		return false
 	case r.Heard && r.Live:
@@ -433,6 +478,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 	me := e.cfg.Identity
 	meLive := e.liveLocked(now)
 	live := map[string]bool{}
+	isolated := e.isolatedLocked(me)
 	for _, o := range e.leases {
 		if o.lease.Labels[LabelKind] != KindNode {
 			continue
@@ -446,8 +492,13 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		if leaseLive {
 			soon(expiry)
 		}
-		if e.peerLiveLocked(h, leaseLive) {
+		if e.peerLiveLocked(h, leaseLive, isolated) {
 			live[h] = true
+		}
+		if e.cfg.Peers != nil && e.apiOK {
+			if r := e.cfg.Peers.Peer(h); r.Heard && !r.APIOK {
+				signal(e.probe)
+			}
 		}
 	}
 	if meLive {
@@ -455,6 +506,9 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		if d := e.lastRenew.Add(e.cfg.RenewDeadline); d.After(now) {
 			soon(d)
 		}
+	}
+	if end := e.apiBackAt.Add(e.cfg.RetryPeriod / 2); !e.apiBackAt.IsZero() && end.After(now) {
+		soon(end)
 	}
 	if hold := meLive && !e.renewedLocked(now); hold != e.holdingThrough {
 		e.holdingThrough = hold
@@ -588,7 +642,7 @@ func (e *Elector) reportSelfLocked(now time.Time) {
 	if e.cfg.Peers == nil {
 		return
 	}
-	self := PeerReport{APIOK: e.renewedLocked(now), Live: e.liveLocked(now)}
+	self := PeerReport{APIOK: e.apiOK, Live: e.liveLocked(now)}
 	if self != e.lastSelf {
 		e.lastSelf = self
 		e.cfg.Peers.SetSelf(self)
@@ -653,12 +707,16 @@ func (e *Elector) renewLoop(ctx context.Context) {
 	interval := e.cfg.RenewDeadline / 2
 	timer := time.NewTimer(0)
 	defer timer.Stop()
-	wasLive := false
+	wasLive, failing := false, false
+	var lastAttempt time.Time
 	for {
+		probe := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
+		case <-e.probe:
+			probe = true
 		}
 		e.mu.Lock()
 		last, released := e.lastRenew, e.released
@@ -668,13 +726,20 @@ func (e *Elector) renewLoop(ctx context.Context) {
 		}
 		now := e.now()
 		var err error
-		if now.Sub(last) >= interval {
-			ctxW, cancel := e.writeContext(ctx, last)
-			err = e.renew(ctxW, now)
-			cancel()
-			if err != nil {
-				e.log.Warn("renewing node lease failed", "err", err)
+		// A probe (a peer lost the API server: have we?) renews early,
+		// but at most once a retry period.
+		if now.Sub(last) >= interval || (probe && now.Sub(lastAttempt) >= e.cfg.RetryPeriod) {
+			lastAttempt = now
+			err = e.renew(ctx, last, now)
+			switch {
+			case err != nil && !failing:
+				e.log.Warn("renewing node lease failed; retrying", "err", err)
+			case err != nil:
+				e.log.Debug("renewing node lease failed", "err", err)
+			case failing:
+				e.log.Info("node lease renewed again")
 			}
+			failing = err != nil
 		}
 		e.mu.Lock()
 		last = e.lastRenew
@@ -701,6 +766,18 @@ func (e *Elector) renewLoop(ctx context.Context) {
 	}
 }
 
+// setAPIOK records whether this agent reaches the API server, and tells the
+// other agents at once: a holder cut off from the API keeps its VIPs only
+// while every other agent says it is cut off too.
+func (e *Elector) setAPIOK(ok bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.apiOK != ok {
+		e.apiOK = ok
+		e.reportSelfLocked(e.now())
+	}
+}
+
 // writeContext bounds a renewal: it may not outlive the deadline by which
 // this agent must consider itself no longer live.
 func (e *Elector) writeContext(ctx context.Context, last time.Time) (context.Context, context.CancelFunc) {
@@ -712,7 +789,19 @@ func (e *Elector) writeContext(ctx context.Context, last time.Time) (context.Con
 	return context.WithTimeout(ctx, e.cfg.RetryPeriod)
 }
 
-func (e *Elector) renew(ctx context.Context, start time.Time) error {
+func (e *Elector) renew(ctx context.Context, last, start time.Time) error {
+	ctx, cancel := e.writeContext(ctx, last)
+	defer cancel()
+	// A renewal that hangs means no API server just as much as one that
+	// fails: say so before the renew deadline, while it still matters.
+	slow := time.AfterFunc(e.cfg.RetryPeriod/2, func() { e.setAPIOK(false) })
+	err := e.renewOnce(ctx, start)
+	slow.Stop()
+	e.setAPIOK(err == nil)
+	return err
+}
+
+func (e *Elector) renewOnce(ctx context.Context, start time.Time) error {
 	e.mu.Lock()
 	var base *coordinationv1.Lease
 	if o := e.leases[e.node]; o != nil {
@@ -731,6 +820,7 @@ func (e *Elector) renew(ctx context.Context, start time.Time) error {
 	}
 	e.mu.Lock()
 	e.lastRenew = start
+	e.apiBackAt = time.Time{}
 	e.mu.Unlock()
 	e.record(out)
 	return nil

@@ -118,6 +118,10 @@ type Monitor struct {
 	seq   uint64
 	peers map[string]*peer
 	stats Stats
+	// awake is when Run's loop last ran. Silence is judged only over time
+	// the monitor was awake to hear: a process or machine stall must not
+	// look like every peer dying at once.
+	awake time.Time
 
 	// Owned by Run's goroutine.
 	buf     []byte
@@ -326,6 +330,11 @@ func (m *Monitor) Peers() map[string]PeerState {
 }
 
 func (m *Monitor) peerState(p *peer, now time.Time) PeerState {
+	// If the loop has not run lately, the beats may be sitting unread in
+	// the socket: judge as of the last moment it was surely listening.
+	if lim := m.awake.Add(2 * m.cfg.Interval); !m.awake.IsZero() && now.After(lim) {
+		now = lim
+	}
 	return PeerState{
 		Heard:      p.ever && now.Sub(p.last) < m.cfg.Timeout,
 		Ever:       p.ever,
@@ -386,6 +395,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 		case <-m.rearm:
 		case <-silence.C:
 		}
+		m.wake(time.Now())
 		// Cheap enough to do on every wake-up: one pass over the peers.
 		if next := m.sweep(time.Now()); next > 0 {
 			silence.Reset(next)
@@ -393,6 +403,28 @@ func (m *Monitor) Run(ctx context.Context) error {
 			silence.Stop()
 		}
 	}
+}
+
+// wake records that the loop runs. After a stall (the loop did not run for
+// more than two intervals), the stalled time does not count towards any
+// peer's silence: every peer gets a full Timeout to be heard again.
+func (m *Monitor) wake(now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.awake.IsZero() {
+		if stalled := now.Sub(m.awake) - m.cfg.Interval; stalled > m.cfg.Interval {
+			for _, p := range m.peers {
+				p.last = p.last.Add(stalled)
+				if p.last.After(now) {
+					p.last = now
+				}
+			}
+			if ok, _ := m.limit.allow("stall", now); ok {
+				m.log.Warn("heartbeat monitor was stalled; not counting the stall as silence", "stalled", stalled.Round(time.Millisecond))
+			}
+		}
+	}
+	m.awake = now
 }
 
 // beat sends one beat to every peer.
