@@ -1,0 +1,89 @@
+# vipd's build, test and demo entry points. The targets that run the lab
+# (test, demo, bench*) need root: they build network namespaces and install
+# what they need on first use (`make deps`).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := build
+
+GO      ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+# Debian packages the tests and the lab use: etcd for the test control plane,
+# `ip` (iproute2) for namespaces, veths and the bridge, `nft` (nftables) for
+# packet drops, `ping` and `arping` in the lab's own tests, and CA
+# certificates for Go's module downloads. Packet sockets need no package;
+# tcpdump is handy by hand but nothing runs it.
+DEB_PACKAGES := etcd-server iproute2 nftables iputils-ping arping ca-certificates
+
+.PHONY: build deps kube-assets test demo bench bench-failover bench-services vet fmt clean root
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/vipd ./cmd/vipd
+
+bin/vipd-lab: build
+	$(GO) build -trimpath -o bin/vipd-lab ./cmd/vipd-lab
+
+root:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "make $(MAKECMDGOALS): must run as root: it installs packages and builds network namespaces." >&2; \
+		echo "  Try: sudo env PATH=\"\$$PATH\" make $(MAKECMDGOALS)" >&2; \
+		exit 1; \
+	fi
+
+# Idempotent, and quick when everything is present: apt runs only for a
+# missing package, the Go build cache makes kube-assets a no-op.
+deps: root
+	@missing=(); \
+	if command -v dpkg-query >/dev/null; then \
+		for p in $(DEB_PACKAGES); do \
+			[ "$$(dpkg-query -W -f='$${db:Status-Status}' "$$p" 2>/dev/null)" = installed ] || missing+=("$$p"); \
+		done; \
+		if [ $${#missing[@]} -gt 0 ]; then \
+			echo "deps: installing $${missing[*]}"; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get update -qq; \
+			apt-get install -y -qq --no-install-recommends "$${missing[@]}"; \
+			if [[ " $${missing[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null && \
+				systemctl is-active --quiet etcd 2>/dev/null; then \
+				echo "deps: stopping the system etcd the package started; the tests run their own"; \
+				systemctl disable --now etcd || echo "deps: warning: could not stop the system etcd service" >&2; \
+			fi; \
+		fi; \
+	else \
+		for c in etcd ip nft ping arping; do command -v "$$c" >/dev/null || missing+=("$$c"); done; \
+		if [ $${#missing[@]} -gt 0 ]; then \
+			echo "deps: not a Debian system; install these commands yourself: $${missing[*]}" >&2; exit 1; \
+		fi; \
+	fi
+	@command -v $(GO) >/dev/null || { echo "deps: no Go toolchain ($(GO)) on PATH; install Go 1.26 from https://go.dev/dl/" >&2; exit 1; }
+	$(GO) mod download
+	hack/kube-assets.sh >/dev/null
+
+kube-assets:
+	hack/kube-assets.sh
+
+test: deps
+	$(GO) test -p 1 -count=1 -timeout 30m ./...
+
+demo: deps bin/vipd-lab
+	bin/vipd-lab demo --vipd bin/vipd
+
+bench: bench-failover bench-services
+
+bench-failover: deps
+	$(GO) test ./e2e -run '^$$' -bench BenchmarkFailover -benchtime 10x -timeout 40m
+
+bench-services: deps
+	$(GO) test ./e2e -run '^$$' -bench BenchmarkServices -benchtime 1x -timeout 40m
+
+vet:
+	$(GO) vet ./...
+
+# Rewrites files in place and lists the ones it changed.
+fmt:
+	gofmt -l -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf bin
