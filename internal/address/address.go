@@ -420,6 +420,31 @@ func (i *Interface) find(vip netip.Addr) (owned, foreign *kernelAddr, err error)
 	return owned, foreign, nil
 }
 
+// VIPProblem says why a cannot be a VIP that other hosts reach on the
+// link, or "" if it can. Configuration and Service annotations are checked
+// with it, so both refuse the same addresses in the same words.
+func VIPProblem(a netip.Addr) string {
+	switch {
+	case !a.IsValid():
+		return "not an IP address"
+	case a.Zone() != "":
+		return "scoped to a zone; a VIP cannot carry one"
+	case a.Is4In6():
+		return "an IPv4-mapped IPv6 address; write the IPv4 address"
+	case a.IsUnspecified():
+		return "the unspecified address"
+	case a.IsLoopback():
+		return "a loopback address"
+	case a.IsMulticast():
+		return "a multicast address"
+	case a.IsLinkLocalUnicast():
+		return "a link-local address"
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "the broadcast address"
+	}
+	return ""
+}
+
 func checkVIP(vip netip.Addr) (netip.Addr, error) {
 	vip = vip.Unmap().WithZone("")
 	if !vip.IsValid() || vip.IsUnspecified() || vip.IsMulticast() || vip.IsLoopback() {

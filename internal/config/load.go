@@ -13,6 +13,8 @@ import (
 
 	"github.com/spf13/pflag"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/vipd/vipd/internal/address"
 )
 
 // Flag names. Each flag's vipd environment variable is derived from it by
@@ -320,7 +322,7 @@ func (l loader) vips(s source) ([]netip.Addr, error) {
 			}
 			return nil, s.errorf("%q is not an IP address", p)
 		}
-		if problem := vipProblem(a); problem != "" {
+		if problem := address.VIPProblem(a); problem != "" {
 			return nil, s.errorf("%s is %s", a, problem)
 		}
 		if len(vips) == 1 && vips[0].Is4() == a.Is4() {
@@ -329,26 +331,6 @@ func (l loader) vips(s source) ([]netip.Addr, error) {
 		vips = append(vips, a)
 	}
 	return vips, nil
-}
-
-// vipProblem says why a cannot be a VIP that other hosts reach on the link,
-// or "" if it can.
-func vipProblem(a netip.Addr) string {
-	switch {
-	case a.Zone() != "":
-		return "scoped to a zone; a VIP cannot carry one"
-	case a.Is4In6():
-		return "an IPv4-mapped IPv6 address; write the IPv4 address"
-	case a.IsUnspecified():
-		return "the unspecified address"
-	case a.IsLoopback():
-		return "a loopback address"
-	case a.IsMulticast():
-		return "a multicast address"
-	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
-		return "the broadcast address"
-	}
-	return ""
 }
 
 // checkInterfaceName applies the kernel's rules for interface names; whether

@@ -10,6 +10,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/vipd/vipd/internal/address"
 )
 
 // Annotations vipd reads and writes on Services.
@@ -240,7 +242,7 @@ func requestedAddrs(s *corev1.Service) (ips []netip.Addr, fromPool, needPool boo
 	if raw := strings.TrimSpace(s.Spec.LoadBalancerIP); raw != "" {
 		a, err := netip.ParseAddr(raw)
 		if err == nil {
-			if problem := vipProblem(a); problem != "" {
+			if problem := address.VIPProblem(a); problem != "" {
 				err = fmt.Errorf("%s is %s", a, problem)
 			}
 		} else {
@@ -264,7 +266,7 @@ func parseAddrList(raw string) ([]netip.Addr, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%q is not an IP address", part)
 		}
-		if problem := vipProblem(a); problem != "" {
+		if problem := address.VIPProblem(a); problem != "" {
 			return nil, fmt.Errorf("%s is %s", a, problem)
 		}
 		for _, b := range ips {
@@ -275,28 +277,6 @@ func parseAddrList(raw string) ([]netip.Addr, error) {
 		ips = append(ips, a)
 	}
 	return ips, nil
-}
-
-// vipProblem says why a cannot be a VIP other hosts reach on the link, or
-// "" if it can.
-func vipProblem(a netip.Addr) string {
-	switch {
-	case a.Zone() != "":
-		return "scoped to a zone"
-	case a.Is4In6():
-		return "an IPv4-mapped IPv6 address"
-	case a.IsUnspecified():
-		return "the unspecified address"
-	case a.IsLoopback():
-		return "a loopback address"
-	case a.IsMulticast():
-		return "a multicast address"
-	case a.IsLinkLocalUnicast():
-		return "a link-local address"
-	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
-		return "the broadcast address"
-	}
-	return ""
 }
 
 type portKey struct {

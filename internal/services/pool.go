@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/vipd/vipd/internal/address"
 )
 
 // pool is the address pool ConfigMap as the informer holds it.
@@ -114,7 +116,7 @@ func parseRange(s string) (ipRange, error) {
 // loopback block for a usable address would be slow.
 func checkRangeEnds(r ipRange) error {
 	for _, a := range []netip.Addr{r.first, r.last} {
-		if problem := vipProblem(a); problem != "" {
+		if problem := address.VIPProblem(a); problem != "" {
 			return fmt.Errorf("%s is %s", a, problem)
 		}
 	}
@@ -179,7 +181,7 @@ func firstFree(rs []ipRange, v6 bool, used map[netip.Addr]bool) (netip.Addr, boo
 			continue
 		}
 		for a := r.first; a.IsValid() && !r.last.Less(a); a = a.Next() {
-			if !used[a] && vipProblem(a) == "" {
+			if !used[a] && address.VIPProblem(a) == "" {
 				return a, true
 			}
 		}
