@@ -3,7 +3,6 @@ package election
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"sync"
@@ -11,39 +10,20 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/flowcontrol"
 
 	"github.com/vipd/vipd/internal/lab/controlplane"
 )
 
 // The tests share one real API server; each uses a Lease of its own.
-var (
-	cp    *controlplane.ControlPlane
-	cpErr error
-)
+var suite controlplane.Suite
 
-func TestMain(m *testing.M) {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	cp, cpErr = controlplane.Start(ctx, controlplane.Options{})
-	cancel()
-	code := m.Run()
-	if cp != nil {
-		if err := cp.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "stopping control plane:", err)
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(suite.Run(m)) }
 
-func needAPI(t *testing.T) {
+// needAPI returns the shared API server, or skips or fails t.
+func needAPI(t *testing.T) *controlplane.ControlPlane {
 	t.Helper()
-	if errors.Is(cpErr, controlplane.ErrAssetsMissing) && os.Getenv("CI") != "true" {
-		t.Skipf("skipping: %v", cpErr)
-	}
-	if cpErr != nil {
-		t.Fatalf("control plane: %v", cpErr)
-	}
+	return suite.Need(t)
 }
 
 // cutDialer lets a test cut one client off the API server, as a network
@@ -81,7 +61,7 @@ func (d *cutDialer) setCut(cut bool) {
 
 func newClient(t *testing.T, d *cutDialer) kubernetes.Interface {
 	t.Helper()
-	rc := rest.CopyConfig(cp.Config())
+	rc := suite.Need(t).Config()
 	rc.RateLimiter = flowcontrol.NewFakeAlwaysRateLimiter()
 	if d != nil {
 		rc.Dial = d.DialContext

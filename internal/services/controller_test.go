@@ -2,7 +2,6 @@ package services
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -28,39 +27,21 @@ import (
 // The tests share one real API server; each works in namespaces of its own
 // and, where a controller sees all namespaces, looks only at its own
 // addresses.
-var (
-	cp    *controlplane.ControlPlane
-	cpErr error
-)
+var suite controlplane.Suite
 
-func TestMain(m *testing.M) {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	cp, cpErr = controlplane.Start(ctx, controlplane.Options{})
-	cancel()
-	code := m.Run()
-	if cp != nil {
-		if err := cp.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "stopping control plane:", err)
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(suite.Run(m)) }
 
-func needAPI(t *testing.T) {
+// needAPI returns the shared API server, or skips or fails t.
+func needAPI(t *testing.T) *controlplane.ControlPlane {
 	t.Helper()
-	if errors.Is(cpErr, controlplane.ErrAssetsMissing) && os.Getenv("CI") != "true" {
-		t.Skipf("skipping: %v", cpErr)
-	}
-	if cpErr != nil {
-		t.Fatalf("control plane: %v", cpErr)
-	}
+	return suite.Need(t)
 }
 
 const waitTimeout = 15 * time.Second
 
 func newClient(t *testing.T) kubernetes.Interface {
 	t.Helper()
-	rc := cp.Config()
+	rc := suite.Need(t).Config()
 	rc.RateLimiter = flowcontrol.NewFakeAlwaysRateLimiter()
 	c, err := kubernetes.NewForConfig(rc)
 	if err != nil {
