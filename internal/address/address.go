@@ -253,6 +253,25 @@ func (n *Namespace) Conflicts(vip netip.Addr) (iface string, found bool, err err
 	return "", false, nil
 }
 
+// NodeAddrs returns every address of this node that vipd did not add,
+// with the interface that carries it: one look for many candidate VIPs.
+func (n *Namespace) NodeAddrs() (map[netip.Addr]string, error) {
+	addrs, err := n.dump(unix.AF_UNSPEC)
+	if err != nil {
+		return nil, fmt.Errorf("listing this node's addresses: %w", err)
+	}
+	out := make(map[netip.Addr]string, len(addrs))
+	for _, a := range addrs {
+		if a.proto != Proto {
+			out[a.addr] = n.names([]int{a.index})
+		}
+	}
+	return out, nil
+}
+
+// NodeAddrs is Current().NodeAddrs().
+func NodeAddrs() (map[netip.Addr]string, error) { return Current().NodeAddrs() }
+
 // Add puts vip on the interface (IPv4 as /32, IPv6 as /128 without
 // Duplicate Address Detection, so it is usable at once), marked as vipd's.
 // Adding a VIP that vipd already added is a no-op. If the same address is

@@ -11,10 +11,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
 	"slices"
+	"strings"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -69,6 +71,13 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		RenewDeadline: cfg.RenewDeadline,
 		RetryPeriod:   cfg.RetryPeriod,
 		Log:           log,
+		OrphanPrefix:  ServiceLeasePrefix,
+	}
+	if own, err := nodeAddrList(); err == nil {
+		// Other agents refuse Service addresses that are this node's.
+		elCfg.NodeAnnotations = map[string]string{AnnotationNodeAddrs: own}
+	} else {
+		log.Warn("cannot list this node's addresses for the other agents", "err", err)
 	}
 	if cfg.HeartbeatPort != 0 {
 		if hb, err = newHeartbeat(cfg, iface, m, log); err != nil {
@@ -141,7 +150,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		// Without Services the contests are known now. With them, they
 		// are set once the Services are synced: contending with a partial
 		// set would give up claims this node still holds.
-		r.setBindings(cfg, nil)
+		r.setBindings(cfg)
 	}
 	log.Info("agent started", "vips", cfg.VIPs, "services", cfg.Services, "namespace", cfg.Namespace)
 
@@ -165,9 +174,14 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			}
 			return err
 		case <-svcChanges:
-			r.setBindings(cfg, svc.Addresses())
+			r.addrs = svc.Addresses()
+			r.setBindings(cfg)
 		case <-el.Changes():
 		case <-resync.C:
+		}
+		if svc != nil && r.synced && !maps.Equal(r.peerAddrs, el.NodeAnnotation(AnnotationNodeAddrs)) {
+			// A node joined or its addresses changed.
+			r.setBindings(cfg)
 		}
 		r.reconcile()
 	}
@@ -226,26 +240,72 @@ type noAnnouncer struct{}
 func (noAnnouncer) Set([]netip.Addr) {}
 
 type reconciler struct {
-	iface    *address.Interface
-	ann      announcer
-	el       *election.Elector
-	svc      *services.Controller // nil without Services
-	bindings []binding
-	preserve bool
-	log      *slog.Logger
-	metrics  *metrics
-	last     map[string]election.Status
+	iface *address.Interface
+	ann   announcer
+	el    *election.Elector
+	svc   *services.Controller // nil without Services
+	addrs []services.Address   // the Services' addresses, last seen
+	// synced: the contests were set once; peerAddrs are the other nodes'
+	// addresses they were set with.
+	synced    bool
+	peerAddrs map[string]string
+	bindings  []binding
+	preserve  bool
+	log       *slog.Logger
+	metrics   *metrics
+	last      map[string]election.Status
 }
 
-// setBindings recomputes which contest carries which VIP, refusing
-// service addresses that are this node's own, and hands the contests to
-// the election.
-func (r *reconciler) setBindings(cfg config.Config, addrs []services.Address) {
+// AnnotationNodeAddrs on an agent's node Lease lists its node's own
+// addresses, comma-separated.
+const AnnotationNodeAddrs = "vipd.io/node-addresses"
+
+// nodeAddrList is this node's own global addresses, for AnnotationNodeAddrs.
+func nodeAddrList() (string, error) {
+	own, err := address.NodeAddrs()
+	if err != nil {
+		return "", err
+	}
+	var list []string
+	for a := range own {
+		if a.IsGlobalUnicast() {
+			list = append(list, a.String())
+		}
+	}
+	slices.Sort(list)
+	return strings.Join(list, ","), nil
+}
+
+// setBindings recomputes which contest carries which VIP, refusing service
+// addresses that belong to a node — this one, or one whose agent published
+// its addresses: holding such an address would take it from that node —
+// and hands the contests to the election.
+func (r *reconciler) setBindings(cfg config.Config) {
+	r.synced = true
+	r.peerAddrs = r.el.NodeAnnotation(AnnotationNodeAddrs)
+	owner := map[netip.Addr]string{}
+	for node, list := range r.peerAddrs {
+		for _, s := range strings.Split(list, ",") {
+			if a, err := netip.ParseAddr(s); err == nil {
+				owner[a] = "node " + node
+			}
+		}
+	}
+	if len(r.addrs) > 0 {
+		own, err := address.NodeAddrs()
+		if err != nil {
+			r.log.Error("listing this node's addresses", "err", err)
+		}
+		for a, ifname := range own {
+			owner[a] = "this node (" + ifname + ")"
+		}
+	}
 	var ok []services.Address
-	for _, a := range addrs {
-		if err := checkNotNodeAddress(a.IP); err != nil {
-			r.svc.Reject(a.IP, err.Error())
-			r.log.Warn("refusing service address", "vip", a.IP, "err", err)
+	for _, a := range r.addrs {
+		if who, taken := owner[a.IP]; taken {
+			reason := fmt.Sprintf("address %s belongs to %s; a VIP must not be a node address", a.IP, who)
+			r.svc.Reject(a.IP, reason)
+			r.log.Warn("refusing service address", "vip", a.IP, "reason", reason)
 			continue
 		}
 		ok = append(ok, a)

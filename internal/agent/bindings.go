@@ -9,12 +9,18 @@ import (
 )
 
 // ServiceLeasePrefix starts the claim name of a per-address service
-// election: vipd-svc-192-0-2-10, vipd-svc-2001-db8--10.
+// election: vipd-svc-192-0-2-10,
+// vipd-svc-2001-0db8-0000-0000-0000-0000-0000-0010.
 const ServiceLeasePrefix = "vipd-svc-"
 
-// contestFor names the claim of one service address.
+// contestFor names the claim of one service address. IPv6 addresses are
+// written in full: the short form can end in "::", and a Lease name may
+// not end in "-".
 func contestFor(ip netip.Addr) string {
 	s := ip.String()
+	if ip.Is6() {
+		s = ip.StringExpanded()
+	}
 	return ServiceLeasePrefix + strings.NewReplacer(".", "-", ":", "-").Replace(s)
 }
 

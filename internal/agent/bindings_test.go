@@ -41,7 +41,7 @@ func TestBindingsFor(t *testing.T) {
 			{"plndr-cp-lock", []netip.Addr{cp}, nil},
 			{"vipd-svc-192-0-2-10", []netip.Addr{a}, nil},
 			{"vipd-svc-203-0-113-7", []netip.Addr{b}, []string{"n2"}},
-			{"vipd-svc-2001-db8--10", []netip.Addr{v6}, nil},
+			{"vipd-svc-2001-0db8-0000-0000-0000-0000-0000-0010", []netip.Addr{v6}, nil},
 		})
 	})
 	t.Run("one for all", func(t *testing.T) {

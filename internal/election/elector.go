@@ -8,6 +8,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -72,6 +73,14 @@ type Config struct {
 	// PeerAddr is where this agent's detector listens; it is published on
 	// the node Lease so that the others know where to send.
 	PeerAddr string
+	// NodeAnnotations are published on the node Lease for the other agents
+	// to read (NodeAnnotation).
+	NodeAnnotations map[string]string
+	// OrphanPrefix names the claims whose contests come and go (one per
+	// Service address). Such a claim whose contest is gone and whose holder
+	// is gone too is deleted by one live agent. Other claims are only ever
+	// deleted by their holder. Empty: none.
+	OrphanPrefix string
 }
 
 // Peers is what a failure detector knows of the other agents.
@@ -234,6 +243,26 @@ func (e *Elector) Status(name string) Status {
 
 // Changes receives a value whenever any Status may have changed.
 func (e *Elector) Changes() <-chan struct{} { return e.changes }
+
+// NodeAnnotation returns, for every other agent that has a node Lease, the
+// value it published under key (see Config.NodeAnnotations).
+func (e *Elector) NodeAnnotation(key string) map[string]string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := map[string]string{}
+	for name, o := range e.leases {
+		// By name: an agent that stopped has released its Lease, but what
+		// it published still describes its node.
+		node, ok := strings.CutPrefix(name, NodeLeasePrefix)
+		if o.lease.Labels[LabelKind] != KindNode || !ok || node == e.cfg.Identity {
+			continue
+		}
+		if v, ok := o.lease.Annotations[key]; ok {
+			out[node] = v
+		}
+	}
+	return out
+}
 
 // Members returns the agents this agent considers live, itself included
 // while it is live, sorted.
@@ -441,9 +470,18 @@ func (e *Elector) Run(ctx context.Context) error {
 			queue = queue[1:]
 			continue
 		case r := <-e.done:
-			delete(inflight, r.name)
-			if r.err != nil {
-				retryAt[r.name] = e.now().Add(e.cfg.RetryPeriod / 4)
+			// Take every finished write before evaluating once: placing
+			// hundreds of claims must not cost an evaluation each.
+			for more := true; more; {
+				delete(inflight, r.name)
+				if r.err != nil {
+					retryAt[r.name] = e.now().Add(e.cfg.RetryPeriod / 4)
+				}
+				select {
+				case r = <-e.done:
+				default:
+					more = false
+				}
 			}
 		case <-e.wake:
 		case <-peerChanges:
@@ -478,6 +516,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 	me := e.cfg.Identity
 	meLive := e.liveLocked(now)
 	live := map[string]bool{}
+	renewing := map[string]bool{} // by node Lease alone
 	isolated := e.isolatedLocked(me)
 	for _, o := range e.leases {
 		if o.lease.Labels[LabelKind] != KindNode {
@@ -491,6 +530,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		leaseLive := now.Before(expiry)
 		if leaseLive {
 			soon(expiry)
+			renewing[h] = true
 		}
 		if e.peerLiveLocked(h, leaseLive, isolated) {
 			live[h] = true
@@ -598,13 +638,18 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 			}
 			jobs = append(jobs, job{name: name, base: base, op: opAcquire})
 		}
-		// Claims of ours whose contest is gone: delete them, so a deleted
-		// Service leaves no Lease behind.
+		// Claims whose contest is gone: delete them, so a deleted Service
+		// leaves no Lease behind. Its holder does; if the holder is gone
+		// too — its node Lease released or expired, whatever heartbeats
+		// say — the first live agent by name deletes it if it is one of the
+		// claims that come and go (OrphanPrefix).
+		janitor := len(liveNodes) > 0 && liveNodes[0] == me
 		for name, o := range e.leases {
-			if _, ok := e.contests[name]; ok || inflight[name] {
+			if _, ok := e.contests[name]; ok || inflight[name] || o.lease.Labels[LabelKind] != KindClaim {
 				continue
 			}
-			if o.lease.Labels[LabelKind] == KindClaim && holder(o.lease) == me {
+			orphan := janitor && e.cfg.OrphanPrefix != "" && strings.HasPrefix(name, e.cfg.OrphanPrefix)
+			if h := holder(o.lease); h == me || (orphan && !renewing[h]) {
 				jobs = append(jobs, job{name: name, base: o.lease, op: opDelete})
 			}
 		}
@@ -808,7 +853,14 @@ func (e *Elector) renewOnce(ctx context.Context, start time.Time) error {
 		base = o.lease
 	}
 	e.mu.Unlock()
-	out, err := e.writeLease(ctx, e.node, KindNode, base, e.cfg.PeerAddr)
+	annotations := maps.Clone(e.cfg.NodeAnnotations)
+	if e.cfg.PeerAddr != "" {
+		if annotations == nil {
+			annotations = map[string]string{}
+		}
+		annotations[AnnotationPeerAddr] = e.cfg.PeerAddr
+	}
+	out, err := e.writeLease(ctx, e.node, KindNode, base, annotations)
 	if apierrors.IsConflict(err) {
 		// Our view was stale; read once and retry at the next tick.
 		if cur, gerr := e.cfg.Client.CoordinationV1().Leases(e.cfg.Namespace).Get(ctx, e.node, metav1.GetOptions{}); gerr == nil {
@@ -828,11 +880,7 @@ func (e *Elector) renewOnce(ctx context.Context, start time.Time) error {
 
 // writeLease makes this agent the holder of the named Lease, conditional on
 // base (created if base is nil).
-func (e *Elector) writeLease(ctx context.Context, name, kind string, base *coordinationv1.Lease, peerAddr string) (*coordinationv1.Lease, error) {
-	var annotations map[string]string
-	if peerAddr != "" {
-		annotations = map[string]string{AnnotationPeerAddr: peerAddr}
-	}
+func (e *Elector) writeLease(ctx context.Context, name, kind string, base *coordinationv1.Lease, annotations map[string]string) (*coordinationv1.Lease, error) {
 	leases := e.cfg.Client.CoordinationV1().Leases(e.cfg.Namespace)
 	now := metav1.NewMicroTime(e.now())
 	secs := int32(math.Ceil(e.cfg.LeaseDuration.Seconds()))
@@ -860,11 +908,11 @@ func (e *Elector) writeLease(ctx context.Context, name, kind string, base *coord
 	}
 	l.Labels[LabelManagedBy] = managedBy
 	l.Labels[LabelKind] = kind
-	if peerAddr != "" {
+	if len(annotations) > 0 {
 		if l.Annotations == nil {
 			l.Annotations = map[string]string{}
 		}
-		l.Annotations[AnnotationPeerAddr] = peerAddr
+		maps.Copy(l.Annotations, annotations)
 	}
 	l.Spec.HolderIdentity = &id
 	l.Spec.LeaseDurationSeconds = &secs
@@ -896,7 +944,7 @@ func (e *Elector) do(ctx context.Context, j job) error {
 	switch j.op {
 	case opAcquire:
 		prev := holder(j.base)
-		out, err := e.writeLease(ctx, j.name, KindClaim, j.base, "")
+		out, err := e.writeLease(ctx, j.name, KindClaim, j.base, nil)
 		if err != nil {
 			if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) {
 				log.Debug("claim changed before we could take it", "err", err)
