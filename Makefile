@@ -73,10 +73,10 @@ demo: deps bin/vipd-lab
 bench: bench-failover bench-services
 
 bench-failover: deps
-	$(GO) test ./e2e -run '^$$' -bench BenchmarkFailover -benchtime 10x -timeout 40m
+	$(GO) test ./e2e -run '^$$' -bench 'BenchmarkFailover|BenchmarkAPIOutage' -benchtime 10x -timeout 60m
 
 bench-services: deps
-	$(GO) test ./e2e -run '^$$' -bench BenchmarkServices -benchtime 1x -timeout 40m
+	$(GO) test ./e2e -run '^$$' -bench BenchmarkServices -benchtime 1x -timeout 60m
 
 vet:
 	$(GO) vet ./...
