@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -86,53 +85,7 @@ type envOptions struct {
 // test when the suite cannot run.
 func newEnv(tb testing.TB, o envOptions) *env {
 	tb.Helper()
-	if pkg.skip != "" {
-		tb.Skip(pkg.skip)
-	}
-	e := &env{tb: tb, vips: o.vips, timing: fastTimings(), defaults: o.defaults}
-	if len(e.vips) == 0 {
-		e.vips = []netip.Addr{vip4}
-	}
-	if o.defaults {
-		e.timing = defaultTimings()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-
-	// Registered first, so it runs after the lab (and its agents) is gone.
-	e.ns = createNamespace(ctx, tb)
-
-	logf := tb.Logf
-	if o.quiet {
-		logf = nil
-	}
-	l, err := lab.New(ctx, lab.Options{Nodes: 3, Logf: logf})
-	if err != nil {
-		tb.Fatalf("building the lab: %v", err)
-	}
-	e.lab = l
-	tb.Cleanup(func() {
-		if err := l.Close(); err != nil {
-			tb.Errorf("closing the lab: %v", err)
-		}
-	})
-	if err := l.ServeAPI(pkg.cp.Addr()); err != nil {
-		tb.Fatal(err)
-	}
-	kc, err := pkg.cp.Kubeconfig(l.APIServerURL())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	e.kubeconfig = filepath.Join(tb.TempDir(), "kubeconfig")
-	if err := os.WriteFile(e.kubeconfig, kc, 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	for _, n := range l.Nodes {
-		if err := n.ServeTCP(tcpPort); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	return e
+	return newEnvNodes(tb, o, 3)
 }
 
 var nsUnsafe = regexp.MustCompile(`[^a-z0-9]+`)

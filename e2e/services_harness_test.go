@@ -119,6 +119,7 @@ func newEnvNodes(tb testing.TB, o envOptions, nodes int) *env {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	// Registered first, so it runs after the lab (and its agents) is gone.
 	e.ns = createNamespace(ctx, tb)
 	logf := tb.Logf
 	if o.quiet {
