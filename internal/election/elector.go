@@ -615,7 +615,10 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 	if meLive {
 		place := placeFree(free, candidates, held, liveNodes)
 		for _, name := range free {
-			if inflight[name] || now.Before(retryAt[name]) {
+			if inflight[name] {
+				continue // its result wakes the loop
+			}
+			if now.Before(retryAt[name]) {
 				soon(retryAt[name])
 				continue
 			}
