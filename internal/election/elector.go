@@ -419,7 +419,10 @@ func (e *Elector) Release(ctx context.Context) error {
 // Run elects until ctx is done. It does not release anything when ctx ends:
 // call Release first, once the VIPs are gone.
 func (e *Elector) Run(ctx context.Context) error {
-	factory := informers.NewSharedInformerFactoryWithOptions(e.cfg.Client, 0, informers.WithNamespace(e.cfg.Namespace))
+	factory := informers.NewSharedInformerFactoryWithOptions(e.cfg.Client, 0, informers.WithNamespace(e.cfg.Namespace),
+		// Nothing here reads managedFields; dropping them keeps a large
+		// cache small. Writes without them leave the server's copy as is.
+		informers.WithTransform(stripManagedFields))
 	inf := factory.Coordination().V1().Leases().Informer()
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { e.observe(obj, false) },
@@ -979,6 +982,13 @@ func (e *Elector) do(ctx context.Context, j job) error {
 		log.Info("deleted claim of a removed contest")
 	}
 	return nil
+}
+
+func stripManagedFields(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
 }
 
 func leaseDuration(l *coordinationv1.Lease, def time.Duration) time.Duration {

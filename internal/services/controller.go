@@ -159,7 +159,16 @@ func (c *Controller) Run(ctx context.Context) error {
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.cfg.Client.CoreV1().Events("")})
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: reportingController, Host: c.cfg.NodeName})
 
-	factory := informers.NewSharedInformerFactoryWithOptions(c.cfg.Client, 0, informers.WithNamespace(c.cfg.Namespace))
+	factory := informers.NewSharedInformerFactoryWithOptions(c.cfg.Client, 0, informers.WithNamespace(c.cfg.Namespace),
+		// Nothing here reads managedFields; dropping them keeps the cache
+		// of every Service and EndpointSlice small. Updates without them
+		// leave the server's copy as is.
+		informers.WithTransform(func(obj any) (any, error) {
+			if m, ok := obj.(metav1.Object); ok {
+				m.SetManagedFields(nil)
+			}
+			return obj, nil
+		}))
 	svcInf := factory.Core().V1().Services()
 	epInf := factory.Discovery().V1().EndpointSlices()
 	c.services = svcInf.Lister()
