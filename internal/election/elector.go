@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"maps"
 	"math"
@@ -304,14 +305,7 @@ func (e *Elector) outageHoldLocked(now time.Time) bool {
 		return false
 	}
 	peerReachesAPI := false
-	for _, o := range e.leases {
-		if o.lease.Labels[LabelKind] != KindNode {
-			continue
-		}
-		h := holder(o.lease)
-		if h == "" || h == e.cfg.Identity {
-			continue
-		}
+	for h, o := range e.peerLeasesLocked() {
 		if !e.lastRenew.Before(o.seen.Add(leaseDuration(o.lease, e.cfg.LeaseDuration))) {
 			continue // not live when we last reached the API: not a rival
 		}
@@ -332,18 +326,30 @@ func (e *Elector) outageHoldLocked(now time.Time) bool {
 	return now.Before(e.apiBackAt.Add(e.cfg.RetryPeriod / 2))
 }
 
+// peerLeasesLocked yields the node Leases of the other agents that hold
+// them (not released), with each agent's name.
+func (e *Elector) peerLeasesLocked() iter.Seq2[string, *observed] {
+	return func(yield func(string, *observed) bool) {
+		for _, o := range e.leases {
+			h := holder(o.lease)
+			if o.lease.Labels[LabelKind] != KindNode || h == "" || h == e.cfg.Identity {
+				continue
+			}
+			if !yield(h, o) {
+				return
+			}
+		}
+	}
+}
+
 // isolatedLocked reports whether this agent has heard other agents before
 // but hears none now.
-func (e *Elector) isolatedLocked(me string) bool {
+func (e *Elector) isolatedLocked() bool {
 	if e.cfg.Peers == nil {
 		return false
 	}
 	ever := false
-	for _, o := range e.leases {
-		h := holder(o.lease)
-		if o.lease.Labels[LabelKind] != KindNode || h == "" || h == me {
-			continue
-		}
+	for h := range e.peerLeasesLocked() {
 		r := e.cfg.Peers.Peer(h)
 		if r.Heard {
 			return false
@@ -520,15 +526,8 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 	meLive := e.liveLocked(now)
 	live := map[string]bool{}
 	renewing := map[string]bool{} // by node Lease alone
-	isolated := e.isolatedLocked(me)
-	for _, o := range e.leases {
-		if o.lease.Labels[LabelKind] != KindNode {
-			continue
-		}
-		h := holder(o.lease)
-		if h == "" || h == me {
-			continue
-		}
+	isolated := e.isolatedLocked()
+	for h, o := range e.peerLeasesLocked() {
 		expiry := o.seen.Add(leaseDuration(o.lease, e.cfg.LeaseDuration))
 		leaseLive := now.Before(expiry)
 		if leaseLive {
@@ -699,11 +698,9 @@ func (e *Elector) reportSelfLocked(now time.Time) {
 		e.cfg.Peers.SetSelf(self)
 	}
 	addrs := map[string]string{}
-	for _, o := range e.leases {
-		if o.lease.Labels[LabelKind] == KindNode && holder(o.lease) != "" && holder(o.lease) != e.cfg.Identity {
-			if a := o.lease.Annotations[AnnotationPeerAddr]; a != "" {
-				addrs[holder(o.lease)] = a
-			}
+	for h, o := range e.peerLeasesLocked() {
+		if a := o.lease.Annotations[AnnotationPeerAddr]; a != "" {
+			addrs[h] = a
 		}
 	}
 	if !maps.Equal(addrs, e.peerAddr) {
