@@ -85,11 +85,12 @@ func TestKilledAgent(t *testing.T) {
 
 	// The restarted agent guards only what it holds now.
 	rs := p.ruleset()
-	checkElems(t, rs, "arp guarded", vip4)
+	checkElems(t, rs, "arp guarded", "198.51.100.100")
+	checkElems(t, rs, "arp alive")
 	g := p.guard(Options{})
 	set(t, g, []netip.Addr{other4}, nil)
 	rs = p.ruleset()
-	checkElems(t, rs, "arp guarded", other4)
+	checkElems(t, rs, "arp guarded", "198.51.100.101")
 	checkElems(t, rs, "ip6 guarded")
 	expect(t, arpA, vip4, true, "once the restarted agent no longer guards it")
 }

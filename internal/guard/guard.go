@@ -27,10 +27,10 @@ const probeTableName = "vipd-probe"
 // DefaultAnswerTimeout is Options.AnswerTimeout when left zero.
 const DefaultAnswerTimeout = 200 * time.Millisecond
 
-// guardRenewal is how often Refresh renews the guarded VIPs. They carry
-// GuardTimeout plus this much, so each stays guarded at least GuardTimeout
-// after the last Set or Refresh while Refresh renews them only once a
-// second, not at every call.
+// guardRenewal is how often Refresh renews the guarded and answered VIPs.
+// They carry GuardTimeout plus this much, so each stays at least
+// GuardTimeout after the last Set or Refresh while Refresh renews them only
+// once a second, not at every call.
 const guardRenewal = time.Second
 
 // ErrClosed is returned by Set and Refresh after Close.
@@ -145,10 +145,7 @@ func (g *Guard) Set(guarded, answer []netip.Addr) error {
 		return ErrClosed
 	}
 	err = g.updateLocked(gs, as, true, func(c *nftables.Conn, f *family) error {
-		if err := renew(c, f.guarded, pick(gs, f), g.guardTimeout(), true); err != nil {
-			return err
-		}
-		return renew(c, f.answer, pick(as, f), g.opts.AnswerTimeout, true)
+		return g.renewLocked(c, f, gs, as, true, true)
 	})
 	if err != nil {
 		return fmt.Errorf("guard: setting guarded and answered VIPs: %w", err)
@@ -158,26 +155,21 @@ func (g *Guard) Set(guarded, answer []netip.Addr) error {
 	return nil
 }
 
-// Refresh renews the timeouts of the current members: the answered VIPs at
-// every call, the guarded ones once a second. It costs one netlink batch,
-// none when there is nothing to renew.
+// Refresh renews the dead-man switch, and once a second the timeouts of the
+// guarded and answered VIPs. It costs one netlink batch whatever the
+// number of VIPs, and none when no VIP is answered.
 func (g *Guard) Refresh() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.closed {
 		return ErrClosed
 	}
-	withGuarded := g.opts.GuardTimeout > 0 && len(g.guarded) > 0 && time.Since(g.guardRenewed) >= guardRenewal
-	if len(g.answer) == 0 && !withGuarded {
+	withMembers := g.opts.GuardTimeout > 0 && len(g.guarded) > 0 && time.Since(g.guardRenewed) >= guardRenewal
+	if len(g.answer) == 0 && !withMembers {
 		return nil
 	}
-	err := g.updateLocked(g.guarded, g.answer, withGuarded, func(c *nftables.Conn, f *family) error {
-		if withGuarded {
-			if err := renew(c, f.guarded, pick(g.guarded, f), g.guardTimeout(), false); err != nil {
-				return err
-			}
-		}
-		return renew(c, f.answer, pick(g.answer, f), g.opts.AnswerTimeout, false)
+	err := g.updateLocked(g.guarded, g.answer, withMembers, func(c *nftables.Conn, f *family) error {
+		return g.renewLocked(c, f, g.guarded, g.answer, withMembers, false)
 	})
 	if err != nil {
 		return fmt.Errorf("guard: renewing timeouts: %w", err)
@@ -221,26 +213,45 @@ func (g *Guard) guardTimeout() time.Duration {
 	return g.opts.GuardTimeout + guardRenewal
 }
 
-// renew replaces the elements of s with addrs, each with a fresh timeout.
-// Flushing and adding in one batch is atomic for the packet path, renews
-// the timeout (adding an existing element does not), and cannot fail on
-// an element that expired since (deleting one would, with ENOENT). An
-// empty set is left alone unless always.
-func renew(c *nftables.Conn, s *nftables.Set, addrs []netip.Addr, timeout time.Duration, always bool) error {
-	if len(addrs) == 0 && !always {
+// renewLocked queues, for f's table, a fresh alive element if any VIP is
+// answered, and withMembers the guarded and answered VIPs of f's family
+// with fresh timeouts. With always, sets left empty are flushed too.
+func (g *Guard) renewLocked(c *nftables.Conn, f *family, gs, as []netip.Addr, withMembers, always bool) error {
+	if withMembers {
+		if err := renew(c, f.guarded, elements(pick(gs, f), g.guardTimeout()), always); err != nil {
+			return err
+		}
+		if err := renew(c, f.answer, elements(pick(as, f), g.guardTimeout()), always); err != nil {
+			return err
+		}
+	}
+	var alive []nftables.SetElement
+	if len(as) > 0 {
+		alive = []nftables.SetElement{aliveElement(f, g.opts.AnswerTimeout)}
+	}
+	return renew(c, f.alive, alive, always)
+}
+
+// renew replaces the elements of s with els. Flushing and adding in one
+// batch is atomic for the packet path, renews the timeouts (adding an
+// existing element does not), and cannot fail on an element that expired
+// since (deleting one would, with ENOENT). An empty set is left alone
+// unless always.
+func renew(c *nftables.Conn, s *nftables.Set, els []nftables.SetElement, always bool) error {
+	if len(els) == 0 && !always {
 		return nil
 	}
 	c.FlushSet(s)
-	if len(addrs) == 0 {
+	if len(els) == 0 {
 		return nil
 	}
-	return c.SetAddElements(s, elements(addrs, timeout))
+	return c.SetAddElements(s, els)
 }
 
 // updateLocked sends one batch built by fill for each family. If the
 // tables or sets are gone (someone ran `nft flush ruleset`), it builds
 // them again with gs and as as members.
-func (g *Guard) updateLocked(gs, as []netip.Addr, withGuarded bool, fill func(*nftables.Conn, *family) error) error {
+func (g *Guard) updateLocked(gs, as []netip.Addr, withMembers bool, fill func(*nftables.Conn, *family) error) error {
 	err := g.batchLocked(func(c *nftables.Conn) error {
 		for _, f := range g.fams {
 			if err := fill(c, f); err != nil {
@@ -249,7 +260,7 @@ func (g *Guard) updateLocked(gs, as []netip.Addr, withGuarded bool, fill func(*n
 		}
 		return nil
 	})
-	if withGuarded && err == nil {
+	if withMembers && err == nil {
 		g.guardRenewed = time.Now()
 	}
 	if !errors.Is(err, unix.ENOENT) {
@@ -272,10 +283,7 @@ func (g *Guard) replaceLocked(gs, as []netip.Addr) error {
 					return err
 				}
 			}
-			if err := renew(c, f.guarded, pick(gs, f), g.guardTimeout(), false); err != nil {
-				return err
-			}
-			if err := renew(c, f.answer, pick(as, f), g.opts.AnswerTimeout, false); err != nil {
+			if err := g.renewLocked(c, f, gs, as, true, false); err != nil {
 				return err
 			}
 		}
@@ -368,20 +376,26 @@ func (g *Guard) diagnoseLocked(cause error, fams []*family) error {
 
 func (g *Guard) logChanges(gs, as []netip.Addr) {
 	for _, a := range as {
-		if !slices.Contains(g.answer, a) {
+		if !has(g.answer, a) {
 			g.log.Info("answering ARP/NDP for VIP", "vip", a)
 		}
 	}
 	for _, a := range gs {
-		if !slices.Contains(as, a) && (slices.Contains(g.answer, a) || !slices.Contains(g.guarded, a)) {
+		if !has(as, a) && (has(g.answer, a) || !has(g.guarded, a)) {
 			g.log.Info("not answering ARP/NDP for VIP while it stays guarded", "vip", a)
 		}
 	}
 	for _, a := range g.guarded {
-		if !slices.Contains(gs, a) {
+		if !has(gs, a) {
 			g.log.Debug("no longer guarding VIP", "vip", a)
 		}
 	}
+}
+
+// has tells whether the sorted addrs hold a.
+func has(addrs []netip.Addr, a netip.Addr) bool {
+	_, ok := slices.BinarySearchFunc(addrs, a, netip.Addr.Compare)
+	return ok
 }
 
 // members checks and normalises the VIPs given to Set: each one once,

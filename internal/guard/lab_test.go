@@ -33,12 +33,12 @@ var (
 // pair is two namespaces joined by the veth pair a0-b0: A holds the VIPs
 // on a0 and runs the guard, B asks who has them.
 type pair struct {
-	t    *testing.T
+	t    testing.TB
 	a, b string
 	aNS  netns.NsHandle
 }
 
-func newPair(t *testing.T) *pair {
+func newPair(t testing.TB) *pair {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces")
@@ -124,9 +124,9 @@ func (p *pair) sendFrom(src, dst netip.Addr) {
 
 // ruleset is what `nft -j list ruleset` shows in A of the guard's tables.
 type ruleset struct {
-	tables []string                // "arp vipd", "ip6 vipd"
-	elems  map[string][]netip.Addr // "arp guarded" -> members
-	drops  map[string]int          // rule comment -> packets counted
+	tables []string            // "arp vipd", "ip6 vipd"
+	elems  map[string][]string // "arp guarded" -> members
+	drops  map[string]int      // rule comment -> packets counted
 }
 
 func (p *pair) ruleset() ruleset {
@@ -138,7 +138,7 @@ func (p *pair) ruleset() ruleset {
 	if err := json.Unmarshal([]byte(out), &doc); err != nil {
 		p.t.Fatalf("parsing nft -j output: %v\n%s", err, out)
 	}
-	rs := ruleset{elems: map[string][]netip.Addr{}, drops: map[string]int{}}
+	rs := ruleset{elems: map[string][]string{}, drops: map[string]int{}}
 	for _, obj := range doc.Nftables {
 		var o struct {
 			Family, Name, Table, Comment string
@@ -157,9 +157,9 @@ func (p *pair) ruleset() ruleset {
 				rs.tables = append(rs.tables, o.Family+" "+o.Name)
 			case kind == "set" && o.Table == TableName:
 				key := o.Family + " " + o.Name
-				rs.elems[key] = []netip.Addr{}
+				rs.elems[key] = []string{}
 				for _, e := range o.Elem {
-					rs.elems[key] = append(rs.elems[key], elemAddr(p.t, e))
+					rs.elems[key] = append(rs.elems[key], elemValue(p.t, e))
 				}
 			case kind == "rule" && o.Table == TableName:
 				for _, e := range o.Expr {
@@ -175,24 +175,25 @@ func (p *pair) ruleset() ruleset {
 	return rs
 }
 
-// elemAddr reads a set element: a bare value, or an object with a timeout.
-func elemAddr(t *testing.T, raw json.RawMessage) netip.Addr {
+// elemValue reads a set element: a bare value, or an object with a
+// timeout; a number comes back as its decimal text.
+func elemValue(t testing.TB, raw json.RawMessage) string {
+	var o struct{ Elem struct{ Val json.RawMessage } }
+	if json.Unmarshal(raw, &o) == nil && o.Elem.Val != nil {
+		raw = o.Elem.Val
+	}
 	var s string
-	if json.Unmarshal(raw, &s) != nil {
-		var o struct{ Elem struct{ Val string } }
-		if err := json.Unmarshal(raw, &o); err != nil {
-			t.Fatalf("parsing set element %s: %v", raw, err)
-		}
-		s = o.Elem.Val
+	if json.Unmarshal(raw, &s) == nil {
+		return s
 	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		t.Fatalf("set element %s: %v", raw, err)
+	var n json.Number
+	if err := json.Unmarshal(raw, &n); err != nil {
+		t.Fatalf("parsing set element %s: %v", raw, err)
 	}
-	return a
+	return n.String()
 }
 
-func run(t *testing.T, name string, args ...string) string {
+func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -204,7 +205,7 @@ func run(t *testing.T, name string, args ...string) string {
 }
 
 // eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -215,7 +216,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 	}
 }
 
-func set(t *testing.T, g *Guard, guarded, answer []netip.Addr) {
+func set(t testing.TB, g *Guard, guarded, answer []netip.Addr) {
 	t.Helper()
 	if err := g.Set(guarded, answer); err != nil {
 		t.Fatal(err)

@@ -35,13 +35,14 @@ const (
 )
 
 // family is the table of one address family: ARP for IPv4 VIPs, ip6 for
-// IPv6 VIPs, each with its two sets.
+// IPv6 VIPs, each with its three sets.
 type family struct {
 	what    string // for messages: "IPv4 (ARP)" or "IPv6 (NDP)"
 	ipv4    bool
 	table   *nftables.Table
 	guarded *nftables.Set
 	answer  *nftables.Set
+	alive   *nftables.Set
 	// steps build the table in order. Each names what the kernel must
 	// support for it, so that a refusal can be narrowed to one of them.
 	steps []step
@@ -59,7 +60,7 @@ func newFamilies(table string) []*family {
 func newARP(name string) *family {
 	t := &nftables.Table{Name: name, Family: nftables.TableFamilyARP}
 	f := &family{what: "IPv4 (ARP)", ipv4: true, table: t}
-	f.guarded, f.answer = newSets(t, nftables.TypeIPAddr)
+	newSets(f, nftables.TypeIPAddr)
 	// Only Ethernet-style ARP for IPv4 (6-byte hardware, 4-byte protocol
 	// addresses) has the addresses at the offsets below.
 	ipv4ARP := match(expr.PayloadBaseNetworkHeader, arpPtypeOffset, []byte{0x08, 0x00, 6, 4})
@@ -74,16 +75,14 @@ func newARP(name string) *family {
 			in, out := chains(f)
 			// A request for a VIP this node may not answer for never
 			// reaches the kernel's ARP code, so no reply is made.
-			addRule(c, in, "vipd: no ARP replies for VIPs not answered here",
-				ipv4ARP,
-				match(expr.PayloadBaseNetworkHeader, arpOpOffset, []byte{0, arpRequestOp}),
-				dropIfSilenced(f, expr.PayloadBaseNetworkHeader, arpTargetIP, 4))
+			addDrops(c, f, in, "vipd: no ARP replies for VIPs not answered here",
+				concat(ipv4ARP, match(expr.PayloadBaseNetworkHeader, arpOpOffset, []byte{0, arpRequestOp})),
+				load(expr.PayloadBaseNetworkHeader, arpTargetIP, 4))
 			// Any ARP packet naming the VIP as sender makes every host
 			// that caches the VIP point it here (RFC 826's merge rule):
 			// also the kernel's own requests from the VIP as source.
-			addRule(c, out, "vipd: no ARP from VIPs not answered here",
-				ipv4ARP,
-				dropIfSilenced(f, expr.PayloadBaseNetworkHeader, arpSenderIP, 4))
+			addDrops(c, f, out, "vipd: no ARP from VIPs not answered here",
+				ipv4ARP, load(expr.PayloadBaseNetworkHeader, arpSenderIP, 4))
 			return nil
 		}},
 	}
@@ -93,12 +92,12 @@ func newARP(name string) *family {
 func newIP6(name string) *family {
 	t := &nftables.Table{Name: name, Family: nftables.TableFamilyIPv6}
 	f := &family{what: "IPv6 (NDP)", table: t}
-	f.guarded, f.answer = newSets(t, nftables.TypeIP6Addr)
+	newSets(f, nftables.TypeIP6Addr)
 	icmp6Type := func(typ byte) []expr.Any {
-		return append([]expr.Any{
+		return concat([]expr.Any{
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{icmp6Proto}},
-		}, match(expr.PayloadBaseTransportHeader, icmp6TypeOffset, []byte{typ})...)
+		}, match(expr.PayloadBaseTransportHeader, icmp6TypeOffset, []byte{typ}))
 	}
 	f.steps = []step{
 		{"nftables (CONFIG_NF_TABLES)", addTable},
@@ -110,31 +109,31 @@ func newIP6(name string) *family {
 		{"sets with per-element timeouts", addSets},
 		{"rules with meta, payload matches and set lookups", func(c *nftables.Conn, f *family) error {
 			in, out := chains(f)
-			addRule(c, in, "vipd: no NDP answers for VIPs not answered here",
-				icmp6Type(ndSolicit),
-				dropIfSilenced(f, expr.PayloadBaseTransportHeader, ndTargetOffset, 16))
+			addDrops(c, f, in, "vipd: no NDP answers for VIPs not answered here",
+				icmp6Type(ndSolicit), load(expr.PayloadBaseTransportHeader, ndTargetOffset, 16))
 			// The kernel's advertisements, and vipd's own unsolicited ones,
 			// leave only for VIPs answered here.
-			addRule(c, out, "vipd: no neighbour advertisements for VIPs not answered here",
-				icmp6Type(ndAdvertise),
-				dropIfSilenced(f, expr.PayloadBaseTransportHeader, ndTargetOffset, 16))
+			addDrops(c, f, out, "vipd: no neighbour advertisements for VIPs not answered here",
+				icmp6Type(ndAdvertise), load(expr.PayloadBaseTransportHeader, ndTargetOffset, 16))
 			// A solicitation from the VIP carries this node's MAC, which
 			// the solicited neighbour then caches for the VIP.
-			addRule(c, out, "vipd: no neighbour solicitations from VIPs not answered here",
-				icmp6Type(ndSolicit),
-				dropIfSilenced(f, expr.PayloadBaseNetworkHeader, ip6SrcOffset, 16))
+			addDrops(c, f, out, "vipd: no neighbour solicitations from VIPs not answered here",
+				icmp6Type(ndSolicit), load(expr.PayloadBaseNetworkHeader, ip6SrcOffset, 16))
 			return nil
 		}},
 	}
 	return f
 }
 
-func newSets(t *nftables.Table, key nftables.SetDatatype) (guarded, answer *nftables.Set) {
-	guarded = &nftables.Set{Table: t, Name: "guarded", KeyType: key, HasTimeout: true,
+func newSets(f *family, key nftables.SetDatatype) {
+	f.guarded = &nftables.Set{Table: f.table, Name: "guarded", KeyType: key, HasTimeout: true,
 		Comment: "VIPs vipd put on this node"}
-	answer = &nftables.Set{Table: t, Name: "answer", KeyType: key, HasTimeout: true,
-		Comment: "VIPs this node holds and answers for; vipd renews them"}
-	return guarded, answer
+	f.answer = &nftables.Set{Table: f.table, Name: "answer", KeyType: key, HasTimeout: true,
+		Comment: "VIPs this node holds and answers for while vipd is alive"}
+	// Keyed by the table's own family (meta nfproto): a constant that nft
+	// can show, unlike an immediate value.
+	f.alive = &nftables.Set{Table: f.table, Name: "alive", KeyType: nftables.TypeNFProto, HasTimeout: true,
+		Comment: "present while the vipd agent renews it; without it no VIP is answered"}
 }
 
 func addTable(c *nftables.Conn, f *family) error {
@@ -143,7 +142,7 @@ func addTable(c *nftables.Conn, f *family) error {
 }
 
 func addSets(c *nftables.Conn, f *family) error {
-	for _, s := range []*nftables.Set{f.guarded, f.answer} {
+	for _, s := range []*nftables.Set{f.guarded, f.answer, f.alive} {
 		// A fresh ID: a set is referred to by ID within the batch that
 		// creates it, and every batch that builds the table creates them.
 		s.ID = 0
@@ -174,17 +173,29 @@ func chains(f *family) (in, out *nftables.Chain) {
 	return &nftables.Chain{Name: "input", Table: f.table}, &nftables.Chain{Name: "output", Table: f.table}
 }
 
-func addRule(c *nftables.Conn, ch *nftables.Chain, comment string, parts ...[]expr.Any) {
-	var exprs []expr.Any
-	for _, p := range parts {
-		exprs = append(exprs, p...)
-	}
-	c.AddRule(&nftables.Rule{
-		Table:    ch.Table,
-		Chain:    ch,
-		Exprs:    exprs,
-		UserData: userdata.AppendString(nil, userdata.TypeComment, comment),
+// addDrops adds the two rules that drop a packet passing match whose
+// address (put in register 1 by load) is guarded, when that address is not
+// answered or when the agent is not alive. The second rule is what makes
+// renewal cheap: Refresh renews one element, not one per VIP.
+func addDrops(c *nftables.Conn, f *family, ch *nftables.Chain, comment string, match, load []expr.Any) {
+	guarded := concat(match, load, []expr.Any{
+		&expr.Lookup{SourceRegister: 1, SetName: f.guarded.Name, SetID: f.guarded.ID},
 	})
+	drop := []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}
+	for _, cond := range [][]expr.Any{
+		{&expr.Lookup{SourceRegister: 1, SetName: f.answer.Name, SetID: f.answer.ID, Invert: true}},
+		{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Lookup{SourceRegister: 1, SetName: f.alive.Name, SetID: f.alive.ID, Invert: true},
+		},
+	} {
+		c.AddRule(&nftables.Rule{
+			Table:    ch.Table,
+			Chain:    ch,
+			Exprs:    concat(guarded, cond, drop),
+			UserData: userdata.AppendString(nil, userdata.TypeComment, comment),
+		})
+	}
 }
 
 // match compares len(value) bytes at offset of base with value.
@@ -195,16 +206,23 @@ func match(base expr.PayloadBase, offset uint32, value []byte) []expr.Any {
 	}
 }
 
-// dropIfSilenced drops the packet when the address at offset is guarded
-// but not answered: in @guarded and not in @answer.
-func dropIfSilenced(f *family, base expr.PayloadBase, offset, size uint32) []expr.Any {
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: base, Offset: offset, Len: size},
-		&expr.Lookup{SourceRegister: 1, SetName: f.guarded.Name, SetID: f.guarded.ID},
-		&expr.Lookup{SourceRegister: 1, SetName: f.answer.Name, SetID: f.answer.ID, Invert: true},
-		&expr.Counter{},
-		&expr.Verdict{Kind: expr.VerdictDrop},
+// load puts size bytes at offset of base in register 1.
+func load(base expr.PayloadBase, offset, size uint32) []expr.Any {
+	return []expr.Any{&expr.Payload{DestRegister: 1, Base: base, Offset: offset, Len: size}}
+}
+
+func concat(parts ...[]expr.Any) []expr.Any {
+	var out []expr.Any
+	for _, p := range parts {
+		out = append(out, p...)
 	}
+	return out
+}
+
+// aliveElement is the one element of f's alive set: the table's family, as
+// meta nfproto gives it.
+func aliveElement(f *family, timeout time.Duration) nftables.SetElement {
+	return nftables.SetElement{Key: []byte{byte(f.table.Family)}, Timeout: timeout}
 }
 
 // elements are the set elements for addrs, each with timeout (zero: none).
