@@ -46,7 +46,7 @@ func TestAgentProcess(t *testing.T) {
 // SIGKILL, and measures from B how long A goes on answering: the
 // requirement is silence within 0.3s, without help from address lifetimes
 // (the VIPs here have none). A restarted agent then finds only its own
-// VIPs in force.
+// VIPs in force. The process has CAP_NET_ADMIN only.
 func TestKilledAgent(t *testing.T) {
 	p := newPair(t)
 	arpA, ndpA := newARPAsker(t, p.b, "b0"), newNDPAsker(t, p.b, "b0")
@@ -99,8 +99,11 @@ func TestKilledAgent(t *testing.T) {
 // the VIPs, and calls f with a function that SIGKILLs it and returns when.
 func startAgent(t *testing.T, ns string, f func(kill func() time.Time)) {
 	t.Helper()
-	// `ip netns exec` execs the command: the process it starts is the agent.
-	cmd := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run=^TestAgentProcess$", "-test.count=1")
+	// `ip netns exec` and setpriv exec the command: the process started
+	// is the agent, with CAP_NET_ADMIN as its only capability, as vipd's
+	// manifests give it (no CAP_SYS_ADMIN, so no setns).
+	cmd := exec.Command("ip", "netns", "exec", ns, "setpriv", "--bounding-set", "-all,+net_admin",
+		os.Args[0], "-test.run=^TestAgentProcess$", "-test.count=1")
 	cmd.Env = append(os.Environ(), agentEnv+"=1")
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()

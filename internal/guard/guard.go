@@ -70,21 +70,20 @@ type Guard struct {
 	closed          bool
 }
 
-// New sets up the guard in the network namespace of the calling thread,
+// New sets up the guard in the network namespace of the process,
 // replacing in one atomic step any vipd tables an earlier run left: it
 // starts with no VIP guarded. An agent that finds VIPs of an earlier run
 // on its interface should guard them (Set(leftover, nil)) before it
-// removes them. Close removes the tables again.
+// removes them. Close removes the tables again. It needs CAP_NET_ADMIN.
 func New(opts Options) (*Guard, error) {
-	ns, err := netns.Get()
-	if err != nil {
-		return nil, fmt.Errorf("guard: getting the network namespace: %w", err)
-	}
-	return newGuard(ns, opts)
+	// No namespace handle: entering even the current namespace (setns)
+	// would need CAP_SYS_ADMIN, which vipd does not have.
+	return newGuard(netns.None(), opts)
 }
 
 // NewAt is New in the network namespace ns (which the caller still
-// closes). Tests use it to guard a namespace they created.
+// closes). It enters ns for every netlink socket it opens, which needs
+// CAP_SYS_ADMIN; tests use it to guard a namespace they created.
 func NewAt(ns netns.NsHandle, opts Options) (*Guard, error) {
 	fd, err := unix.FcntlInt(uintptr(ns), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
@@ -98,11 +97,11 @@ func newGuard(ns netns.NsHandle, opts Options) (*Guard, error) {
 	case opts.AnswerTimeout == 0:
 		opts.AnswerTimeout = DefaultAnswerTimeout
 	case opts.AnswerTimeout < time.Millisecond:
-		_ = ns.Close()
+		closeNS(&ns)
 		return nil, fmt.Errorf("guard: answer timeout %v: want at least 1ms (nftables counts milliseconds)", opts.AnswerTimeout)
 	}
 	if opts.GuardTimeout < 0 {
-		_ = ns.Close()
+		closeNS(&ns)
 		return nil, fmt.Errorf("guard: negative guard timeout %v", opts.GuardTimeout)
 	}
 	log := opts.Log
@@ -120,7 +119,7 @@ func newGuard(ns netns.NsHandle, opts Options) (*Guard, error) {
 	if err != nil {
 		g.dropConnLocked()
 		err = g.diagnoseLocked(err, newFamilies(probeTableName))
-		_ = ns.Close()
+		closeNS(&ns)
 		return nil, fmt.Errorf("guard: setting up nftables tables %q: %w", TableName, err)
 	}
 	if left {
@@ -196,9 +195,7 @@ func (g *Guard) Close() error {
 		return nil
 	})
 	g.dropConnLocked()
-	if cerr := g.ns.Close(); err == nil && cerr != nil {
-		err = cerr
-	}
+	closeNS(&g.ns)
 	if err != nil {
 		return fmt.Errorf("guard: removing nftables tables %q: %w", TableName, err)
 	}
@@ -299,7 +296,7 @@ func (g *Guard) replaceLocked(gs, as []netip.Addr) error {
 // takes effect, or none of it.
 func (g *Guard) batchLocked(build func(*nftables.Conn) error) error {
 	if g.conn == nil {
-		c, err := nftables.New(nftables.AsLasting(), nftables.WithNetNSFd(int(g.ns)))
+		c, err := g.dial(nftables.AsLasting())
 		if err != nil {
 			if errors.Is(err, unix.EPROTONOSUPPORT) {
 				return fmt.Errorf("opening nftables netlink socket: kernel without nfnetlink (CONFIG_NETFILTER_NETLINK): %w", err)
@@ -317,12 +314,32 @@ func (g *Guard) batchLocked(build func(*nftables.Conn) error) error {
 		// After a failure the acknowledgements may be out of step with
 		// the requests: the next batch gets a fresh socket.
 		g.dropConnLocked()
-		if errors.Is(err, unix.EPERM) {
-			return fmt.Errorf("%w (CAP_NET_ADMIN needed)", err)
-		}
-		return err
+		return withPermHint(err)
 	}
 	return nil
+}
+
+// withPermHint says which capability is missing when the kernel refuses.
+func withPermHint(err error) error {
+	if errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("%w (CAP_NET_ADMIN needed)", err)
+	}
+	return err
+}
+
+// dial opens an nftables connection in the guard's namespace.
+func (g *Guard) dial(opts ...nftables.ConnOption) (*nftables.Conn, error) {
+	if g.ns.IsOpen() {
+		opts = append(opts, nftables.WithNetNSFd(int(g.ns)))
+	}
+	return nftables.New(opts...)
+}
+
+// closeNS closes a namespace handle of NewAt's; New's has none.
+func closeNS(ns *netns.NsHandle) {
+	if ns.IsOpen() {
+		_ = ns.Close()
+	}
 }
 
 func (g *Guard) dropConnLocked() {
@@ -334,13 +351,13 @@ func (g *Guard) dropConnLocked() {
 
 // tablesLeftLocked tells whether a table of the guard's is present.
 func (g *Guard) tablesLeftLocked() (bool, error) {
-	c, err := nftables.New(nftables.WithNetNSFd(int(g.ns)))
+	c, err := g.dial()
 	if err != nil {
 		return false, fmt.Errorf("opening nftables netlink socket: %w", err)
 	}
 	tables, err := c.ListTables()
 	if err != nil {
-		return false, fmt.Errorf("listing nftables tables: %w", err)
+		return false, fmt.Errorf("listing nftables tables: %w", withPermHint(err))
 	}
 	return slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }), nil
 }

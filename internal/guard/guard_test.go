@@ -315,7 +315,7 @@ func (g *Guard) abandon() {
 	defer g.mu.Unlock()
 	g.dropConnLocked()
 	g.closed = true
-	_ = g.ns.Close()
+	closeNS(&g.ns)
 }
 
 // TestDiagnose checks that a refusal is narrowed down to the missing piece,
