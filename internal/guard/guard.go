@@ -263,7 +263,7 @@ func (g *Guard) updateLocked(gs, as []netip.Addr, withMembers bool, fill func(*n
 	if !errors.Is(err, unix.ENOENT) {
 		return err
 	}
-	g.log.Warn("nftables guard tables were removed by someone else; creating them again", "table", TableName, "err", err)
+	g.log.Warn("nftables guard tables or sets were removed by someone else; creating them again", "table", TableName)
 	return g.replaceLocked(gs, as)
 }
 
