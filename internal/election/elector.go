@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/vipd/vipd/internal/backoff"
@@ -210,6 +211,15 @@ type Elector struct {
 	refused, refusedOut map[string]string
 	// fence tracks this agent's own loss of connectivity (fence.go).
 	fence fenceState
+	// started is when Run began; see warmLocked.
+	started time.Time
+	// written is our node Lease as our last renewal wrote it, and
+	// watched its resourceVersion as the watch last delivered it: a watch
+	// that does not bring back our own writes is behind (watchBehindLocked).
+	written      *coordinationv1.Lease
+	writtenAt    time.Time
+	watched      string
+	watchLagging bool // as last logged
 }
 
 // New returns an Elector; it starts once Run is called and contends only

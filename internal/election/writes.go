@@ -82,13 +82,31 @@ func (e *Elector) renewLoop(ctx context.Context) {
 }
 
 // refreshLoop reads every Lease afresh when asked (after this agent was
-// cut off, or the API server came back), retrying until it succeeds.
+// cut off, or the API server came back), retrying until it succeeds, and
+// every retry period while the watch is behind.
 func (e *Elector) refreshLoop(ctx context.Context) {
+	t := time.NewTicker(e.cfg.RetryPeriod)
+	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-e.relist:
+		case <-t.C:
+			e.mu.Lock()
+			behind := e.watchBehindLocked(e.now())
+			if behind != e.watchLagging {
+				e.watchLagging = behind
+				if behind {
+					e.log.Warn("the watch on Leases is behind: reading them directly every retry period until it catches up")
+				} else {
+					e.log.Info("the watch on Leases caught up")
+				}
+			}
+			e.mu.Unlock()
+			if !behind {
+				continue
+			}
 		}
 		for failures := 1; ; failures++ {
 			start := e.now()
@@ -185,6 +203,7 @@ func (e *Elector) renewOnce(ctx context.Context, start time.Time) error {
 	e.lastRenew = start
 	e.apiBackAt = time.Time{}
 	e.refusedOut = refused
+	e.written, e.writtenAt = out, e.now()
 	e.mu.Unlock()
 	e.record(out)
 	return nil
