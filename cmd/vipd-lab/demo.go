@@ -26,6 +26,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/vipd/vipd/internal/election"
+	"github.com/vipd/vipd/internal/hbkey"
 	"github.com/vipd/vipd/internal/lab"
 	"github.com/vipd/vipd/internal/lab/controlplane"
 )
@@ -35,6 +36,8 @@ const (
 	// The Lease vipd uses for the control-plane VIP by default.
 	leaseNamespace = "kube-system"
 	leaseName      = "plndr-cp-lock"
+	// The Secret the agents read their heartbeat key from, by default.
+	keySecret = "vipd-heartbeat-key"
 	// Every node answers TCP connections here with its name.
 	responderPort = 8080
 	// The client's ping loop interval, as in MEASURE.md.
@@ -136,6 +139,14 @@ func (d *demo) setUp(ctx context.Context) error {
 		return fmt.Errorf("building the demo's API client: %w", err)
 	}
 	d.say("etcd and kube-apiserver are up (%s), listening on %s", dur(time.Since(began)), cp.Addr())
+	key, err := hbkey.NewKey()
+	if err != nil {
+		return err
+	}
+	if _, err := d.admin.CoreV1().Secrets(leaseNamespace).Create(sctx, hbkey.Secret(leaseNamespace, keySecret, key), metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("creating the heartbeat key Secret: %w", err)
+	}
+	d.say("a random key in Secret %s/%s authenticates the heartbeats between the agents", leaseNamespace, keySecret)
 
 	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
