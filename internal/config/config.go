@@ -86,6 +86,8 @@ type Config struct {
 	// LogLevel is debug, info, warn or error (vip_loglevel, which also
 	// takes kube-vip's numeric levels).
 	LogLevel string
+	// LogFormat is text (logfmt-style key=value) or json, one object a line.
+	LogFormat string
 }
 
 // Defaults returns the settings used when neither a flag nor an environment
@@ -106,6 +108,7 @@ func Defaults() Config {
 		HeartbeatPort:     7947,
 		VIPLifetime:       2 * time.Second,
 		LogLevel:          "info",
+		LogFormat:         "text",
 	}
 }
 
@@ -154,5 +157,6 @@ func (c Config) LogValue() slog.Value {
 		slog.Int("heartbeat_port", c.HeartbeatPort),
 		slog.Duration("vip_lifetime", c.VIPLifetime),
 		slog.String("log_level", c.LogLevel),
+		slog.String("log_format", c.LogFormat),
 	)
 }
