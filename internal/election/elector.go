@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -166,6 +167,11 @@ type Elector struct {
 	// reaches the API server again.
 	apiBackAt time.Time
 	peerAddr  map[string]string
+
+	// Observability (report.go).
+	reports          map[string]Report
+	extraAnnotations map[string]string
+	synced           atomic.Bool
 }
 
 // observed is a Lease as this agent last saw it.
@@ -181,6 +187,7 @@ type job struct {
 	name string
 	base *coordinationv1.Lease // version the write is conditional on; nil to create
 	op   op
+	why  Reason // of a take
 }
 
 type op int
@@ -218,6 +225,7 @@ func New(cfg Config) (*Elector, error) {
 		done:    make(chan result, writeWorkers),
 		leases:  map[string]*observed{},
 		status:  map[string]Status{},
+		reports: map[string]Report{},
 	}, nil
 }
 
@@ -444,6 +452,7 @@ func (e *Elector) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 		return nil
 	}
+	e.synced.Store(true)
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -610,6 +619,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		}
 	}
 	if !maps.Equal(status, e.status) {
+		e.noteStatusLocked(e.status, status, meLive)
 		e.status = status
 		signal(e.changes)
 	}
@@ -641,7 +651,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 			if o := e.leases[name]; o != nil {
 				base = o.lease
 			}
-			jobs = append(jobs, job{name: name, base: base, op: opAcquire})
+			jobs = append(jobs, job{name: name, base: base, op: opAcquire, why: e.takeReasonLocked(base)})
 		}
 		// Claims whose contest is gone: delete them, so a deleted Service
 		// leaves no Lease behind. Its holder does; if the holder is gone
@@ -676,6 +686,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 // evaluation, to the agent and to the other agents' failure detectors.
 func (e *Elector) dropHolding() {
 	e.mu.Lock()
+	e.noteShutdownLocked()
 	for name, s := range e.status {
 		if s.Leading {
 			e.status[name] = Status{}
@@ -856,14 +867,7 @@ func (e *Elector) renewOnce(ctx context.Context, start time.Time) error {
 		base = o.lease
 	}
 	e.mu.Unlock()
-	annotations := maps.Clone(e.cfg.NodeAnnotations)
-	if e.cfg.PeerAddr != "" {
-		if annotations == nil {
-			annotations = map[string]string{}
-		}
-		annotations[AnnotationPeerAddr] = e.cfg.PeerAddr
-	}
-	out, err := e.writeLease(ctx, e.node, KindNode, base, annotations)
+	out, err := e.writeLease(ctx, e.node, KindNode, base, e.nodeAnnotations())
 	if apierrors.IsConflict(err) {
 		// Our view was stale; read once and retry at the next tick.
 		if cur, gerr := e.cfg.Client.CoordinationV1().Leases(e.cfg.Namespace).Get(ctx, e.node, metav1.GetOptions{}); gerr == nil {
@@ -956,8 +960,10 @@ func (e *Elector) do(ctx context.Context, j job) error {
 			}
 			return err
 		}
+		e.noteTook(out, prev, j.why)
 		e.record(out)
-		log.Info("took claim", "previous_holder", prev)
+		// The agent logs the decision, with the VIPs, once it acts on it.
+		log.Debug("took claim", "previous_holder", prev, "reason", j.why)
 	case opRelease:
 		l := j.base.DeepCopy()
 		empty := ""
@@ -967,8 +973,9 @@ func (e *Elector) do(ctx context.Context, j job) error {
 			log.Warn("releasing claim failed", "err", err)
 			return err
 		}
+		e.noteLost(j.name, LostNotCandidate)
 		e.record(out)
-		log.Info("released claim: this node is no longer a candidate")
+		log.Debug("released claim: this node is no longer a candidate")
 	case opDelete:
 		rv := j.base.ResourceVersion
 		err := leases.Delete(ctx, j.name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &rv}})
