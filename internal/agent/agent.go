@@ -13,15 +13,18 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/http"
 	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/transport"
 	"k8s.io/client-go/util/flowcontrol"
 
 	"github.com/vipd/vipd/internal/address"
@@ -44,7 +47,7 @@ const releaseTimeout = 2 * time.Second
 // (stops announcing, removes its VIPs, releases its Leases) and returns.
 // Every check that can fail on bad configuration runs before anything on
 // the node is changed.
-func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logger) error {
 	iface, err := resolveInterface(cfg.Interface)
 	if err != nil {
 		return err
@@ -57,11 +60,14 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		}
 	}
 
-	client, err := newClient(cfg, log)
+	m := newMetrics()
+	vm := newVIPMetrics(m.reg)
+	client, err := newClient(cfg, log, func(rt http.RoundTripper) http.RoundTripper {
+		return writeCounter{next: rt, errors: vm.apiErrors}
+	})
 	if err != nil {
 		return err
 	}
-	m := newMetrics()
 	var hb *heartbeat.Monitor
 	elCfg := election.Config{
 		Client:        client,
@@ -73,9 +79,10 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		Log:           log,
 		OrphanPrefix:  ServiceLeasePrefix,
 	}
+	elCfg.NodeAnnotations = map[string]string{AnnotationVersion: version, AnnotationConfig: InfoFor(cfg).Encode()}
 	if own, err := nodeAddrList(); err == nil {
 		// Other agents refuse Service addresses that are this node's.
-		elCfg.NodeAnnotations = map[string]string{AnnotationNodeAddrs: own}
+		elCfg.NodeAnnotations[AnnotationNodeAddrs] = own
 	} else {
 		log.Warn("cannot list this node's addresses for the other agents", "err", err)
 	}
@@ -91,6 +98,15 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("setting up the election: %w", err)
 	}
+	// Background work ends only after shutdown has released the Leases.
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBG()
+	var events *leaseEvents
+	if cfg.ControlPlane {
+		events = newLeaseEvents(bg, client, cfg.NodeName, cfg.Namespace, cfg.LeaseName)
+	}
+	obs := newObserver(log, cfg.NodeName, el, vm, events)
+	scrape := scrapeSources{obs: obs, el: el, hb: hb, version: version}
 	var svc *services.Controller
 	if cfg.Services {
 		svc, err = services.New(services.Config{
@@ -102,11 +118,14 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			PoolConfigMap: cfg.PoolConfigMap,
 			NodeName:      cfg.NodeName,
 			Log:           log,
+			Reporter:      obs.Reporter,
 		})
 		if err != nil {
 			return fmt.Errorf("setting up LoadBalancer Services: %w", err)
 		}
+		scrape.synced = svc.Synced
 	}
+	m.reg.MustRegister(scrapeCollector{src: scrape})
 
 	if cfg.MetricsAddr != "" {
 		if err := m.serve(ctx, cfg.MetricsAddr, log); err != nil {
@@ -132,11 +151,8 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return err
 	}
 
-	r := &reconciler{iface: iface, ann: ann, el: el, svc: svc,
-		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m}
-	// Background work ends only after shutdown has released the Leases.
-	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopBG()
+	r := &reconciler{iface: iface, ann: &timedAnnouncer{announcer: ann, obs: obs}, el: el, svc: svc,
+		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs}
 	done := make(chan error, 3)
 	go func() { done <- wrap("election", el.Run(bg)) }()
 	if hb != nil {
@@ -184,6 +200,10 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			r.setBindings(cfg)
 		}
 		r.reconcile()
+		if hb != nil {
+			// Published with the next renewal, for vipd status.
+			el.SetNodeAnnotations(map[string]string{AnnotationPeers: peersValue(hb.Peers())})
+		}
 	}
 }
 
@@ -220,6 +240,11 @@ type binding struct {
 	vips    []netip.Addr
 	// candidates restricts the holders (nil: any node).
 	candidates []string
+	// controlPlane: the control-plane election, whose vips are the
+	// control-plane VIPs.
+	controlPlane bool
+	// services are the Services of each VIP, for logs and metrics.
+	services map[netip.Addr][]types.NamespacedName
 }
 
 func contests(bs []binding) []election.Contest {
@@ -253,7 +278,10 @@ type reconciler struct {
 	preserve  bool
 	log       *slog.Logger
 	metrics   *metrics
+	obs       *observer
 	last      map[string]election.Status
+	lastBound map[string]binding    // the bindings of last
+	refused   map[netip.Addr]string // service addresses refused, and why
 }
 
 // AnnotationNodeAddrs on an agent's node Lease lists its node's own
@@ -301,11 +329,16 @@ func (r *reconciler) setBindings(cfg config.Config) {
 		}
 	}
 	var ok []services.Address
+	refused := map[netip.Addr]string{}
+	defer func() { r.refused = refused }()
 	for _, a := range r.addrs {
 		if who, taken := owner[a.IP]; taken {
 			reason := fmt.Sprintf("address %s belongs to %s; a VIP must not be a node address", a.IP, who)
 			r.svc.Reject(a.IP, reason)
-			r.log.Warn("refusing service address", "vip", a.IP, "reason", reason)
+			if r.refused[a.IP] != reason {
+				r.log.Warn("refusing service address", "vip", a.IP, "service", joinNames(a.Services), "reason", reason)
+			}
+			refused[a.IP] = reason
 			continue
 		}
 		ok = append(ok, a)
@@ -321,27 +354,38 @@ func (r *reconciler) setBindings(cfg config.Config) {
 // reconcile makes the node match what the election says now.
 func (r *reconciler) reconcile() {
 	var want plan
-	var servedHere []netip.Addr
+	var servedHere []services.Held
 	seen := make(map[string]election.Status, len(r.bindings))
+	bound := make(map[string]binding, len(r.bindings))
 	for _, b := range r.bindings {
 		st := r.el.Status(b.contest)
 		seen[b.contest] = st
+		bound[b.contest] = b
 		if prev := r.last[b.contest]; st != prev {
-			r.log.Info("election status changed", "contest", b.contest, "vips", b.vips, "leading", st.Leading,
-				"leader", st.Leader, "was_leading", prev.Leading, "was_leader", prev.Leader)
+			r.obs.changed(b, prev, st)
 		}
 		p := planFor(st, b.vips, r.preserve, r.onIface)
 		want.present = append(want.present, p.present...)
 		want.announce = append(want.announce, p.announce...)
 		if st.Leading {
-			servedHere = append(servedHere, b.vips...)
+			rep := r.el.Report(b.contest)
+			for _, v := range b.vips {
+				servedHere = append(servedHere, services.Held{IP: v, Previous: rep.Previous, Reason: string(rep.Reason)})
+			}
 		}
 	}
-	r.last = seen
+	for contest, prev := range r.last {
+		if _, ok := seen[contest]; !ok && prev.Leading {
+			r.obs.lost(r.lastBound[contest], "", election.LostRemoved) // its Services went away
+		}
+	}
+	r.last, r.lastBound = seen, bound
 	r.apply(want)
+	r.obs.reconciled(r.bindings, seen)
 	if r.svc != nil {
 		// The controller writes the status of the Services among these.
 		r.svc.SetHeld(servedHere)
+		r.svc.FlushEvents() // who holds what, or who is live, may have changed
 	}
 	r.metrics.live.Set(boolGauge(r.el.Live()))
 }
@@ -502,7 +546,7 @@ func bypassVIP(rc *rest.Config, vips []netip.Addr, log *slog.Logger) error {
 
 // newClient builds the API client. Its client-side rate limiter is off: a
 // holder must never miss a renewal because its own client queued it.
-func newClient(cfg config.Config, log *slog.Logger) (kubernetes.Interface, error) {
+func newClient(cfg config.Config, log *slog.Logger, wrap transport.WrapperFunc) (kubernetes.Interface, error) {
 	var (
 		rc  *rest.Config
 		err error
@@ -524,6 +568,7 @@ func newClient(cfg config.Config, log *slog.Logger) (kubernetes.Interface, error
 		}
 	}
 	rc.RateLimiter = flowcontrol.NewFakeAlwaysRateLimiter()
+	rc.Wrap(wrap)
 	rc.UserAgent = "vipd"
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
