@@ -95,7 +95,7 @@ func (a app) command() *cobra.Command {
 		},
 	}
 
-	root.AddCommand(run, ver)
+	root.AddCommand(run, ver, a.statusCommand())
 	return root
 }
 

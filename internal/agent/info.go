@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 
 	"github.com/vipd/vipd/internal/config"
 	"github.com/vipd/vipd/internal/heartbeat"
+	"github.com/vipd/vipd/internal/services"
 )
 
 // What an agent publishes on its node Lease for `vipd status` and the other
@@ -124,6 +126,18 @@ func ParsePeers(s string) map[string]string {
 	for _, part := range strings.Split(s, ",") {
 		if node, state, ok := strings.Cut(strings.TrimSpace(part), "="); ok && node != "" {
 			out[node] = state
+		}
+	}
+	return out
+}
+
+// ContestsFor says which election carries each address, as agents decide
+// it (bindingsFor), for readers such as `vipd status`.
+func ContestsFor(cpLease string, cpVIPs []netip.Addr, svcLease string, perAddress bool, addrs []services.Address) map[netip.Addr]string {
+	out := map[netip.Addr]string{}
+	for _, b := range bindingsFor(cpLease, cpVIPs, svcLease, perAddress, addrs) {
+		for _, v := range b.vips {
+			out[v] = b.contest
 		}
 	}
 	return out
