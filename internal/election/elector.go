@@ -951,7 +951,9 @@ func (e *Elector) do(ctx context.Context, j job) error {
 	switch j.op {
 	case opAcquire:
 		prev := holder(j.base)
+		e.noteTaking(j.name, prev, j.why)
 		out, err := e.writeLease(ctx, j.name, KindClaim, j.base, nil)
+		e.noteTaken(j.name, out, err)
 		if err != nil {
 			if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) {
 				log.Debug("claim changed before we could take it", "err", err)
@@ -960,7 +962,6 @@ func (e *Elector) do(ctx context.Context, j job) error {
 			}
 			return err
 		}
-		e.noteTook(out, prev, j.why)
 		e.record(out)
 		// The agent logs the decision, with the VIPs, once it acts on it.
 		log.Debug("took claim", "previous_holder", prev, "reason", j.why)

@@ -59,7 +59,7 @@ type Report struct {
 	// without holder).
 	Previous string
 	// At is when the change happened, on this agent's clock: for a take,
-	// when the claim write succeeded.
+	// when the claim write was sent.
 	At time.Time
 	// LeaseUID is the claim Lease's UID, after a take.
 	LeaseUID types.UID
@@ -99,12 +99,28 @@ func (e *Elector) takeReasonLocked(lease *coordinationv1.Lease) Reason {
 	return TookHolderExpired
 }
 
-// noteTook records a successful claim write; the report is completed when
-// the status turns to leading.
-func (e *Elector) noteTook(claim *coordinationv1.Lease, previous string, why Reason) {
+// noteTaking records a claim write about to be sent: the watch may show
+// its result before the write returns, and the status turns to leading
+// then.
+func (e *Elector) noteTaking(contest, previous string, why Reason) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.reports[claim.Name] = Report{Leading: true, Reason: why, Previous: previous, At: e.now(), LeaseUID: claim.UID}
+	e.reports[contest] = Report{Leading: true, Reason: why, Previous: previous, At: e.now()}
+}
+
+// noteTaken completes the report of a take with the outcome of its write.
+func (e *Elector) noteTaken(contest string, claim *coordinationv1.Lease, err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	r, ok := e.reports[contest]
+	switch {
+	case !ok || !r.Leading:
+	case err != nil && !e.status[contest].Leading:
+		delete(e.reports, contest) // not taken: nothing to report
+	case err == nil:
+		r.LeaseUID = claim.UID
+		e.reports[contest] = r
+	}
 }
 
 // noteLost records why this agent gave a contest up on purpose; the status
