@@ -191,8 +191,8 @@ func waitStatusRow(t *testing.T, kubeconfig, ns, vip, holder string, transitions
 			return fmt.Errorf("transitions %d, want %d", row.Transitions, transitions)
 		case len(row.Problems) > 0:
 			return fmt.Errorf("problems %q", row.Problems)
-		case row.HolderLease != status.LeaseLive:
-			return fmt.Errorf("holder's Lease %q", row.HolderLease)
+		case row.HolderLease != status.LeaseLive || !row.HolderLive:
+			return fmt.Errorf("holder's Lease %q, live %v", row.HolderLease, row.HolderLive)
 		}
 		return nil
 	})

@@ -80,9 +80,9 @@ func vipTable(w io.Writer, r Report, wide bool) {
 }
 
 func nodeTable(w io.Writer, r Report, wide bool) {
-	head := "NODE\tVERSION\tLEASE\tHEARTBEAT\tVIPS\tADDRESSES"
+	head := "NODE\tVERSION\tLIVE\tLEASE\tHEARTBEAT\tVIPS\tADDRESSES"
 	if wide {
-		head = "NODE\tVERSION\tLEASE\tHEARTBEAT\tVIPS\tADDRESSES\tLISTENS\tSERVES"
+		head = "NODE\tVERSION\tLIVE\tLEASE\tHEARTBEAT\tVIPS\tADDRESSES\tLISTENS\tSERVES"
 	}
 	fmt.Fprintln(w, head)
 	for _, n := range r.Nodes {
@@ -94,7 +94,7 @@ func nodeTable(w io.Writer, r Report, wide bool) {
 		if n.Heartbeat != "" {
 			hb = fmt.Sprintf("hears %d/%d, heard by %d/%d", n.Hears, n.Peers, n.HeardBy, n.HeardOf)
 		}
-		cols := []string{n.Name, dash(n.Version), lease, hb, fmt.Sprint(n.VIPs), dash(strings.Join(n.Addresses, ","))}
+		cols := []string{n.Name, dash(n.Version), yesNo(n.Live), lease, hb, fmt.Sprint(n.VIPs), dash(strings.Join(n.Addresses, ","))}
 		if wide {
 			var serves []string
 			if n.ControlPlane {
@@ -114,7 +114,11 @@ func liveness(v VIP) string {
 	if v.Holder == "" || v.HolderLease == "" {
 		return "-"
 	}
-	s := "lease " + v.HolderLease
+	s := "not live: lease "
+	if v.HolderLive {
+		s = "live: lease "
+	}
+	s += v.HolderLease
 	if v.HolderLeaseAge != nil {
 		s += " " + age(seconds(*v.HolderLeaseAge))
 	}
@@ -141,6 +145,13 @@ func age(d time.Duration) string {
 		return fmt.Sprintf("%dh%dm", int(d.Hours()), int(d.Minutes())%60)
 	}
 	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }
 
 func dash(s string) string {

@@ -69,6 +69,9 @@ type VIP struct {
 	// HolderLeaseAge the time since its last renewal.
 	HolderLease    string   `json:"holderLease,omitempty"`
 	HolderLeaseAge *float64 `json:"holderLeaseAgeSeconds,omitempty"`
+	// HolderLive is whether the agents count the holder as live (Lease
+	// and heartbeats together).
+	HolderLive bool `json:"holderLive"`
 	// HeardBy of HeardOf live agents hear the holder's heartbeats.
 	HeardBy int `json:"heardBy"`
 	HeardOf int `json:"heardOf"`
@@ -80,8 +83,10 @@ type VIP struct {
 
 // Node is one agent.
 type Node struct {
-	Name      string   `json:"name"`
-	Version   string   `json:"version"`
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	// Live is whether the agents count it as live (Lease and heartbeats).
+	Live      bool     `json:"live"`
 	Lease     string   `json:"lease"`
 	LeaseAge  *float64 `json:"leaseAgeSeconds,omitempty"`
 	Addresses []string `json:"addresses,omitempty"`
@@ -198,18 +203,31 @@ type computer struct {
 	byName map[string]*agentView
 }
 
-// live reports whether the agents consider node live: its Lease is
-// renewed, or a live agent hears it (an API outage every agent shares).
+// live reports whether the agents consider node live, as they judge it:
+// heartbeats, where they have any, overrule the Lease both ways (a node
+// whose beats stopped is dead however fresh its Lease; one still heard
+// stays live through an API outage every agent shares).
 func (c computer) live(node string) bool {
 	a := c.byName[node]
-	if a == nil {
+	if a == nil || a.state == LeaseReleased {
 		return false
 	}
-	if a.state == LeaseLive {
+	by, of := c.heardBy(node)
+	if by > 0 {
 		return true
 	}
-	by, _ := c.heardBy(node)
-	return a.state != LeaseReleased && by > 0
+	return a.state == LeaseLive && (of == 0 || c.silentTo(node) == 0)
+}
+
+// silentTo counts the live agents that heard node once and hear it no more.
+func (c computer) silentTo(node string) int {
+	n := 0
+	for _, a := range c.agents {
+		if a.name != node && a.state == LeaseLive && a.peers[node] == agent.PeerSilent {
+			n++
+		}
+	}
+	return n
 }
 
 // heardBy counts the live agents whose heartbeat view hears node, of those
@@ -274,14 +292,26 @@ func (c computer) fill(v *VIP, ns, name string) {
 	age := a.age.Seconds()
 	v.HolderLeaseAge = &age
 	v.HeardBy, v.HeardOf = c.heardBy(v.Holder)
-	if !c.live(v.Holder) {
-		v.Problems = append(v.Problems, fmt.Sprintf("no holder: %s is not live (node Lease %s, heard by none)", v.Holder, a.state))
+	v.HolderLive = c.live(v.Holder)
+	if !v.HolderLive {
+		v.Problems = append(v.Problems, fmt.Sprintf("no holder: %s is not live (%s)", v.Holder, c.why(a)))
 	}
 	for _, other := range c.agents {
 		if slices.Contains(other.refused, name) || slices.Contains(other.refused, v.VIP) {
 			v.Problems = append(v.Problems, "address refused by "+other.name)
 		}
 	}
+}
+
+// why says why the agents do not count a as live.
+func (c computer) why(a *agentView) string {
+	switch {
+	case a.state == LeaseReleased:
+		return "it released its node Lease"
+	case a.state == LeaseLive:
+		return "its heartbeats stopped"
+	}
+	return "node Lease expired, heartbeats not heard"
 }
 
 // controlPlane returns the rows of the control-plane VIPs that agents
@@ -508,7 +538,7 @@ func (c computer) nodeAddresses() map[netip.Addr]string {
 func (c computer) nodes(vips []VIP) []Node {
 	var out []Node
 	for _, a := range c.agents {
-		n := Node{Name: a.name, Version: a.lease.Annotations[agent.AnnotationVersion], Lease: a.state,
+		n := Node{Name: a.name, Version: a.lease.Annotations[agent.AnnotationVersion], Lease: a.state, Live: c.live(a.name),
 			Heartbeat:    a.lease.Annotations[election.AnnotationPeerAddr],
 			ControlPlane: a.info.ControlPlane != nil, Services: a.info.Services != nil}
 		if a.lease.Spec.RenewTime != nil {

@@ -3,6 +3,7 @@ package status
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -118,6 +119,14 @@ func TestCompute(t *testing.T) {
 	// n3's Lease expired and the live agents no longer hear it.
 	if old := row(t, r, "192.0.2.11", "web/old"); old.HolderLease != LeaseExpired || !hasProblem(old, "no holder: n3 is not live") {
 		t.Errorf("web/old row %+v", old)
+	}
+	// Heartbeats overrule a fresh Lease: n1 is silent to n2, which hears others.
+	s2 := s
+	s2.Leases = map[string][]coordinationv1.Lease{"vipd": slices.Clone(s.Leases["vipd"]), "kube-system": s.Leases["kube-system"]}
+	s2.Leases["vipd"][1] = nodeLease("n2", 500*time.Millisecond, "n1=silent,n3=heard", "198.51.100.12", info)
+	s2.Leases["vipd"][2] = nodeLease("n3", 200*time.Millisecond, "n1=silent,n2=heard", "198.51.100.13", info)
+	if api := row(t, Compute(s2, now), "192.0.2.10", "web/api"); api.HolderLive || !hasProblem(api, "its heartbeats stopped") {
+		t.Errorf("silent holder's row %+v", api)
 	}
 	if other := row(t, r, "192.0.2.12", "web/other"); other.HolderLease != LeaseMissing || !hasProblem(other, "conflicting owner: kube-vip-n4") {
 		t.Errorf("web/other row %+v", other)
