@@ -70,14 +70,16 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	}
 	var hb *heartbeat.Monitor
 	elCfg := election.Config{
-		Client:        client,
-		Namespace:     cfg.Namespace,
-		Identity:      cfg.NodeName,
-		LeaseDuration: cfg.LeaseDuration,
-		RenewDeadline: cfg.RenewDeadline,
-		RetryPeriod:   cfg.RetryPeriod,
-		Log:           log,
-		OrphanPrefix:  ServiceLeasePrefix,
+		Client:    client,
+		Namespace: cfg.AgentNamespace,
+		// kube-vip's Leases stay where kube-vip kept them.
+		LeaseNamespaces: map[string]string{cfg.LeaseName: cfg.Namespace, cfg.ServiceLeaseName: cfg.Namespace},
+		Identity:        cfg.NodeName,
+		LeaseDuration:   cfg.LeaseDuration,
+		RenewDeadline:   cfg.RenewDeadline,
+		RetryPeriod:     cfg.RetryPeriod,
+		Log:             log,
+		OrphanPrefix:    ServiceLeasePrefix,
 	}
 	elCfg.NodeAnnotations = map[string]string{AnnotationVersion: version, AnnotationConfig: InfoFor(cfg).Encode()}
 	if own, err := nodeAddrList(); err == nil {

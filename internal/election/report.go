@@ -1,7 +1,6 @@
 package election
 
 import (
-	"maps"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -42,6 +41,9 @@ const (
 	// LostNotCandidate: this node may no longer hold it, so it released the
 	// claim (e.g. externalTrafficPolicy: Local and no endpoint here).
 	LostNotCandidate Reason = "not-candidate"
+	// LostRefused: this node cannot hold it (SetRefused), so it released
+	// the claim.
+	LostRefused Reason = "refused"
 	// LostRemoved: the contest is gone (its Service was deleted or changed).
 	LostRemoved Reason = "removed"
 	// LostShutdown: the agent is stopping and released everything.
@@ -90,7 +92,7 @@ func (e *Elector) takeReasonLocked(lease *coordinationv1.Lease) Reason {
 		return TookHolderReleased
 	}
 	if e.cfg.Peers != nil {
-		if r := e.cfg.Peers.Peer(h); r.Ever && !r.Heard {
+		if r := e.cfg.Peers.Peer(h); r.Silent {
 			return TookHolderSilent
 		} else if r.Heard && !r.Live {
 			return TookHolderNotLive
@@ -180,27 +182,6 @@ func (e *Elector) noteShutdownLocked() {
 	}
 }
 
-// SetNodeAnnotations sets annotations to publish on this agent's node Lease
-// with its next regular renewal (no write of its own), besides
-// Config.NodeAnnotations. Each call replaces the previous set; a key left
-// out keeps its last published value, so publish "" to clear one.
-func (e *Elector) SetNodeAnnotations(a map[string]string) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.extraAnnotations = maps.Clone(a)
-}
-
-// nodeAnnotations is what the next renewal publishes.
-func (e *Elector) nodeAnnotations() map[string]string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	out := maps.Clone(e.cfg.NodeAnnotations)
-	if out == nil {
-		out = map[string]string{}
-	}
-	maps.Copy(out, e.extraAnnotations)
-	if e.cfg.PeerAddr != "" {
-		out[AnnotationPeerAddr] = e.cfg.PeerAddr
-	}
-	return out
-}
+// ParseRefused reads a node Lease's AnnotationRefused: contest → reason.
+// Something that does not parse refuses nothing.
+func ParseRefused(v string) map[string]string { return parseRefused(v) }

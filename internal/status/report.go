@@ -23,10 +23,6 @@ import (
 	"github.com/vipd/vipd/internal/services"
 )
 
-// AnnotationRefused on a node Lease lists, comma-separated, the elections
-// (or addresses) its agent cannot hold.
-const AnnotationRefused = "vipd.io/refused"
-
 // ControlPlane is what a VIP of the control plane serves.
 const ControlPlane = "control plane"
 
@@ -128,7 +124,8 @@ type agentView struct {
 	info    agent.Info
 	infoErr error
 	peers   map[string]string
-	refused []string
+	// refused are the elections its agent cannot hold, with the reason.
+	refused map[string]string
 }
 
 // Compute builds the report from a snapshot, at now.
@@ -169,11 +166,7 @@ func readAgents(leases []coordinationv1.Lease, now time.Time) []*agentView {
 		if v, ok := l.Annotations[agent.AnnotationConfig]; ok {
 			a.info, a.infoErr = agent.ParseInfo(v)
 		}
-		for _, x := range strings.Split(l.Annotations[AnnotationRefused], ",") {
-			if x = strings.TrimSpace(x); x != "" {
-				a.refused = append(a.refused, x)
-			}
-		}
+		a.refused = election.ParseRefused(l.Annotations[election.AnnotationRefused])
 		out = append(out, a)
 	}
 	slices.SortFunc(out, func(a, b *agentView) int { return cmp.Compare(a.name, b.name) })
@@ -297,8 +290,8 @@ func (c computer) fill(v *VIP, ns, name string) {
 		v.Problems = append(v.Problems, fmt.Sprintf("no holder: %s is not live (%s)", v.Holder, c.why(a)))
 	}
 	for _, other := range c.agents {
-		if slices.Contains(other.refused, name) || slices.Contains(other.refused, v.VIP) {
-			v.Problems = append(v.Problems, "address refused by "+other.name)
+		if why, ok := other.refused[name]; ok {
+			v.Problems = append(v.Problems, fmt.Sprintf("address refused by %s: %s", other.name, why))
 		}
 	}
 }

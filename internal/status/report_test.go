@@ -131,6 +131,15 @@ func TestCompute(t *testing.T) {
 	if other := row(t, r, "192.0.2.12", "web/other"); other.HolderLease != LeaseMissing || !hasProblem(other, "conflicting owner: kube-vip-n4") {
 		t.Errorf("web/other row %+v", other)
 	}
+	// n1 cannot hold web/api's address: it says so on its node Lease.
+	s3 := s
+	s3.Leases = map[string][]coordinationv1.Lease{"vipd": slices.Clone(s.Leases["vipd"]), "kube-system": s.Leases["kube-system"]}
+	n1 := nodeLease("n1", time.Second, "n2=heard,n3=silent", "198.51.100.11", info)
+	n1.Annotations[election.AnnotationRefused] = `{"vipd-svc-192-0-2-10":"adding 192.0.2.10 to eth0: permission denied"}`
+	s3.Leases["vipd"][0] = n1
+	if api := row(t, Compute(s3, now), "192.0.2.10", "web/api"); !hasProblem(api, "address refused by n1: adding 192.0.2.10") {
+		t.Errorf("refused row %+v", api)
+	}
 	if own := row(t, r, "198.51.100.12", "web/own"); own.Election != "" || !hasProblem(own, "node n2's own address") {
 		t.Errorf("web/own row %+v", own)
 	}
