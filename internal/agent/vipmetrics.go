@@ -39,7 +39,7 @@ func newVIPMetrics(reg prometheus.Registerer) *vipMetrics {
 		}, []string{"reason"}),
 		losses: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vipd_losses_total",
-			Help: "Elections this agent gave up, by reason (not-live, taken, not-candidate, removed, shutdown).",
+			Help: "Elections this agent gave up, by reason (not-live, taken, not-candidate, refused, removed, shutdown).",
 		}, []string{"reason"}),
 		announceDelay: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "vipd_takeover_announce_seconds",
@@ -57,7 +57,7 @@ func newVIPMetrics(reg prometheus.Registerer) *vipMetrics {
 		m.takeovers.WithLabelValues(string(r))
 	}
 	for _, r := range []election.Reason{election.LostNotLive, election.LostTaken, election.LostNotCandidate,
-		election.LostRemoved, election.LostShutdown} {
+		election.LostRemoved, election.LostShutdown, election.LostRefused} {
 		m.losses.WithLabelValues(string(r))
 	}
 	reg.MustRegister(m.takeovers, m.losses, m.announceDelay, m.apiErrors)
