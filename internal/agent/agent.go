@@ -327,7 +327,8 @@ func (r *reconciler) setBindings(cfg config.Config) {
 			r.log.Error("listing this node's addresses", "err", err)
 		}
 		for a, ifname := range own {
-			owner[a] = "this node (" + ifname + ")"
+			// Named, not "this node": the Event about it is cluster-wide.
+			owner[a] = "node " + cfg.NodeName + " (" + ifname + ")"
 		}
 	}
 	var ok []services.Address
