@@ -358,3 +358,63 @@ func eventsAbout(ctx context.Context, ns, kind, name string) ([]corev1.Event, er
 	}
 	return list.Items, nil
 }
+
+// watchStatus runs `vipd status --watch -o json` until the test ends and
+// delivers each report it prints.
+func watchStatus(t *testing.T, kubeconfig, ns string) <-chan status.Report {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, pkg.bin, "status", "--watch", "--kubeconfig", kubeconfig, "-n", ns, "-o", "json")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	reports := make(chan status.Report, 100)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(reports)
+		d := json.NewDecoder(out)
+		for {
+			var r status.Report
+			if err := d.Decode(&r); err != nil {
+				return
+			}
+			reports <- r
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("vipd status --watch stderr: %s", stderr.Bytes())
+		}
+	})
+	return reports
+}
+
+// nextReport waits for a report from reports for which match returns nil.
+func nextReport(t *testing.T, reports <-chan status.Report, timeout time.Duration, what string, match func(status.Report) error) {
+	t.Helper()
+	deadline := time.After(timeout)
+	last := errors.New("no report yet")
+	for {
+		select {
+		case r, ok := <-reports:
+			if !ok {
+				t.Fatalf("vipd status --watch ended while waiting for %s (last: %v)", what, last)
+			}
+			if last = match(r); last == nil {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("vipd status --watch: no report with %s within %v (last: %v)", what, timeout, last)
+		}
+	}
+}

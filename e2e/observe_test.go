@@ -11,6 +11,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/vipd/vipd/internal/status"
 )
 
 // TestObservabilityAcrossFailover runs three agents serving the
@@ -55,6 +57,22 @@ func TestObservabilityAcrossFailover(t *testing.T) {
 		}
 	}
 
+	// --watch prints the report, then again on every change.
+	watch := watchStatus(t, reader, s.ns)
+	holds := func(node string, transitions int32) func(status.Report) error {
+		return func(r status.Report) error {
+			row, err := statusRow(r, cp)
+			if err != nil {
+				return err
+			}
+			if row.Holder != node || row.Transitions != transitions {
+				return fmt.Errorf("holder %q, transitions %d", row.Holder, row.Transitions)
+			}
+			return nil
+		}
+	}
+	nextReport(t, watch, 20*time.Second, cp+" held by "+h.Name, holds(h.Name, before.Transitions))
+
 	// The failover: the holder loses the API server, lets go at its renew
 	// deadline and says so in its heartbeats; another node takes over.
 	if err := h.BlockAPI(); err != nil {
@@ -81,6 +99,7 @@ func TestObservabilityAcrossFailover(t *testing.T) {
 		t.Errorf("since: before %v, after %v", before.Since, after.Since)
 	}
 	waitHeldMetric(t, s.lab.Nodes, cp, "", next.Name)
+	nextReport(t, watch, 10*time.Second, cp+" held by "+next.Name, holds(next.Name, before.Transitions+1))
 
 	// One takeover Event, on the control-plane Lease, naming both holders.
 	var takeover corev1.Event
