@@ -126,6 +126,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			return fmt.Errorf("setting up LoadBalancer Services: %w", err)
 		}
 		scrape.synced = svc.Synced
+		obs.reports = true
 	}
 	m.reg.MustRegister(scrapeCollector{src: scrape})
 

@@ -23,6 +23,8 @@ type observer struct {
 	el     *election.Elector
 	m      *vipMetrics
 	events *leaseEvents // nil without the control-plane VIP
+	// reports: the Services controller asks who records Events (Reporter).
+	reports bool
 
 	mu   sync.Mutex
 	held []heldSeries // what vipd_vip_held reports now
@@ -154,7 +156,9 @@ func (o *observer) reconciled(bs []binding, status map[string]election.Status) {
 			}
 		}
 	}
-	view.reporters = o.reporters()
+	if o.reports {
+		view.reporters = o.reporters()
+	}
 	o.view.Store(view)
 	o.mu.Lock()
 	o.held = series
