@@ -418,3 +418,39 @@ func nextReport(t *testing.T, reports <-chan status.Report, timeout time.Duratio
 		}
 	}
 }
+
+// metricValue is the value of the series of name with all of labels on n
+// (a counter's, a gauge's, or a histogram's sample count); ok is false
+// when there is none.
+func metricValue(n *lab.Node, name string, labels map[string]string) (v float64, ok bool, err error) {
+	mfs, err := scrapeAgent(n)
+	if err != nil {
+		return 0, false, err
+	}
+	mf := mfs[name]
+	if mf == nil {
+		return 0, false, nil
+	}
+	for _, m := range mf.Metric {
+		have := map[string]string{}
+		for _, l := range m.Label {
+			have[l.GetName()] = l.GetValue()
+		}
+		all := true
+		for k, want := range labels {
+			all = all && have[k] == want
+		}
+		if !all {
+			continue
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue(), true, nil
+		case m.Gauge != nil:
+			return m.Gauge.GetValue(), true, nil
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount()), true, nil
+		}
+	}
+	return 0, false, nil
+}

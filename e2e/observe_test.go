@@ -12,6 +12,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/vipd/vipd/internal/lab"
 	"github.com/vipd/vipd/internal/status"
 )
 
@@ -100,6 +101,29 @@ func TestObservabilityAcrossFailover(t *testing.T) {
 	}
 	waitHeldMetric(t, s.lab.Nodes, cp, "", next.Name)
 	nextReport(t, watch, 10*time.Second, cp+" held by "+next.Name, holds(next.Name, before.Transitions+1))
+	// What an SRE alerts on, as the agents count it.
+	for _, m := range []struct {
+		n      *lab.Node
+		name   string
+		labels map[string]string
+		min    float64
+	}{
+		{next, "vipd_takeovers_total", map[string]string{"reason": "holder-not-live"}, 1},
+		{next, "vipd_takeover_announce_seconds", nil, 1},
+		{next, "vipd_informer_synced", map[string]string{"informer": "leases"}, 1},
+		{next, "vipd_informer_synced", map[string]string{"informer": "services"}, 1},
+		{next, "vipd_build_info", map[string]string{"version": "dev"}, 1},
+		{next, "vipd_heartbeat_peers", map[string]string{"state": "heard"}, 1},
+		{next, "go_goroutines", nil, 1},
+		{next, "process_resident_memory_bytes", nil, 1},
+		{h, "vipd_losses_total", map[string]string{"reason": "not-live"}, 1},
+		{h, "vipd_api_write_errors_total", map[string]string{"verb": "update", "resource": "leases", "code": "error"}, 1},
+	} {
+		v, ok, err := metricValue(m.n, m.name, m.labels)
+		if err != nil || !ok || v < m.min {
+			t.Errorf("%s on %s: %v (present %v, %v), want at least %v", m.name+fmt.Sprint(m.labels), m.n.Name, v, ok, err, m.min)
+		}
+	}
 
 	// One takeover Event, on the control-plane Lease, naming both holders.
 	var takeover corev1.Event
