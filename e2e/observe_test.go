@@ -182,6 +182,15 @@ func TestOneWarningPerBadService(t *testing.T) {
 	s := newSvcEnv(t, svcOptions{})
 	procs := s.startAll()
 	s.waitLive(20 * time.Second)
+	// Who records depends on who is live: every agent must count every
+	// other live before the problems appear.
+	for _, n := range s.lab.Nodes {
+		for _, peer := range s.lab.Nodes {
+			if peer != n {
+				waitLog(t, procs[n.Name], 0, 10*time.Second, "judged another agent", "peer="+peer.Name, "live=true")
+			}
+		}
+	}
 	n1 := s.lab.Nodes[0]
 	s.create(s.service(s.ns, "bad", "not-an-ip", svcPort))
 	s.create(s.service(s.ns, "mine", n1.IPv4.String(), svcPort))

@@ -121,12 +121,12 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			NodeName:      cfg.NodeName,
 			Log:           log,
 			Reporter:      obs.Reporter,
+			ReporterGrace: cfg.LeaseDuration,
 		})
 		if err != nil {
 			return fmt.Errorf("setting up LoadBalancer Services: %w", err)
 		}
 		scrape.synced = svc.Synced
-		obs.reports = true
 	}
 	m.reg.MustRegister(scrapeCollector{src: scrape})
 

@@ -23,16 +23,14 @@ type observer struct {
 	el     *election.Elector
 	m      *vipMetrics
 	events *leaseEvents // nil without the control-plane VIP
-	// reports: the Services controller asks who records Events (Reporter).
-	reports bool
 
 	mu   sync.Mutex
 	held []heldSeries // what vipd_vip_held reports now
 	// took holds, per VIP taken and not announced yet, when it was taken.
 	took map[netip.Addr]time.Time
 
-	// view is who holds what, for the Services' choice of reporter.
-	view atomic.Pointer[holderView]
+	// leaders is who holds each VIP, for the Services' choice of reporter.
+	leaders atomic.Pointer[map[netip.Addr]string]
 }
 
 // heldSeries is one series of vipd_vip_held.
@@ -40,13 +38,6 @@ type heldSeries struct {
 	vip, election string
 	svc           types.NamespacedName
 	held          bool
-}
-
-// holderView is a snapshot of who holds each VIP and which agents are live.
-type holderView struct {
-	leader map[netip.Addr]string
-	// reporters are the live agents that serve Services, sorted.
-	reporters []string
 }
 
 func newObserver(log *slog.Logger, node string, el *election.Elector, m *vipMetrics, events *leaseEvents) *observer {
@@ -142,11 +133,11 @@ func (o *observer) announced(vips []netip.Addr) {
 // this agent holds it, and who holds what for the reporter choice.
 func (o *observer) reconciled(bs []binding, status map[string]election.Status) {
 	var series []heldSeries
-	view := &holderView{leader: map[netip.Addr]string{}}
+	leaders := map[netip.Addr]string{}
 	for _, b := range bs {
 		st := status[b.contest]
 		for _, v := range b.vips {
-			view.leader[v] = st.Leader
+			leaders[v] = st.Leader
 			svcs := b.services[v]
 			if len(svcs) == 0 || b.cpVIP(v) {
 				series = append(series, heldSeries{vip: v.String(), election: b.contest, held: st.Leading})
@@ -156,10 +147,7 @@ func (o *observer) reconciled(bs []binding, status map[string]election.Status) {
 			}
 		}
 	}
-	if o.reports {
-		view.reporters = o.reporters()
-	}
-	o.view.Store(view)
+	o.leaders.Store(&leaders)
 	o.mu.Lock()
 	o.held = series
 	o.mu.Unlock()
@@ -183,21 +171,26 @@ func (o *observer) reporters() []string {
 
 // Reporter names the one agent that records Events about a Service with
 // these addresses: the holder of the first one held, otherwise the first
-// live agent serving Services by name; "" while that is not known.
+// live agent serving Services by name; "" while that is not known, which
+// includes while this agent is not live: its view of the others may be
+// incomplete. The live agents are read from the election at the call, not
+// from the last reconciliation: all agents must judge from the freshest
+// view they have, or two would record, or none.
 func (o *observer) Reporter(addrs []netip.Addr) string {
-	v := o.view.Load()
-	if v == nil {
+	leaders := o.leaders.Load()
+	if leaders == nil {
 		return ""
 	}
 	for _, a := range addrs {
-		if h := v.leader[a]; h != "" {
+		if h := (*leaders)[a]; h != "" {
 			return h
 		}
 	}
-	if len(v.reporters) == 0 {
+	r := o.reporters()
+	if !slices.Contains(r, o.node) {
 		return ""
 	}
-	return v.reporters[0]
+	return r[0]
 }
 
 // heldNow returns the series of vipd_vip_held.

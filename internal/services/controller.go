@@ -58,6 +58,10 @@ type Config struct {
 	// with the given addresses, "" while unknown (see FlushEvents). Nil:
 	// this node records them all.
 	Reporter func(addrs []netip.Addr) string
+	// ReporterGrace is how long a Warning that another node is to record
+	// is kept, in case this node becomes the reporter meanwhile (the other
+	// turned out to be gone): about a Lease duration.
+	ReporterGrace time.Duration
 }
 
 // Address is one service VIP and everything that shares it.

@@ -3,6 +3,7 @@ package services
 import (
 	"net/netip"
 	"slices"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -22,6 +23,10 @@ type pendingEvent struct {
 	// rejected for the same reason; otherwise a plan warning, valid while
 	// the plan has it.
 	rejected bool
+	// othersSince is when another node was first named to record it; it
+	// is kept until ReporterGrace has passed, in case that node turns out
+	// to be gone and this one becomes the reporter.
+	othersSince time.Time
 }
 
 // Held is an address this node holds, and how it came to.
@@ -63,6 +68,7 @@ func (c *Controller) flushLocked() {
 	if c.recorder == nil {
 		return
 	}
+	now := time.Now()
 	keep := c.pending[:0]
 	for _, p := range c.pending {
 		if !c.stillValidLocked(p) {
@@ -78,7 +84,13 @@ func (c *Controller) flushLocked() {
 		}
 		log := c.log.With("service", p.svc.String(), "reason", p.warning.reason, "problem", p.warning.message)
 		if reporter != c.cfg.NodeName {
-			log.Warn("service problem", "event_recorded_by", reporter)
+			if p.othersSince.IsZero() {
+				log.Warn("service problem", "event_recorded_by", reporter)
+				p.othersSince = now
+			}
+			if now.Sub(p.othersSince) < c.cfg.ReporterGrace {
+				keep = append(keep, p)
+			}
 			continue
 		}
 		svc, err := c.services.Services(p.svc.Namespace).Get(p.svc.Name)
@@ -86,7 +98,11 @@ func (c *Controller) flushLocked() {
 			continue
 		}
 		c.recorder.Event(svc, corev1.EventTypeWarning, p.warning.reason, p.warning.message)
-		log.Warn("service problem", "event_recorded_by", reporter)
+		if p.othersSince.IsZero() {
+			log.Warn("service problem", "event_recorded_by", reporter)
+		} else {
+			log.Warn("recording a service problem that another node was to record", "event_recorded_by", reporter)
+		}
 	}
 	clear(c.pending[len(keep):])
 	c.pending = keep
