@@ -189,7 +189,7 @@ func TestHolderCrash(t *testing.T) {
 
 	// The restarted agent follows the new holder and does not take the VIP back.
 	procs[h.Name] = e.start(h)
-	waitLog(t, procs[h.Name], 0, 10*time.Second, "leader="+next.Name)
+	waitLog(t, procs[h.Name], 0, 10*time.Second, " holder="+next.Name)
 	if got, err := e.leaseHolder(); err != nil || got != next.Name {
 		t.Errorf("after the restart the Lease names %q (%v), want %s", got, err, next.Name)
 	}
@@ -237,7 +237,7 @@ func TestHolderCrashSlowPath(t *testing.T) {
 		}
 		return nil
 	})
-	waitLog(t, procs[h.Name], 0, 10*time.Second, "leader="+next.Name)
+	waitLog(t, procs[h.Name], 0, 10*time.Second, " holder="+next.Name)
 	if who := e.mustAnswerers(vip4); !slices.Equal(who, []string{next.Name}) {
 		t.Errorf("after the restart ARP for %s is answered by %v, want only %s", vip4, who, next.Name)
 	}
@@ -307,7 +307,7 @@ func TestAPIPartition(t *testing.T) {
 	if err := h.UnblockAPI(); err != nil {
 		t.Fatal(err)
 	}
-	waitLog(t, procs[h.Name], logged, 30*time.Second, "leader="+next.Name)
+	waitLog(t, procs[h.Name], logged, 30*time.Second, " holder="+next.Name)
 	holdFor(t, e.timing.lease, "the VIP stays with "+next.Name+" after "+h.Name+" is back", func() error {
 		if holders := w.Holders(); !slices.Equal(holders, []string{next.Name}) {
 			return fmt.Errorf("holders %v", holders)
@@ -400,7 +400,7 @@ func TestPreserveVIPOnLeadershipLoss(t *testing.T) {
 	if err := h.UnblockAPI(); err != nil {
 		t.Fatal(err)
 	}
-	waitLog(t, procs[h.Name], 0, 10*time.Second, "leader="+next.Name)
+	waitLog(t, procs[h.Name], 0, 10*time.Second, " holder="+next.Name)
 	holdFor(t, 2*e.timing.retry, "the VIPs to stay with "+next.Name+" once "+h.Name+" is back", func() error {
 		if got := w4.Holders(); !slices.Equal(got, []string{next.Name}) {
 			return fmt.Errorf("IPv4 VIP held by %v", got)

@@ -65,8 +65,10 @@ type demo struct {
 	admin      kubernetes.Interface
 	lab        *lab.Lab
 	kubeconfig string
-	agents     map[string]*lab.Process // the latest vipd started on each node
-	agentsUp   time.Time               // when the first agents were started
+	// operator is a kubeconfig for vipd status, run on the host.
+	operator string
+	agents   map[string]*lab.Process // the latest vipd started on each node
+	agentsUp time.Time               // when the first agents were started
 
 	results []result
 }
@@ -176,6 +178,13 @@ func (d *demo) setUp(ctx context.Context) error {
 	if err := os.WriteFile(d.kubeconfig, kc, 0o600); err != nil {
 		return fmt.Errorf("writing the agents' kubeconfig: %w", err)
 	}
+	if kc, err = cp.Kubeconfig("https://" + cp.Addr()); err != nil {
+		return err
+	}
+	d.operator = filepath.Join(l.Dir(), "operator-kubeconfig")
+	if err := os.WriteFile(d.operator, kc, 0o600); err != nil {
+		return fmt.Errorf("writing the operator's kubeconfig: %w", err)
+	}
 	for _, n := range l.Nodes {
 		if err := n.ServeTCP(responderPort); err != nil {
 			return err
@@ -231,6 +240,12 @@ func (d *demo) firstHolder(ctx context.Context) error {
 	if err := d.showLease(ctx); err != nil {
 		return err
 	}
+	if err := d.showStatus(ctx, holder.Name, "--nodes"); err != nil {
+		return err
+	}
+	if err := d.showStatus(ctx, holder.Name); err != nil {
+		return err
+	}
 	c := d.lab.Client
 	if err := c.Ping(ctx, d.vip); err != nil {
 		return err
@@ -271,6 +286,9 @@ func (d *demo) graceful(ctx context.Context) error {
 	}
 	d.say("vipd on %s exited with status 0", old.Name)
 	if err := d.showLease(ctx); err != nil {
+		return err
+	}
+	if err := d.showStatus(ctx, o.newHolder.Name); err != nil {
 		return err
 	}
 	if err := d.showTCP(ctx); err != nil {
@@ -342,6 +360,12 @@ func (d *demo) nodeLoss(ctx context.Context) error {
 		return err
 	}
 	if err := d.showLease(ctx); err != nil {
+		return err
+	}
+	if err := d.showStatus(ctx, o.newHolder.Name); err != nil {
+		return err
+	}
+	if err := d.showStatus(ctx, o.newHolder.Name, "--nodes"); err != nil {
 		return err
 	}
 	if err := d.showTCP(ctx); err != nil {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/vipd/vipd/internal/agent"
 	"github.com/vipd/vipd/internal/config"
+	"github.com/vipd/vipd/internal/logging"
 )
 
 // version is set at build time: go build -ldflags "-X main.version=v1.2.3".
@@ -38,7 +39,7 @@ func main() {
 type app struct {
 	getenv         func(string) string
 	stdout, stderr io.Writer
-	runAgent       func(context.Context, config.Config, *slog.Logger) error
+	runAgent       func(ctx context.Context, cfg config.Config, version string, log *slog.Logger) error
 }
 
 // agentError marks a failure of the running agent, as opposed to a usage
@@ -94,7 +95,7 @@ func (a app) command() *cobra.Command {
 		},
 	}
 
-	root.AddCommand(run, ver)
+	root.AddCommand(run, ver, a.statusCommand())
 	return root
 }
 
@@ -103,13 +104,18 @@ func (a app) run(ctx context.Context, cmd *cobra.Command) error {
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: cfg.Level()})).With("node", cfg.NodeName)
+	log, err := logging.New(a.stderr, cfg.LogFormat, cfg.Level())
+	if err != nil {
+		return err
+	}
+	log = log.With("node", cfg.NodeName)
+	logging.RouteKlog(log, cfg.Level())
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
 	log.Info("starting vipd", "version", version, "config", cfg)
-	if err := a.runAgent(ctx, cfg, log); err != nil {
+	if err := a.runAgent(ctx, cfg, version, log); err != nil {
 		log.Error("agent failed", "err", err)
 		return agentError{err}
 	}

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/http"
 	"net/netip"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/vipd/vipd/internal/guard"
 	"github.com/vipd/vipd/internal/heartbeat"
 	"github.com/vipd/vipd/internal/services"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // resyncInterval is how often the reconciler re-reads the interface even
@@ -61,7 +63,7 @@ func newGuard(cfg config.Config, iface *address.Interface, log *slog.Logger) (*g
 // (stops announcing, removes its VIPs, releases its Leases) and returns.
 // Every check that can fail on bad configuration runs before anything on
 // the node is changed.
-func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logger) error {
 	iface, err := resolveInterface(cfg.Interface)
 	if err != nil {
 		return err
@@ -74,11 +76,14 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		}
 	}
 
-	client, err := newClient(cfg, log)
+	m := newMetrics()
+	vm := newVIPMetrics(m.reg)
+	client, err := newClient(cfg, log, func(rt http.RoundTripper) http.RoundTripper {
+		return writeCounter{next: rt, errors: vm.apiErrors}
+	})
 	if err != nil {
 		return err
 	}
-	m := newMetrics()
 	var hb *heartbeat.Monitor
 	elCfg := election.Config{
 		Client:    client,
@@ -92,9 +97,10 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		Log:             log,
 		OrphanPrefix:    ServiceLeasePrefix,
 	}
+	elCfg.NodeAnnotations = map[string]string{AnnotationVersion: version, AnnotationConfig: InfoFor(cfg).Encode()}
 	if own, err := nodeAddrList(); err == nil {
 		// Other agents refuse Service addresses that are this node's.
-		elCfg.NodeAnnotations = map[string]string{AnnotationNodeAddrs: own}
+		elCfg.NodeAnnotations[AnnotationNodeAddrs] = own
 	} else {
 		log.Warn("cannot list this node's addresses for the other agents", "err", err)
 	}
@@ -110,6 +116,15 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("setting up the election: %w", err)
 	}
+	// Background work ends only after shutdown has released the Leases.
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBG()
+	var events *leaseEvents
+	if cfg.ControlPlane {
+		events = newLeaseEvents(bg, client, cfg.NodeName, cfg.Namespace, cfg.LeaseName)
+	}
+	obs := newObserver(log, cfg.NodeName, el, vm, events)
+	scrape := scrapeSources{obs: obs, el: el, hb: hb, version: version}
 	var svc *services.Controller
 	if cfg.Services {
 		svc, err = services.New(services.Config{
@@ -121,11 +136,15 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			PoolConfigMap: cfg.PoolConfigMap,
 			NodeName:      cfg.NodeName,
 			Log:           log,
+			Reporter:      obs.Reporter,
+			ReporterGrace: cfg.LeaseDuration,
 		})
 		if err != nil {
 			return fmt.Errorf("setting up LoadBalancer Services: %w", err)
 		}
+		scrape.synced = svc.Synced
 	}
+	m.reg.MustRegister(scrapeCollector{src: scrape})
 
 	if cfg.MetricsAddr != "" {
 		if err := m.serve(ctx, cfg.MetricsAddr, log); err != nil {
@@ -149,8 +168,8 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	// answering for VIPs vipd left on the interface; a VIP left by an
 	// earlier run that crashed is not ours to hold until we win its
 	// election again.
-	r := &reconciler{iface: iface, ann: ann, el: el, svc: svc, hb: hb,
-		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m,
+	r := &reconciler{iface: iface, ann: &timedAnnouncer{announcer: ann, obs: obs}, el: el, svc: svc, hb: hb,
+		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs,
 		refused: map[string]refusal{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()}}
 	if g, err := newGuard(cfg, iface, log); err != nil {
 		log.Error("no ARP/NDP guard: if this agent dies, its node may answer for its VIPs beside the new holder until they expire",
@@ -164,9 +183,6 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err := removeStale(iface, log); err != nil {
 		return err
 	}
-	// Background work ends only after shutdown has released the Leases.
-	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopBG()
 	done := make(chan error, 6)
 	go func() { done <- wrap("election", el.Run(bg)) }()
 	if hb != nil {
@@ -220,6 +236,10 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			r.setBindings(cfg)
 		}
 		r.reconcile()
+		if hb != nil {
+			// Published with the next renewal, for vipd status.
+			el.SetNodeAnnotations(map[string]string{AnnotationPeers: peersValue(hb.Peers())})
+		}
 	}
 }
 
@@ -236,6 +256,11 @@ type binding struct {
 	vips    []netip.Addr
 	// candidates restricts the holders (nil: any node).
 	candidates []string
+	// controlPlane: the control-plane election, whose vips are the
+	// control-plane VIPs.
+	controlPlane bool
+	// services are the Services of each VIP, for logs and metrics.
+	services map[netip.Addr][]types.NamespacedName
 }
 
 func contests(bs []binding) []election.Contest {

@@ -11,6 +11,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/transport"
 	"k8s.io/client-go/util/flowcontrol"
 
 	"github.com/vipd/vipd/internal/config"
@@ -52,7 +53,7 @@ func bypassVIP(rc *rest.Config, vips []netip.Addr, log *slog.Logger) error {
 
 // newClient builds the API client. Its client-side rate limiter is off: a
 // holder must never miss a renewal because its own client queued it.
-func newClient(cfg config.Config, log *slog.Logger) (kubernetes.Interface, error) {
+func newClient(cfg config.Config, log *slog.Logger, wrap transport.WrapperFunc) (kubernetes.Interface, error) {
 	var (
 		rc  *rest.Config
 		err error
@@ -74,6 +75,7 @@ func newClient(cfg config.Config, log *slog.Logger) (kubernetes.Interface, error
 		}
 	}
 	rc.RateLimiter = flowcontrol.NewFakeAlwaysRateLimiter()
+	rc.Wrap(wrap)
 	rc.UserAgent = "vipd"
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {

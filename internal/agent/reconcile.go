@@ -57,7 +57,11 @@ type reconciler struct {
 	preserve  bool
 	log       *slog.Logger
 	metrics   *metrics
+	obs       *observer
 	last      map[string]election.Status
+	lastBound map[string]binding // the bindings of last
+	// rejected are the service addresses refused as node addresses, and why.
+	rejected map[netip.Addr]string
 
 	// guarded and answered are what the guard was last set to.
 	guarded, answered []netip.Addr
@@ -116,15 +120,21 @@ func (r *reconciler) setBindings(cfg config.Config) {
 			r.log.Error("listing this node's addresses", "err", err)
 		}
 		for a, ifname := range own {
-			owner[a] = "this node (" + ifname + ")"
+			// Named, not "this node": the Event about it is cluster-wide.
+			owner[a] = "node " + cfg.NodeName + " (" + ifname + ")"
 		}
 	}
 	var ok []services.Address
+	rejected := map[netip.Addr]string{}
+	defer func() { r.rejected = rejected }()
 	for _, a := range r.addrs {
 		if who, taken := owner[a.IP]; taken {
 			reason := fmt.Sprintf("address %s belongs to %s; a VIP must not be a node address", a.IP, who)
 			r.svc.Reject(a.IP, reason)
-			r.log.Warn("refusing service address", "vip", a.IP, "reason", reason)
+			if r.rejected[a.IP] != reason {
+				r.log.Warn("refusing service address", "vip", a.IP, "service", joinNames(a.Services), "reason", reason)
+			}
+			rejected[a.IP] = reason
 			continue
 		}
 		ok = append(ok, a)
@@ -142,9 +152,10 @@ func (r *reconciler) reconcile() {
 	now := time.Now()
 	r.expireRefusals(now)
 	var want plan
-	var servedHere []netip.Addr
+	var servedHere []services.Held
 	var asks, holding []string
 	seen := make(map[string]election.Status, len(r.bindings))
+	bound := make(map[string]binding, len(r.bindings))
 	for _, b := range r.bindings {
 		st := r.el.Status(b.contest)
 		if !st.Leading && st.Leader == "" && r.hb != nil {
@@ -153,9 +164,9 @@ func (r *reconciler) reconcile() {
 			st.Leader = r.hb.HolderOf(b.contest)
 		}
 		seen[b.contest] = st
+		bound[b.contest] = b
 		if prev := r.last[b.contest]; st != prev {
-			r.log.Info("election status changed", "contest", b.contest, "vips", b.vips, "leading", st.Leading,
-				"leader", st.Leader, "was_leading", prev.Leading, "was_leader", prev.Leader)
+			r.obs.changed(b, prev, st)
 		}
 		p := planFor(st, b.vips, r.preserve, r.onIface)
 		if len(p.present) > len(p.announce) {
@@ -164,11 +175,19 @@ func (r *reconciler) reconcile() {
 		want.present = append(want.present, p.present...)
 		want.announce = append(want.announce, p.announce...)
 		if st.Leading {
-			servedHere = append(servedHere, b.vips...)
+			rep := r.el.Report(b.contest)
+			for _, v := range b.vips {
+				servedHere = append(servedHere, services.Held{IP: v, Previous: rep.Previous, Reason: string(rep.Reason)})
+			}
 			holding = append(holding, b.contest)
 		}
 	}
-	r.last = seen
+	for contest, prev := range r.last {
+		if _, ok := seen[contest]; !ok && prev.Leading {
+			r.obs.lost(r.lastBound[contest], "", election.LostRemoved) // its Services went away
+		}
+	}
+	r.last, r.lastBound = seen, bound
 	if r.hb != nil {
 		r.hb.SetAsks(asks)
 		r.hb.SetHolding(holding)
@@ -176,9 +195,11 @@ func (r *reconciler) reconcile() {
 	for vip, err := range r.apply(want) {
 		r.refuse(vip, err, now)
 	}
+	r.obs.reconciled(r.bindings, seen)
 	if r.svc != nil {
 		// The controller writes the status of the Services among these.
 		r.svc.SetHeld(servedHere)
+		r.svc.FlushEvents() // who holds what, or who is live, may have changed
 	}
 	r.metrics.live.Set(boolGauge(r.el.Live()))
 	r.passed.Store(time.Now().UnixNano())

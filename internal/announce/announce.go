@@ -96,7 +96,8 @@ type schedule struct {
 // New starts an Announcer for ifi; Close stops it. Sockets are opened
 // lazily, in the network namespace of the thread that calls New, when the
 // first VIP of their family is set: an interface without IPv6 works for
-// IPv4 and the other way round.
+// IPv4 and the other way round. log should name the interface: the
+// Announcer adds no field of its own to it.
 func New(ifi *net.Interface, opts Options, log *slog.Logger) (*Announcer, error) {
 	if len(ifi.HardwareAddr) != 6 {
 		return nil, fmt.Errorf("announcing on %s: no Ethernet hardware address (%q)", ifi.Name, ifi.HardwareAddr)
@@ -127,7 +128,7 @@ func New(ifi *net.Interface, opts Options, log *slog.Logger) (*Announcer, error)
 	a := &Announcer{
 		ifi:     ifi,
 		opts:    opts,
-		log:     log.With("iface", ifi.Name),
+		log:     log, // the agent's: it names the interface already
 		ns:      ns,
 		ownNS:   opts.Netns == "",
 		wake:    make(chan struct{}, 1),

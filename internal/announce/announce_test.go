@@ -462,7 +462,8 @@ func TestWithdrawAndClose(t *testing.T) {
 func TestIPv4WithoutIPv6(t *testing.T) {
 	l := newLab(t, labConfig{noIPv6OnA: true})
 	var logs syncBuffer
-	log := slog.New(slog.NewTextHandler(&logs, nil))
+	// The caller's logger names the interface (the agent's does).
+	log := slog.New(slog.NewTextHandler(&logs, nil)).With("iface", "a0")
 	o := testOpts
 	a := l.newAnnouncer(o, log)
 

@@ -102,6 +102,8 @@ type Config struct {
 	// LogLevel is debug, info, warn or error (vip_loglevel, which also
 	// takes kube-vip's numeric levels).
 	LogLevel string
+	// LogFormat is text (logfmt-style key=value) or json, one object a line.
+	LogFormat string
 }
 
 // Defaults returns the settings used when neither a flag nor an environment
@@ -123,6 +125,7 @@ func Defaults() Config {
 		HeartbeatSecret:   "vipd-heartbeat-key",
 		VIPLifetime:       2 * time.Second,
 		LogLevel:          "info",
+		LogFormat:         "text",
 	}
 }
 
@@ -175,5 +178,6 @@ func (c Config) LogValue() slog.Value {
 		slog.String("heartbeat_key_secret", c.HeartbeatSecret),
 		slog.Bool("heartbeat_insecure", c.HeartbeatInsecure),
 		slog.String("log_level", c.LogLevel),
+		slog.String("log_format", c.LogFormat),
 	)
 }

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -220,6 +221,9 @@ type Elector struct {
 	writtenAt    time.Time
 	watched      string
 	watchLagging bool // as last logged
+	// reports say why each contest was last taken or lost (report.go).
+	reports map[string]Report
+	synced  atomic.Bool
 }
 
 // New returns an Elector; it starts once Run is called and contends only
@@ -258,6 +262,7 @@ func New(cfg Config) (*Elector, error) {
 		annotations: ann,
 		refused:     map[string]string{},
 		refusedOut:  map[string]string{},
+		reports:     map[string]Report{},
 	}, nil
 }
 

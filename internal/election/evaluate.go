@@ -15,6 +15,7 @@ type job struct {
 	name string
 	base *coordinationv1.Lease // version the write is conditional on; nil to create
 	op   op
+	why  Reason // of a take
 }
 
 type op int
@@ -55,6 +56,7 @@ func (e *Elector) Run(ctx context.Context) error {
 	if !synced {
 		return nil
 	}
+	e.synced.Store(true)
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -245,6 +247,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		}
 	}
 	if !maps.Equal(status, e.status) {
+		e.noteStatusLocked(e.status, status, meLive)
 		e.status = status
 		signal(e.changes)
 	}
@@ -283,7 +286,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 			if o := e.leases[name]; o != nil {
 				base = o.lease
 			}
-			jobs = append(jobs, job{name: name, base: base, op: opAcquire})
+			jobs = append(jobs, job{name: name, base: base, op: opAcquire, why: e.takeReasonLocked(base)})
 		}
 		// Claims whose contest is gone: delete them, so a deleted Service
 		// leaves no Lease behind. Its holder does; if the holder is gone
@@ -368,6 +371,7 @@ func (e *Elector) logTransitionsLocked(now time.Time, meLive bool) {
 // evaluation, to the agent and to the other agents' failure detectors.
 func (e *Elector) dropHolding() {
 	e.mu.Lock()
+	e.noteShutdownLocked()
 	for name, s := range e.status {
 		if s.Leading {
 			e.status[name] = Status{}

@@ -284,7 +284,9 @@ func (e *Elector) do(ctx context.Context, j job) error {
 	switch j.op {
 	case opAcquire:
 		prev := holder(j.base)
+		e.noteTaking(j.name, prev, j.why)
 		out, err := e.writeLease(ctx, j.name, KindClaim, j.base, nil, nil)
+		e.noteTaken(j.name, out, err)
 		if err != nil {
 			if isRace(err) {
 				log.Debug("claim changed before we could take it", "err", err)
@@ -292,7 +294,8 @@ func (e *Elector) do(ctx context.Context, j job) error {
 			return err
 		}
 		e.record(out)
-		log.Info("took claim", "previous_holder", prev)
+		// The agent logs the decision, with the VIPs, when it acts on it.
+		log.Debug("took claim", "previous_holder", prev, "reason", j.why)
 	case opRelease:
 		l := j.base.DeepCopy()
 		empty := ""
@@ -301,15 +304,17 @@ func (e *Elector) do(ctx context.Context, j job) error {
 		if err != nil {
 			return err
 		}
-		e.record(out)
 		e.mu.Lock()
 		reason, refused := e.refused[j.name]
 		e.mu.Unlock()
+		why := LostNotCandidate
 		if refused {
-			log.Info("released claim: this node cannot hold it", "reason", reason)
-		} else {
-			log.Info("released claim: this node is no longer a candidate")
+			why = LostRefused
 		}
+		e.noteLost(j.name, why)
+		e.record(out)
+		// The agent logs the decision, with the VIPs.
+		log.Debug("released claim", "reason", why, "refused_because", reason)
 	case opDelete:
 		rv := j.base.ResourceVersion
 		err := leases.Delete(ctx, j.name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &rv}})

@@ -172,18 +172,23 @@ func (c *ControlPlane) Config() *rest.Config {
 // front of Addr). The serving certificate is checked against TLSServerName,
 // since it is not issued for the proxy's address.
 func (c *ControlPlane) Kubeconfig(server string) ([]byte, error) {
+	return kubeconfig(server, AgentUser, c.agent)
+}
+
+// kubeconfig renders a kubeconfig for user, whose credentials rc holds.
+func kubeconfig(server, user string, rc *rest.Config) ([]byte, error) {
 	const name = "vipd-lab"
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters[name] = &clientcmdapi.Cluster{
 		Server:                   server,
 		TLSServerName:            TLSServerName,
-		CertificateAuthorityData: c.agent.CAData,
+		CertificateAuthorityData: rc.CAData,
 	}
-	cfg.AuthInfos[AgentUser] = &clientcmdapi.AuthInfo{
-		ClientCertificateData: c.agent.CertData,
-		ClientKeyData:         c.agent.KeyData,
+	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{
+		ClientCertificateData: rc.CertData,
+		ClientKeyData:         rc.KeyData,
 	}
-	cfg.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: AgentUser}
+	cfg.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: user}
 	cfg.CurrentContext = name
 	out, err := clientcmd.Write(*cfg)
 	if err != nil {
