@@ -53,6 +53,10 @@ type Contest struct {
 	// Candidates are the nodes allowed to hold the contest; nil means every
 	// live agent.
 	Candidates []string
+	// Needs, if set, names something a holder's node must have (the
+	// interface the contest's VIPs go on): nodes whose agents say they
+	// lack it (SetLacking) are no candidates.
+	Needs string
 }
 
 // Config describes an agent's elector.
@@ -210,6 +214,9 @@ type Elector struct {
 	// refusedOut is what the node Lease says, so that a held contest is
 	// released only once the others can see why.
 	refused, refusedOut map[string]string
+	// lacking and lackingOut are the same for what this node lacks of
+	// the contests' needs (SetLacking).
+	lacking, lackingOut map[string]string
 	// fence tracks this agent's own loss of connectivity (fence.go).
 	fence fenceState
 	// started is when Run began; see warmLocked.
@@ -262,6 +269,8 @@ func New(cfg Config) (*Elector, error) {
 		annotations: ann,
 		refused:     map[string]string{},
 		refusedOut:  map[string]string{},
+		lacking:     map[string]string{},
+		lackingOut:  map[string]string{},
 		reports:     map[string]Report{},
 	}, nil
 }
@@ -283,7 +292,7 @@ func (e *Elector) SetContests(cs []Contest) {
 // SetNodeAnnotations publishes more annotations on this agent's node Lease,
 // with its next regular renewal: no extra write. A vipd.io/ key set earlier
 // and missing now is removed. Keys the Elector owns (AnnotationPeerAddr,
-// AnnotationRefused) cannot be set this way.
+// AnnotationRefused, AnnotationLacking) cannot be set this way.
 func (e *Elector) SetNodeAnnotations(ann map[string]string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -292,7 +301,7 @@ func (e *Elector) SetNodeAnnotations(ann map[string]string) {
 		next = map[string]string{}
 	}
 	for k, v := range ann {
-		if k != AnnotationPeerAddr && k != AnnotationRefused {
+		if k != AnnotationPeerAddr && k != AnnotationRefused && k != AnnotationLacking {
 			next[k] = v
 		}
 	}

@@ -161,6 +161,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 	live := map[string]bool{}
 	renewing := map[string]bool{} // by node Lease alone
 	refusedBy := map[string][]string{}
+	lackedBy := map[string][]string{} // need → the live nodes that lack it
 	for h, o := range e.peerLeasesLocked() {
 		expiry := e.expiry(o)
 		leaseLive := now.Before(expiry)
@@ -177,6 +178,9 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 			for c := range parseRefused(o.lease.Annotations[AnnotationRefused]) {
 				refusedBy[c] = append(refusedBy[c], h)
 			}
+			for need := range ParseLacking(o.lease.Annotations[AnnotationLacking]) {
+				lackedBy[need] = append(lackedBy[need], h)
+			}
 		}
 		if e.cfg.Peers != nil && e.apiOK {
 			if r := e.cfg.Peers.Peer(h); r.Heard && !r.APIOK {
@@ -191,6 +195,9 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		}
 		for c := range e.refused {
 			refusedBy[c] = append(refusedBy[c], me)
+		}
+		for need := range e.lacking {
+			lackedBy[need] = append(lackedBy[need], me)
 		}
 	}
 	if end := e.apiBackAt.Add(e.cfg.RetryPeriod / 2); !e.apiBackAt.IsZero() && end.After(now) {
@@ -212,7 +219,8 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		c := e.contests[name]
 		var out []string
 		for _, n := range liveNodes {
-			if (c.Candidates == nil || slices.Contains(c.Candidates, n)) && !slices.Contains(refusedBy[name], n) {
+			if (c.Candidates == nil || slices.Contains(c.Candidates, n)) && !slices.Contains(refusedBy[name], n) &&
+				(c.Needs == "" || !slices.Contains(lackedBy[c.Needs], n)) {
 				out = append(out, n)
 			}
 		}
@@ -235,7 +243,9 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 			status[name] = Status{Leader: h, Leading: h == me}
 			notCandidate := c.Candidates != nil && !slices.Contains(c.Candidates, me)
 			_, refused := e.refusedOut[name]
-			if h == me && (notCandidate || refused) && !inflight[name] && !now.Before(retryAt[name]) {
+			_, lacking := e.lackingOut[c.Needs]
+			lacking = lacking && c.Needs != ""
+			if h == me && (notCandidate || refused || lacking) && !inflight[name] && !now.Before(retryAt[name]) {
 				jobs = append(jobs, job{name: name, base: lease, op: opRelease})
 			}
 			continue

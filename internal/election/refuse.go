@@ -11,25 +11,29 @@ import (
 // node Lease right away, so the others skip it instead of waiting for it
 // to act, and only then releases the ones it holds. Taking a contest off
 // the set makes this agent a candidate again; nothing moves back to it.
-func (e *Elector) SetRefused(refused map[string]string) {
-	e.mu.Lock()
-	changed := !maps.Equal(refused, e.refused)
-	e.refused = maps.Clone(refused)
-	if e.refused == nil {
-		e.refused = map[string]string{}
-	}
-	e.mu.Unlock()
-	if changed {
-		signal(e.publish)
-		signal(e.wake)
-	}
-}
+func (e *Elector) SetRefused(refused map[string]string) { e.replacePublished(&e.refused, refused) }
 
 // Refused returns the contests this agent refuses, with the reasons.
 func (e *Elector) Refused() map[string]string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return maps.Clone(e.refused)
+}
+
+// replacePublished sets *field, a set this agent publishes on its node
+// Lease, to a copy of m; a change is published at once and evaluated.
+func (e *Elector) replacePublished(field *map[string]string, m map[string]string) {
+	e.mu.Lock()
+	changed := !maps.Equal(m, *field)
+	*field = maps.Clone(m)
+	if *field == nil {
+		*field = map[string]string{}
+	}
+	e.mu.Unlock()
+	if changed {
+		signal(e.publish)
+		signal(e.wake)
+	}
 }
 
 // parseRefused reads AnnotationRefused. Something that does not parse

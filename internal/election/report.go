@@ -44,6 +44,9 @@ const (
 	// LostRefused: this node cannot hold it (SetRefused), so it released
 	// the claim.
 	LostRefused Reason = "refused"
+	// LostLacking: this node lacks what the contest needs (SetLacking),
+	// e.g. the interface its VIPs go on, so it released the claim.
+	LostLacking Reason = "lacking"
 	// LostRemoved: the contest is gone (its Service was deleted or changed).
 	LostRemoved Reason = "removed"
 	// LostShutdown: the agent is stopping and released everything.

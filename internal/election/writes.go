@@ -174,9 +174,12 @@ func (e *Elector) renewOnce(ctx context.Context, start time.Time) error {
 		base = o.lease
 	}
 	annotations := maps.Clone(e.annotations)
-	refused := maps.Clone(e.refused)
+	refused, lacking := maps.Clone(e.refused), maps.Clone(e.lacking)
 	if v := formatRefused(refused); v != "" {
 		annotations[AnnotationRefused] = v
+	}
+	if v := formatRefused(lacking); v != "" {
+		annotations[AnnotationLacking] = v
 	}
 	e.mu.Unlock()
 	var drop []string
@@ -202,7 +205,7 @@ func (e *Elector) renewOnce(ctx context.Context, start time.Time) error {
 	e.mu.Lock()
 	e.lastRenew = start
 	e.apiBackAt = time.Time{}
-	e.refusedOut = refused
+	e.refusedOut, e.lackingOut = refused, lacking
 	e.written, e.writtenAt = out, e.now()
 	e.mu.Unlock()
 	e.record(out)
@@ -306,10 +309,14 @@ func (e *Elector) do(ctx context.Context, j job) error {
 		}
 		e.mu.Lock()
 		reason, refused := e.refused[j.name]
+		lacks, lacking := e.lacking[e.contests[j.name].Needs]
 		e.mu.Unlock()
 		why := LostNotCandidate
-		if refused {
+		switch {
+		case refused:
 			why = LostRefused
+		case lacking:
+			why, reason = LostLacking, lacks
 		}
 		e.noteLost(j.name, why)
 		e.record(out)
