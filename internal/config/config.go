@@ -22,6 +22,16 @@ type Config struct {
 	VIPs []netip.Addr
 	// Interface carries the VIPs (vip_interface). Empty: auto-detect.
 	Interface string
+	// ServicesInterface carries the Service VIPs that name no interface of
+	// their own (vip_servicesinterface). Empty: Interface.
+	ServicesInterface string
+	// NodeSelector is a label selector on Nodes: only the nodes it matches
+	// may hold any VIP. Empty: every node.
+	NodeSelector string
+	// ServiceExcludeControlPlane keeps Service VIPs off nodes labelled
+	// node-role.kubernetes.io/control-plane; the control-plane VIP is not
+	// affected.
+	ServiceExcludeControlPlane bool
 
 	// ARP enables gratuitous ARP / unsolicited neighbour advertisements (vip_arp).
 	ARP bool
@@ -153,6 +163,9 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("control_plane", c.ControlPlane),
 		slog.String("vips", strings.Join(vips, ",")),
 		slog.String("interface", c.Interface),
+		slog.String("services_interface", c.ServicesInterface),
+		slog.String("node_selector", c.NodeSelector),
+		slog.Bool("service_exclude_control_plane", c.ServiceExcludeControlPlane),
 		slog.Bool("arp", c.ARP),
 		slog.Duration("arp_rate", c.ARPRate),
 		slog.String("namespace", c.Namespace),

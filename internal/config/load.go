@@ -45,6 +45,9 @@ const (
 	flagHeartbeatKeyFile = "heartbeat-key-file"
 	flagHeartbeatSecret  = "heartbeat-key-secret"
 	flagHeartbeatNoAuth  = "heartbeat-insecure"
+	flagServicesIface    = "services-interface"
+	flagNodeSelector     = "node-selector"
+	flagExcludeCP        = "service-exclude-control-plane"
 )
 
 // envLeaderElection is kube-vip's switch for leader election. vipd has no
@@ -65,6 +68,8 @@ func kubeVIPNames(flag string) []string {
 		return []string{"address", "vip_address"}
 	case flagInterface:
 		return []string{"vip_interface"}
+	case flagServicesIface:
+		return []string{"vip_servicesinterface"}
 	case flagARP:
 		return []string{"vip_arp"}
 	case flagARPRate:
@@ -136,7 +141,10 @@ func AddFlags(fs *pflag.FlagSet) {
 	str(flagServiceLeaseName, d.ServiceLeaseName, "name of the Lease for all Services when not electing per Service")
 	str(flagLBClass, d.LoadBalancerClass, "spec.loadBalancerClass of the Services vipd serves")
 	boolean(flagLBClassOnly, d.LoadBalancerClassOnly, "serve only Services of --lb-class, not those without a class")
-	str(flagPoolConfigMap, d.PoolConfigMap, "ConfigMap with the address pools (cidr-<namespace>, range-<namespace>, cidr-global, range-global)")
+	str(flagServicesIface, "", "interface that carries the Service VIPs which name none of their own (empty: --interface)")
+	str(flagNodeSelector, "", "label selector on Nodes: only matching nodes may hold any VIP, e.g. vipd.example/edge=true (empty: every node)")
+	boolean(flagExcludeCP, d.ServiceExcludeControlPlane, "keep Service VIPs off nodes labelled node-role.kubernetes.io/control-plane")
+	str(flagPoolConfigMap, d.PoolConfigMap, "ConfigMap with the address pools (cidr-<namespace>, range-<namespace>, cidr-global, range-global, pool-<name>)")
 	str(flagPoolNamespace, d.PoolNamespace, "namespace of the address pool ConfigMap")
 	str(flagLogLevel, d.LogLevel, "debug, info, warn or error")
 	str(flagLogFormat, d.LogFormat, "text (key=value) or json (one object a line)")
@@ -229,6 +237,16 @@ func Load(flags *pflag.FlagSet, getenv func(string) string) (Config, error) {
 		return Config{}, err
 	}
 	if c.LoadBalancerClassOnly, err = boolSetting(l.lookup(flagLBClassOnly), c.LoadBalancerClassOnly); err != nil {
+		return Config{}, err
+	}
+	svcIface := l.lookup(flagServicesIface)
+	if c.ServicesInterface, err = servicesInterface(svcIface); err != nil {
+		return Config{}, err
+	}
+	if c.NodeSelector, err = nodeSelector(l.lookup(flagNodeSelector)); err != nil {
+		return Config{}, err
+	}
+	if c.ServiceExcludeControlPlane, err = boolSetting(l.lookup(flagExcludeCP), c.ServiceExcludeControlPlane); err != nil {
 		return Config{}, err
 	}
 	if c.PoolConfigMap, err = objectNameSetting(l.lookup(flagPoolConfigMap), "ConfigMap", c.PoolConfigMap); err != nil {

@@ -157,6 +157,15 @@ func TestPrecedence(t *testing.T) {
 		{flag: "heartbeat-insecure", flagVal: "true", vipd: "false",
 			wantFlag: true, wantVIPD: false, wantDef: false,
 			get: func(c Config) any { return c.HeartbeatInsecure }},
+		{flag: "services-interface", flagVal: "eth1", vipd: "bond0.200", kube: "ens4",
+			wantFlag: "eth1", wantVIPD: "bond0.200", wantKube: "ens4", wantDef: "",
+			get: func(c Config) any { return c.ServicesInterface }},
+		{flag: "node-selector", flagVal: "zone=a", vipd: "vipd.example/edge in (yes, true),!gpu",
+			wantFlag: "zone=a", wantVIPD: "!gpu,vipd.example/edge in (true,yes)", wantDef: "",
+			get: func(c Config) any { return c.NodeSelector }},
+		{flag: "service-exclude-control-plane", flagVal: "true", vipd: "false",
+			wantFlag: true, wantVIPD: false, wantDef: false,
+			get: func(c Config) any { return c.ServiceExcludeControlPlane }},
 		{flag: "pool-configmap", flagVal: "pools-a", vipd: "pools.b",
 			wantFlag: "pools-a", wantVIPD: "pools.b", wantDef: "kubevip",
 			get: func(c Config) any { return c.PoolConfigMap }},
@@ -359,6 +368,12 @@ func TestErrors(t *testing.T) {
 		env  map[string]string // added to minimal(); "-" removes a key
 		want string            // the whole message, or a prefix if it ends in "…"
 	}{
+		{"services interface auto", nil, map[string]string{"vip_servicesinterface": "auto"},
+			`vip_servicesinterface "auto": finding each Service's interface from its address is not supported; name the interface`},
+		{"services interface too long", []string{"--services-interface=a-very-long-ifname"}, nil,
+			`--services-interface "a-very-long-ifname": interface names are at most 15 characters`},
+		{"bad node selector", nil, map[string]string{"VIPD_NODE_SELECTOR": "zone=a=b"},
+			`VIPD_NODE_SELECTOR "zone=a=b": not a label selector: …`},
 		{"bad IP env", nil, map[string]string{"vip_address": "10.0.0.x"},
 			`vip_address "10.0.0.x": not an IP address`},
 		{"bad IP flag", []string{"--address=192.0.2.300"}, nil,
