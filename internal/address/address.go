@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -462,6 +463,22 @@ func VIPProblem(a netip.Addr) string {
 		return "a link-local address"
 	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return "the broadcast address"
+	}
+	return ""
+}
+
+// InterfaceNameProblem says why name cannot be a Linux interface name, or
+// "" if it can: at most 15 characters, no '/', ':' or spaces, not "." or "..".
+func InterfaceNameProblem(name string) string {
+	switch {
+	case name == "":
+		return "empty"
+	case len(name) > 15:
+		return "interface names are at most 15 characters"
+	case name == "." || name == "..":
+		return "not an interface name"
+	case strings.ContainsFunc(name, func(r rune) bool { return r == '/' || r == ':' || unicode.IsSpace(r) }):
+		return "interface names cannot contain '/', ':' or spaces"
 	}
 	return ""
 }

@@ -8,9 +8,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/vipd/vipd/internal/address"
 )
 
 // Parsers for the kinds of value a setting can hold. Each takes the source
@@ -19,15 +20,11 @@ import (
 // checkInterfaceName applies the kernel's rules for interface names; whether
 // the interface exists is the agent's business.
 func checkInterfaceName(s source) error {
-	switch {
-	case s.raw == "":
+	if s.raw == "" {
 		return nil
-	case len(s.raw) > 15:
-		return s.errorf("interface names are at most 15 characters")
-	case s.raw == "." || s.raw == "..":
-		return s.errorf("not an interface name")
-	case strings.ContainsFunc(s.raw, func(r rune) bool { return r == '/' || r == ':' || unicode.IsSpace(r) }):
-		return s.errorf("interface names cannot contain '/', ':' or spaces")
+	}
+	if problem := address.InterfaceNameProblem(s.raw); problem != "" {
+		return s.errorf("%s", problem)
 	}
 	return nil
 }

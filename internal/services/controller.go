@@ -74,6 +74,13 @@ type Address struct {
 	// Local — the nodes with a ready endpoint, from EndpointSlices; if
 	// several sharers are Local, the intersection). Sorted.
 	Candidates []string
+	// Interface is the interface the address goes on: a Service's
+	// kube-vip.io/serviceInterface or its pool's; "" for the agent's
+	// default for Services.
+	Interface string
+	// Pool is the named pool the address belongs to ("" none), and
+	// NodeSelector that pool's node selector (canonical; "" any node).
+	Pool, NodeSelector string
 }
 
 // workers is how many items are processed at once: status writes for
@@ -305,7 +312,8 @@ func (c *Controller) Addresses() []Address {
 	defer c.mu.Unlock()
 	out := make([]Address, len(c.plan.addresses))
 	for i, a := range c.plan.addresses {
-		out[i] = Address{IP: a.IP, Services: slices.Clone(a.Services), Candidates: slices.Clone(a.Candidates)}
+		out[i] = a
+		out[i].Services, out[i].Candidates = slices.Clone(a.Services), slices.Clone(a.Candidates)
 	}
 	return out
 }
@@ -401,6 +409,12 @@ func (c *Controller) replan() {
 	prev, first := c.plan, !c.planned
 	c.plan, c.planned = next, true
 	changed := first || !equalAddresses(prev.addresses, next.addresses)
+	if !slices.Equal(prev.poolProblems, next.poolProblems) {
+		// Said once per change of the ConfigMap, not on every recomputation.
+		for _, p := range next.poolProblems {
+			c.log.Warn("address pool ConfigMap has a key vipd cannot use", "configmap", c.cfg.PoolNamespace+"/"+c.cfg.PoolConfigMap, "problem", p)
+		}
+	}
 
 	// Warn once per problem, not on every recomputation; a problem that
 	// goes away and comes back is reported again.
@@ -453,6 +467,7 @@ func (c *Controller) replan() {
 func equalAddresses(a, b []Address) bool {
 	return slices.EqualFunc(a, b, func(x, y Address) bool {
 		return x.IP == y.IP && slices.Equal(x.Services, y.Services) &&
+			x.Interface == y.Interface && x.Pool == y.Pool && x.NodeSelector == y.NodeSelector &&
 			(x.Candidates == nil) == (y.Candidates == nil) && slices.Equal(x.Candidates, y.Candidates)
 	})
 }
@@ -498,8 +513,8 @@ func (c *Controller) allocate(ctx context.Context, nn types.NamespacedName) erro
 	}
 	c.log.Info("allocated service address from the pool", "service", nn.String(), "vip", value)
 	c.mu.Lock()
-	c.recorder.Eventf(svc, corev1.EventTypeNormal, reasonAllocated, "%s allocated from the address pool (ConfigMap %s/%s) by node %s",
-		value, c.cfg.PoolNamespace, c.cfg.PoolConfigMap, c.cfg.NodeName)
+	c.recorder.Eventf(svc, corev1.EventTypeNormal, reasonAllocated, "%s allocated from the address pool (ConfigMap %s/%s, %s) by node %s",
+		value, c.cfg.PoolNamespace, c.cfg.PoolConfigMap, sp.allocFrom, c.cfg.NodeName)
 	c.mu.Unlock()
 	return nil
 }

@@ -10,8 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
-
-	"github.com/vipd/vipd/internal/address"
 )
 
 // Annotations vipd reads and writes on Services.
@@ -37,7 +35,6 @@ const (
 	reasonNoPool        = "NoAddressPool"
 	reasonInvalidPool   = "InvalidAddressPool"
 	reasonPoolExhausted = "AddressPoolExhausted"
-	reasonPortConflict  = "PortConflict"
 	reasonAllocated     = "AddressAllocated"
 	reasonAssigned      = "VIPAssigned"
 	reasonRejected      = "VIPRejected"
@@ -91,12 +88,16 @@ type servicePlan struct {
 	write   bool
 	alloc   []netip.Addr
 	writeRV string
+	// allocFrom names the pool alloc comes from, for the Event.
+	allocFrom string
 }
 
 // plan is the outcome of one computation over the whole API state.
 type plan struct {
 	addresses []Address
 	services  map[types.NamespacedName]*servicePlan
+	// poolProblems are about pool ConfigMap keys vipd cannot use.
+	poolProblems []string
 }
 
 // servicesAt returns the Services sharing ip.
@@ -115,36 +116,70 @@ func sourceOf(s *corev1.Service) string {
 	if s.Spec.LoadBalancerClass != nil {
 		class = *s.Spec.LoadBalancerClass
 	}
-	return strings.Join([]string{string(s.UID), string(s.Spec.Type), class,
-		s.Annotations[AnnotationLoadBalancerIPs], s.Annotations[AnnotationPoolAllocated], s.Spec.LoadBalancerIP}, "\x00")
+	parts := []string{string(s.UID), string(s.Spec.Type), class, s.Spec.LoadBalancerIP}
+	for _, k := range sourceAnnotations {
+		parts = append(parts, k+"="+s.Annotations[k])
+	}
+	return strings.Join(parts, "\x00")
 }
+
+// sourceAnnotations are the annotations that decide a Service's addresses
+// and where they live.
+var sourceAnnotations = []string{AnnotationLoadBalancerIPs, AnnotationPoolAllocated, AnnotationMetalLBIPs, AnnotationMetalLBIPsOld,
+	AnnotationAddressPool, AnnotationMetalLBPool, AnnotationMetalLBPoolOld, AnnotationMetalLBSharedIP, AnnotationMetalLBSharedIPOld,
+	AnnotationServiceInterface}
 
 // candidate is one served Service during the computation.
 type candidate struct {
 	svc  *corev1.Service
 	name types.NamespacedName
 	sp   *servicePlan
-	// requested are the addresses asked for explicitly (annotation or spec).
-	requested []netip.Addr
-	// fromPool: requested was written by a pool allocation.
-	fromPool bool
-	// needPool: allocate from the pool.
-	needPool bool
+	req  request
+	// pool is the pool the Service names, once looked up.
+	pool *addrPool
+	// where says where each of its addresses may live.
+	where map[netip.Addr]where
+}
+
+// where is where an address may live: the interface it goes on ("" for
+// the agent's default) and the named pool whose node selector applies.
+type where struct {
+	iface, pool, selector string
+}
+
+// whereOf decides where a Service's address lives: the settings of the
+// pool the Service names, else of the pool that holds the address; the
+// Service's own interface annotation wins over the pool's.
+func (c *candidate) whereOf(ps poolSet, a netip.Addr) where {
+	pl := c.pool
+	if pl == nil {
+		pl = ps.placement(c.svc.Namespace, a)
+	}
+	var w where
+	if pl != nil {
+		w = where{iface: pl.iface, pool: pl.name, selector: pl.selector}
+	}
+	if c.req.iface != "" {
+		w.iface = c.req.iface
+	}
+	return w
 }
 
 // computePlan decides, from the Services, EndpointSlices and pool that the
-// informers hold, which addresses exist and who shares them. It is a pure
-// function of its inputs, so every agent that sees the same API state
-// reaches the same plan — including the same pool allocations.
+// informers hold, which addresses exist, who shares them and where they may
+// live. It is a pure function of its inputs, so every agent that sees the
+// same API state reaches the same plan — including the same pool
+// allocations.
 func computePlan(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, p pool, f filter) plan {
+	ps := readPools(p)
 	var cands []*candidate
 	for _, s := range svcs {
 		if !f.serves(s) {
 			continue
 		}
 		c := &candidate{svc: s, name: types.NamespacedName{Namespace: s.Namespace, Name: s.Name},
-			sp: &servicePlan{uid: s.UID, source: sourceOf(s)}}
-		c.requested, c.fromPool, c.needPool, c.sp.warnings = requestedAddrs(s)
+			sp: &servicePlan{uid: s.UID, source: sourceOf(s)}, req: readRequest(s), where: map[netip.Addr]where{}}
+		c.check(ps)
 		cands = append(cands, c)
 	}
 	// One order for every decision that has a winner: oldest first, then
@@ -158,7 +193,7 @@ func computePlan(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, p poo
 
 	used := map[netip.Addr]bool{}
 	for _, c := range cands {
-		for _, a := range c.requested {
+		for _, a := range c.req.ips {
 			used[a] = true
 		}
 	}
@@ -166,49 +201,81 @@ func computePlan(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, p poo
 	// Accept the explicit addresses, oldest Service first.
 	sharers := map[netip.Addr][]*candidate{}
 	for _, c := range cands {
-		if len(c.requested) == 0 {
+		if len(c.req.ips) == 0 || c.req.problem != nil {
 			continue
 		}
-		if c.fromPool && slices.ContainsFunc(c.requested, func(a netip.Addr) bool { return len(sharers[a]) > 0 }) {
+		for _, a := range c.req.ips {
+			c.where[a] = c.whereOf(ps, a)
+		}
+		w, conflict := shareProblem(c, c.req.ips, sharers)
+		taken := slices.ContainsFunc(c.req.ips, func(a netip.Addr) bool { return len(sharers[a]) > 0 })
+		if c.req.fromPool && taken && (conflict || c.req.sharingKey == "") {
 			// Two allocations raced onto one address (agents that saw
-			// different Services); the older Service keeps it.
-			c.needPool = true
+			// different Services); the older Service keeps it. (A pool
+			// puts Services with one sharing key on one address on
+			// purpose.)
+			c.req.needPool = true
 			continue
 		}
-		if w, ok := portConflict(c, c.requested, sharers); ok {
+		if conflict {
 			c.sp.warnings = append(c.sp.warnings, w)
 			continue
 		}
-		for _, a := range c.requested {
+		for _, a := range c.req.ips {
 			sharers[a] = append(sharers[a], c)
 		}
-		c.sp.addrs = c.requested
+		c.sp.addrs = c.req.ips
 	}
 
-	// Allocate from the pool, oldest Service first, never an address in use.
+	// Allocate from the pools, oldest Service first: an address in use only
+	// by Services with the Service's sharing key, if it has one, else never
+	// an address in use.
+	pending := map[netip.Addr][]*candidate{}
 	for _, c := range cands {
-		if !c.needPool {
+		if !c.req.needPool || c.req.problem != nil {
 			continue
 		}
-		ips, w := p.allocate(c.svc, used)
+		usable := func(a netip.Addr) bool {
+			if !used[a] {
+				return true
+			}
+			others := append(slices.Clone(sharers[a]), pending[a]...)
+			if c.req.sharingKey == "" || len(others) == 0 {
+				return false
+			}
+			c.where[a] = c.whereOf(ps, a)
+			_, conflict := shareProblem(c, []netip.Addr{a}, map[netip.Addr][]*candidate{a: others})
+			return !conflict
+		}
+		pools, name := ps.defaults(c.svc.Namespace), ""
+		if c.pool != nil {
+			pools, name = []*addrPool{c.pool}, c.pool.name
+		}
+		ips, from, w := allocate(c.svc, p, pools, name, usable)
 		if w != nil {
 			c.sp.warnings = append(c.sp.warnings, *w)
-			c.sp.write, c.sp.writeRV = c.fromPool, c.svc.ResourceVersion
+			c.sp.write, c.sp.writeRV = c.req.fromPool, c.svc.ResourceVersion
 			continue
 		}
 		for _, a := range ips {
 			used[a] = true
+			c.where[a] = c.whereOf(ps, a)
+			pending[a] = append(pending[a], c)
 		}
-		c.sp.write, c.sp.alloc, c.sp.writeRV = true, ips, c.svc.ResourceVersion
+		c.sp.write, c.sp.alloc, c.sp.writeRV, c.sp.allocFrom = true, ips, c.svc.ResourceVersion, from.describe()
 	}
 
-	pl := plan{services: make(map[types.NamespacedName]*servicePlan, len(cands))}
+	pl := plan{services: make(map[types.NamespacedName]*servicePlan, len(cands)), poolProblems: ps.problems}
 	for _, c := range cands {
+		if c.req.problem != nil {
+			c.sp.warnings = append([]warning{*c.req.problem}, c.sp.warnings...)
+		}
 		pl.services[c.name] = c.sp
 	}
 	nodes := readyNodes(eps)
 	for ip, cs := range sharers {
-		a := Address{IP: ip}
+		w := cs[0].where[ip]
+		a := Address{IP: ip, Interface: w.iface, Pool: w.pool, NodeSelector: w.selector}
 		for _, c := range cs {
 			a.Services = append(a.Services, c.name)
 			if c.svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal {
@@ -222,95 +289,29 @@ func computePlan(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, p poo
 	return pl
 }
 
+// check looks up the pool the Service names and checks its explicit
+// addresses against it; a problem keeps the Service from any address.
+func (c *candidate) check(ps poolSet) {
+	if c.req.problem != nil || c.req.pool == "" {
+		return
+	}
+	pl, w := ps.lookup(c.req.pool, c.svc.Namespace)
+	if w != nil {
+		c.req.problem = w
+		return
+	}
+	c.pool = pl
+	for _, a := range c.req.ips {
+		if !pl.contains(a) {
+			c.req.problem = &warning{reasonNotInPool, fmt.Sprintf(
+				"%s is not in pool %s (ConfigMap %s), which the Service names; it gets no address until the address or the pool changes", a, pl.name, ps.src.name)}
+			return
+		}
+	}
+}
+
 func compareNames(a, b types.NamespacedName) int {
 	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
-}
-
-// requestedAddrs reads the addresses a Service asks for: the annotation,
-// else spec.loadBalancerIP, else none (needPool). A bad value yields a
-// warning and no address at all, not a fall-back to the pool: the user
-// asked for something specific.
-func requestedAddrs(s *corev1.Service) (ips []netip.Addr, fromPool, needPool bool, ws []warning) {
-	if raw := strings.TrimSpace(s.Annotations[AnnotationLoadBalancerIPs]); raw != "" {
-		ips, err := parseAddrList(raw)
-		if err != nil {
-			return nil, false, false, []warning{{reasonInvalidIPs,
-				fmt.Sprintf("annotation %s %q: %v; the Service gets no address until it is fixed", AnnotationLoadBalancerIPs, s.Annotations[AnnotationLoadBalancerIPs], err)}}
-		}
-		return ips, s.Annotations[AnnotationPoolAllocated] == s.Annotations[AnnotationLoadBalancerIPs], false, nil
-	}
-	if raw := strings.TrimSpace(s.Spec.LoadBalancerIP); raw != "" {
-		a, err := netip.ParseAddr(raw)
-		if err == nil {
-			if problem := address.VIPProblem(a); problem != "" {
-				err = fmt.Errorf("%s is %s", a, problem)
-			}
-		} else {
-			err = fmt.Errorf("not an IP address")
-		}
-		if err != nil {
-			return nil, false, false, []warning{{reasonInvalidIP,
-				fmt.Sprintf("spec.loadBalancerIP %q: %v; the Service gets no address until it is fixed", s.Spec.LoadBalancerIP, err)}}
-		}
-		return []netip.Addr{a}, false, false, nil
-	}
-	return nil, false, true, nil
-}
-
-// parseAddrList parses the annotation: at most one address per family.
-func parseAddrList(raw string) ([]netip.Addr, error) {
-	var ips []netip.Addr
-	for _, part := range strings.Split(raw, ",") {
-		part = strings.TrimSpace(part)
-		a, err := netip.ParseAddr(part)
-		if err != nil {
-			return nil, fmt.Errorf("%q is not an IP address", part)
-		}
-		if problem := address.VIPProblem(a); problem != "" {
-			return nil, fmt.Errorf("%s is %s", a, problem)
-		}
-		for _, b := range ips {
-			if b.Is4() == a.Is4() {
-				return nil, fmt.Errorf("%s and %s are of the same family; give at most one IPv4 and one IPv6 address", b, a)
-			}
-		}
-		ips = append(ips, a)
-	}
-	return ips, nil
-}
-
-type portKey struct {
-	port     int32
-	protocol corev1.Protocol
-}
-
-// portConflict reports whether c uses a port+protocol that a Service
-// already accepted on one of addrs uses.
-func portConflict(c *candidate, addrs []netip.Addr, sharers map[netip.Addr][]*candidate) (warning, bool) {
-	mine := map[portKey]bool{}
-	for _, p := range c.svc.Spec.Ports {
-		mine[portOf(p)] = true
-	}
-	for _, a := range addrs {
-		for _, other := range sharers[a] {
-			for _, p := range other.svc.Spec.Ports {
-				if k := portOf(p); mine[k] {
-					return warning{reasonPortConflict, fmt.Sprintf(
-						"port %d/%s on %s is already used by Service %s, which shares the address; this Service gets no address until one of them changes",
-						k.port, k.protocol, a, other.name)}, true
-				}
-			}
-		}
-	}
-	return warning{}, false
-}
-
-func portOf(p corev1.ServicePort) portKey {
-	k := portKey{port: p.Port, protocol: p.Protocol}
-	if k.protocol == "" {
-		k.protocol = corev1.ProtocolTCP // the API's default
-	}
-	return k
 }
 
 // readyNodes maps each Service to the nodes with a ready endpoint of it.

@@ -376,31 +376,38 @@ func TestComputePlan(t *testing.T) {
 			if p.name == "" {
 				p = noPool()
 			}
-			got := computePlan(tc.svcs, tc.slices, p, f)
-			if !reflect.DeepEqual(got.addresses, tc.want) {
-				t.Errorf("addresses:\n got %v\nwant %v", got.addresses, tc.want)
-			}
-			for nn, sp := range got.services {
-				w := tc.warn[nn.String()]
-				switch {
-				case len(w) == 0 && len(sp.warnings) > 0:
-					t.Errorf("%s: unexpected warnings %v", nn, sp.warnings)
-				case len(w) > 0 && (len(sp.warnings) != 1 || sp.warnings[0].reason != w[0] || !strings.Contains(sp.warnings[0].message, w[1])):
-					t.Errorf("%s: warnings %v, want one %s containing %q", nn, sp.warnings, w[0], w[1])
-				}
-				if want := tc.alloc[nn.String()]; !slices.Equal(sp.alloc, want) || sp.write != (want != nil || tc.write[nn.String()]) {
-					t.Errorf("%s: allocation %v (write %v), want %v", nn, sp.alloc, sp.write, want)
-				}
-				if len(sp.warnings) > 0 && len(sp.addrs) > 0 {
-					t.Errorf("%s: warned but has addresses %v", nn, sp.addrs)
-				}
-			}
-			for nn := range tc.warn {
-				if got.services[names(nn)[0]] == nil {
-					t.Errorf("%s: not served, want warnings", nn)
-				}
-			}
+			checkPlan(t, computePlan(tc.svcs, tc.slices, p, f), tc.want, tc.warn, tc.alloc, tc.write)
 		})
+	}
+}
+
+// checkPlan compares a plan with the addresses wanted, each Service's one
+// warning (reason and a piece of its message), pool allocation, and
+// whether an allocation is written although empty.
+func checkPlan(t *testing.T, got plan, want []Address, warn map[string][]string, alloc map[string][]netip.Addr, write map[string]bool) {
+	t.Helper()
+	if !reflect.DeepEqual(got.addresses, want) {
+		t.Errorf("addresses:\n got %+v\nwant %+v", got.addresses, want)
+	}
+	for nn, sp := range got.services {
+		w := warn[nn.String()]
+		switch {
+		case len(w) == 0 && len(sp.warnings) > 0:
+			t.Errorf("%s: unexpected warnings %v", nn, sp.warnings)
+		case len(w) > 0 && (len(sp.warnings) != 1 || sp.warnings[0].reason != w[0] || !strings.Contains(sp.warnings[0].message, w[1])):
+			t.Errorf("%s: warnings %v, want one %s containing %q", nn, sp.warnings, w[0], w[1])
+		}
+		if want := alloc[nn.String()]; !slices.Equal(sp.alloc, want) || sp.write != (want != nil || write[nn.String()]) {
+			t.Errorf("%s: allocation %v (write %v), want %v", nn, sp.alloc, sp.write, want)
+		}
+		if len(sp.warnings) > 0 && len(sp.addrs) > 0 {
+			t.Errorf("%s: warned but has addresses %v", nn, sp.addrs)
+		}
+	}
+	for nn := range warn {
+		if got.services[names(nn)[0]] == nil {
+			t.Errorf("%s: not served, want warnings", nn)
+		}
 	}
 }
 

@@ -21,37 +21,36 @@ type ipRange struct {
 	first, last netip.Addr
 }
 
-// rangesFor returns the pool for a namespace: cidr-<ns> and range-<ns> if
-// either is set, else cidr-global and range-global; keys names the keys used.
-func (p pool) rangesFor(namespace string) (rs []ipRange, keys []string, err error) {
-	for _, scope := range []string{namespace, "global"} {
-		keys = nil
-		for _, kind := range []string{"cidr", "range"} {
-			key := kind + "-" + scope
-			raw := strings.TrimSpace(p.data[key])
-			if raw == "" {
+// rangesIn returns the addresses of kube-vip's keys for one scope (a
+// namespace, or "global"): cidr-<scope>, then range-<scope>; keys names the
+// keys present.
+func (p pool) rangesIn(scope string) (rs []ipRange, keys []string, err error) {
+	for _, kind := range []string{"cidr", "range"} {
+		key := kind + "-" + scope
+		raw := strings.TrimSpace(p.data[key])
+		if raw == "" {
+			continue
+		}
+		keys = append(keys, key)
+		for _, entry := range strings.Split(raw, ",") {
+			entry = strings.TrimSpace(entry)
+			var r ipRange
+			var perr error
+			if kind == "cidr" {
+				r, perr = parseCIDR(entry)
+			} else {
+				r, perr = parseRange(entry)
+			}
+			if perr != nil {
+				if err == nil {
+					err = fmt.Errorf("ConfigMap %s key %s: %w", p.name, key, perr)
+				}
 				continue
 			}
-			keys = append(keys, key)
-			for _, entry := range strings.Split(raw, ",") {
-				entry = strings.TrimSpace(entry)
-				var r ipRange
-				if kind == "cidr" {
-					r, err = parseCIDR(entry)
-				} else {
-					r, err = parseRange(entry)
-				}
-				if err != nil {
-					return nil, keys, fmt.Errorf("ConfigMap %s key %s: %w", p.name, key, err)
-				}
-				rs = append(rs, r)
-			}
-		}
-		if len(keys) > 0 {
-			return rs, keys, nil
+			rs = append(rs, r)
 		}
 	}
-	return nil, nil, nil
+	return rs, keys, err
 }
 
 // parseCIDR turns a prefix into the range of addresses that can be handed
@@ -137,51 +136,93 @@ func families(s *corev1.Service) (fams []corev1.IPFamily, required bool) {
 	return fams[:1], true
 }
 
-// allocate picks the first free address of each family the Service needs,
-// or says why it cannot.
-func (p pool) allocate(s *corev1.Service, used map[netip.Addr]bool) ([]netip.Addr, *warning) {
-	if p.data == nil {
-		why := "no address pool is configured"
-		if p.name != "" {
-			why = fmt.Sprintf("there is no address pool (ConfigMap %s not found)", p.name)
+// allocate picks addresses for a Service from the first of pools that has
+// a usable address of every family the Service needs (for PreferDualStack,
+// if none has both, the first with one of the primary family), or says why
+// it cannot. poolName is what the Service named ("" for its namespace's
+// defaults), for messages.
+func allocate(s *corev1.Service, p pool, pools []*addrPool, poolName string, usable func(netip.Addr) bool) ([]netip.Addr, *addrPool, *warning) {
+	if len(pools) == 0 {
+		if p.data == nil {
+			why := "no address pool is configured"
+			if p.name != "" {
+				why = fmt.Sprintf("there is no address pool (ConfigMap %s not found)", p.name)
+			}
+			return nil, nil, &warning{reasonNoPool, fmt.Sprintf(
+				"no address: the Service has no %s annotation or spec.loadBalancerIP, and %s", AnnotationLoadBalancerIPs, why)}
 		}
-		return nil, &warning{reasonNoPool, fmt.Sprintf(
-			"no address: the Service has no %s annotation or spec.loadBalancerIP, and %s", AnnotationLoadBalancerIPs, why)}
+		return nil, nil, &warning{reasonNoPool, fmt.Sprintf(
+			"no address: the Service has no %s annotation or spec.loadBalancerIP, and ConfigMap %s has none of cidr-%s, range-%s, cidr-global, range-global, nor a %s<name> whose %s lists it or *",
+			AnnotationLoadBalancerIPs, p.name, s.Namespace, s.Namespace, keyPool, attrNamespaces)}
 	}
-	rs, keys, err := p.rangesFor(s.Namespace)
-	if err != nil {
-		return nil, &warning{reasonInvalidPool, fmt.Sprintf("no address: %v", err)}
-	}
-	if len(keys) == 0 {
-		return nil, &warning{reasonNoPool, fmt.Sprintf(
-			"no address: the Service has no %s annotation or spec.loadBalancerIP, and ConfigMap %s has none of cidr-%s, range-%s, cidr-global, range-global",
-			AnnotationLoadBalancerIPs, p.name, s.Namespace, s.Namespace)}
+	for _, pl := range pools {
+		if pl.err != nil {
+			return nil, nil, &warning{reasonInvalidPool, fmt.Sprintf("no address: %v", pl.err)}
+		}
 	}
 	fams, required := families(s)
-	var ips []netip.Addr
-	for i, fam := range fams {
-		a, ok := firstFree(rs, fam == corev1.IPv6Protocol, used)
-		if ok {
-			ips = append(ips, a)
-			continue
+	var fallback []netip.Addr
+	var fallbackPool *addrPool
+	var descs []string
+	for _, pl := range pools {
+		descs = append(descs, pl.describe())
+		var ips []netip.Addr
+		for _, fam := range fams {
+			if a, ok := firstFree(pl.ranges, fam == corev1.IPv6Protocol, usable); ok {
+				ips = append(ips, a)
+			} else {
+				break
+			}
 		}
-		if i > 0 && !required {
-			break // PreferDualStack: one family will do
+		if len(ips) == len(fams) {
+			return ips, pl, nil
 		}
-		return nil, &warning{reasonPoolExhausted, fmt.Sprintf("no free %s address in the pool (ConfigMap %s, %s)", fam, p.name, strings.Join(keys, ", "))}
+		if !required && len(ips) > 0 && fallback == nil {
+			fallback, fallbackPool = ips, pl
+		}
 	}
-	return ips, nil
+	if fallback != nil {
+		return fallback, fallbackPool, nil // PreferDualStack: one family will do
+	}
+	var missing []string
+	for _, fam := range fams {
+		found := false
+		for _, pl := range pools {
+			if _, ok := firstFree(pl.ranges, fam == corev1.IPv6Protocol, usable); ok {
+				found = true
+			}
+		}
+		if !found {
+			missing = append(missing, string(fam))
+		}
+	}
+	what := "no free " + strings.Join(missing, " or ") + " address"
+	if len(missing) == 0 {
+		what = "no pool with a free address of every family (" + strings.Join(familyNames(fams), " and ") + ")"
+	}
+	if poolName != "" {
+		return nil, nil, &warning{reasonPoolExhausted, fmt.Sprintf("%s in pool %s (ConfigMap %s)", what, poolName, p.name)}
+	}
+	return nil, nil, &warning{reasonPoolExhausted, fmt.Sprintf("%s in the pool (ConfigMap %s, %s)", what, p.name, strings.Join(descs, "; "))}
 }
 
-// firstFree scans the ranges in order. It steps over used (and the rare
-// unusable) addresses only, so the size of a range costs nothing.
-func firstFree(rs []ipRange, v6 bool, used map[netip.Addr]bool) (netip.Addr, bool) {
+func familyNames(fams []corev1.IPFamily) []string {
+	out := make([]string, len(fams))
+	for i, f := range fams {
+		out[i] = string(f)
+	}
+	return out
+}
+
+// firstFree scans the ranges in order. It steps over unusable addresses
+// only, so the size of a range costs nothing.
+func firstFree(rs []ipRange, v6 bool, usable func(netip.Addr) bool) (netip.Addr, bool) {
 	for _, r := range rs {
 		if r.first.Is6() != v6 {
 			continue
 		}
 		for a := r.first; a.IsValid() && !r.last.Less(a); a = a.Next() {
-			if !used[a] && address.VIPProblem(a) == "" {
+			if usable(a) && address.VIPProblem(a) == "" {
 				return a, true
 			}
 		}
