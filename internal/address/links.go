@@ -1,0 +1,114 @@
+package address
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// OwnedVIP is an address vipd added, and the interface that carries it.
+type OwnedVIP struct {
+	Addr      netip.Addr
+	Interface string
+	Index     int
+}
+
+// OwnedAll lists the addresses vipd added on every interface of the
+// namespace, in one dump: crash clean-up and the reconciler must find a
+// VIP wherever it was put.
+func (n *Namespace) OwnedAll() ([]OwnedVIP, error) {
+	addrs, err := n.dump(unix.AF_UNSPEC)
+	if err != nil {
+		return nil, fmt.Errorf("listing the VIPs vipd added: %w", err)
+	}
+	var out []OwnedVIP
+	names := map[int]string{}
+	for _, a := range addrs {
+		if a.proto != Proto {
+			continue
+		}
+		name, ok := names[a.index]
+		if !ok {
+			name = n.names([]int{a.index})
+			names[a.index] = name
+		}
+		o := OwnedVIP{Addr: a.addr, Interface: name, Index: a.index}
+		if !slices.Contains(out, o) {
+			out = append(out, o)
+		}
+	}
+	slices.SortFunc(out, func(x, y OwnedVIP) int {
+		if c := x.Addr.Compare(y.Addr); c != 0 {
+			return c
+		}
+		return x.Index - y.Index
+	})
+	return out, nil
+}
+
+// OwnedAll is Current().OwnedAll().
+func OwnedAll() ([]OwnedVIP, error) { return Current().OwnedAll() }
+
+// Remove takes an owned VIP off its interface, wherever it is.
+func (n *Namespace) Remove(o OwnedVIP) error {
+	i, err := n.byIndex(o.Index)
+	if err != nil {
+		return fmt.Errorf("removing %s from %s: %w", o.Addr, o.Interface, err)
+	}
+	return i.Remove(o.Addr)
+}
+
+// WatchLinks reports the state of every interface of the namespace now and
+// at every change the kernel announces, by name, until ctx ends. Like
+// WatchLink it subscribes to netlink's link notifications, so a lost
+// carrier or a deleted interface is known within milliseconds.
+func (n *Namespace) WatchLinks(ctx context.Context, report func(name string, st LinkState)) error {
+	updates := make(chan netlink.LinkUpdate, 64)
+	done := make(chan struct{})
+	errs := make(chan error, 1)
+	opts := netlink.LinkSubscribeOptions{
+		Namespace:    n.nsh,
+		ListExisting: true,
+		ErrorCallback: func(err error) {
+			select {
+			case errs <- err:
+			default:
+			}
+		},
+	}
+	if err := netlink.LinkSubscribeWithOptions(updates, done, opts); err != nil {
+		return fmt.Errorf("watching links: %w", err)
+	}
+	defer close(done)
+	last := map[string]LinkState{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errs:
+			return fmt.Errorf("watching links: %w", err)
+		case u, ok := <-updates:
+			if !ok {
+				return fmt.Errorf("watching links: subscription closed")
+			}
+			a := u.Attrs()
+			if a == nil {
+				continue
+			}
+			st := LinkState{Exists: u.Header.Type != unix.RTM_DELLINK, Index: a.Index}
+			st.Up = st.Exists && a.Flags&net.FlagUp != 0 && a.RawFlags&unix.IFF_LOWER_UP != 0
+			if prev, seen := last[a.Name]; !seen || prev != st {
+				last[a.Name] = st
+				if !st.Exists {
+					delete(last, a.Name)
+				}
+				report(a.Name, st)
+			}
+		}
+	}
+}
