@@ -2,10 +2,12 @@ package address
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -70,15 +72,20 @@ func (n *Namespace) Remove(o OwnedVIP) error {
 func (n *Namespace) WatchLinks(ctx context.Context, report func(name string, st LinkState)) error {
 	updates := make(chan netlink.LinkUpdate, 64)
 	done := make(chan struct{})
-	errs := make(chan error, 1)
+	var mu sync.Mutex
+	var lastErr error
 	opts := netlink.LinkSubscribeOptions{
 		Namespace:    n.nsh,
 		ListExisting: true,
+		// Not fatal: the subscription goes on, and ends (closing updates)
+		// only when it cannot receive. The netlink package sends its
+		// list request to the multicast group too, so every other
+		// subscriber in the namespace (another of ours, or another
+		// program's) reports a message from an unexpected sender here.
 		ErrorCallback: func(err error) {
-			select {
-			case errs <- err:
-			default:
-			}
+			mu.Lock()
+			lastErr = err
+			mu.Unlock()
 		},
 	}
 	if err := netlink.LinkSubscribeWithOptions(updates, done, opts); err != nil {
@@ -90,11 +97,11 @@ func (n *Namespace) WatchLinks(ctx context.Context, report func(name string, st 
 		select {
 		case <-ctx.Done():
 			return nil
-		case err := <-errs:
-			return fmt.Errorf("watching links: %w", err)
 		case u, ok := <-updates:
 			if !ok {
-				return fmt.Errorf("watching links: subscription closed")
+				mu.Lock()
+				defer mu.Unlock()
+				return fmt.Errorf("watching links: subscription closed: %v", lastErr)
 			}
 			a := u.Attrs()
 			if a == nil {
@@ -111,4 +118,19 @@ func (n *Namespace) WatchLinks(ctx context.Context, report func(name string, st 
 			}
 		}
 	}
+}
+
+// LinkState reads the state of the named interface now; one that does not
+// exist is reported with Exists false, not as an error.
+func (n *Namespace) LinkState(name string) (LinkState, error) {
+	link, err := n.h.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return LinkState{}, nil
+		}
+		return LinkState{}, fmt.Errorf("looking up interface %q: %w", name, err)
+	}
+	a := link.Attrs()
+	return LinkState{Exists: true, Index: a.Index, Up: a.Flags&net.FlagUp != 0 && a.RawFlags&unix.IFF_LOWER_UP != 0}, nil
 }

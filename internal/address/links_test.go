@@ -98,3 +98,61 @@ func TestWatchLinks(t *testing.T) {
 	tn.ip("link", "del", "x0")
 	wait("it went", func(m map[string]LinkState) bool { return !m["x0"].Exists })
 }
+
+// TestWatchLinksBesideAnotherSubscriber: another subscriber in the
+// namespace (the netlink package sends its list request to the group)
+// does not end the watch.
+func TestWatchLinksBesideAnotherSubscriber(t *testing.T) {
+	tn := newTestNS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	var w0 []LinkState
+	done := make(chan error, 3)
+	go func() {
+		done <- tn.ns.WatchLinks(ctx, func(name string, s LinkState) {
+			if name == "w0" {
+				mu.Lock()
+				w0 = append(w0, s)
+				mu.Unlock()
+			}
+		})
+	}()
+	// The others have sent their list requests once they report a link.
+	listed := make(chan struct{}, 2)
+	for range 2 {
+		var once sync.Once
+		go func() {
+			done <- tn.ns.WatchLinks(ctx, func(string, LinkState) {
+				once.Do(func() { listed <- struct{}{} })
+			})
+		}()
+	}
+	for range 2 {
+		select {
+		case <-listed:
+		case <-time.After(2 * time.Second):
+			t.Fatal("the other watches listed no link")
+		}
+	}
+	tn.ip("link", "set", "w1", "down")
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		mu.Lock()
+		n := len(w0)
+		lost := n > 0 && !w0[n-1].Up
+		mu.Unlock()
+		if lost {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("a watch ended: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("carrier loss of w0 not reported: %+v", w0)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

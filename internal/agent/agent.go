@@ -17,12 +17,12 @@ import (
 	"time"
 
 	"github.com/vipd/vipd/internal/address"
-	"github.com/vipd/vipd/internal/announce"
 	"github.com/vipd/vipd/internal/backoff"
 	"github.com/vipd/vipd/internal/config"
 	"github.com/vipd/vipd/internal/election"
 	"github.com/vipd/vipd/internal/guard"
 	"github.com/vipd/vipd/internal/heartbeat"
+	"github.com/vipd/vipd/internal/nodes"
 	"github.com/vipd/vipd/internal/services"
 	"k8s.io/apimachinery/pkg/types"
 )
@@ -47,14 +47,14 @@ const (
 // newGuard sets up the ARP/NDP guard. Its entries for the VIPs outlive
 // their addresses' lifetime a little, so a crashed agent's guard lapses
 // only after the kernel removed the addresses themselves.
-func newGuard(cfg config.Config, iface *address.Interface, log *slog.Logger) (*guard.Guard, error) {
+func newGuard(cfg config.Config, log *slog.Logger) (*guard.Guard, error) {
 	var keep time.Duration
 	if cfg.VIPLifetime > 0 {
 		keep = cfg.VIPLifetime + 2*time.Second
 	}
 	g, err := guard.New(guard.Options{GuardTimeout: keep, Log: log})
 	if err != nil {
-		return nil, fmt.Errorf("setting up the ARP/NDP guard for %s: %w", iface.Name, err)
+		return nil, fmt.Errorf("setting up the ARP/NDP guard: %w", err)
 	}
 	return g, nil
 }
@@ -68,8 +68,12 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	if err != nil {
 		return err
 	}
-	log = log.With("iface", iface.Name)
-	iface.Lifetime = cfg.VIPLifetime
+	// Named from here on, for what the agent publishes about itself.
+	cfg.Interface = iface.Name
+	place, err := newPlacer(cfg.NodeName, cfg.NodeSelector, cfg.ServiceExcludeControlPlane, log)
+	if err != nil {
+		return err
+	}
 	for _, vip := range cfg.VIPs {
 		if err := checkNotNodeAddress(vip); err != nil {
 			return err
@@ -152,39 +156,55 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		}
 	}
 
-	var ann announcer = noAnnouncer{}
-	if cfg.ARP {
-		a, err := announce.New(iface.Net(), announce.Options{Interval: cfg.ARPRate, Registerer: m.reg}, log)
-		if err != nil {
-			return fmt.Errorf("starting announcements on %s: %w", iface.Name, err)
-		}
-		defer a.Close()
-		ann = a
-	} else {
+	if !cfg.ARP {
 		log.Warn("vip_arp is off: VIPs are added but never announced; clients learn the new holder only when their neighbour entries expire")
+	}
+	links := newLinks(iface, cfg.ServicesInterface, cfg.VIPLifetime, cfg.ARP, cfg.ARPRate, m.reg, log)
+	defer links.Close()
+	if cfg.Services && links.svc != iface.Name {
+		if problem := links.problem(links.svc); problem != "" {
+			log.Warn("Service VIPs go on another interface, which this node lacks: it holds none of them until it has it", "iface", links.svc, "reason", problem)
+		}
 	}
 
 	// From here on the node is changed. The guard keeps the kernel from
-	// answering for VIPs vipd left on the interface; a VIP left by an
+	// answering for VIPs vipd left on any interface; a VIP left by an
 	// earlier run that crashed is not ours to hold until we win its
 	// election again.
-	r := &reconciler{iface: iface, ann: &timedAnnouncer{announcer: ann, obs: obs}, el: el, svc: svc, hb: hb,
+	var cpVIPs []netip.Addr
+	if cfg.ControlPlane {
+		cpVIPs = cfg.VIPs
+	}
+	done := make(chan error, 8)
+	r := &reconciler{links: links, ann: &timedAnnouncer{announcer: links, obs: obs}, el: el, svc: svc, hb: hb,
 		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs,
-		refused: map[string]refusal{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()}}
-	if g, err := newGuard(cfg, iface, log); err != nil {
+		refused: map[string]refusal{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()},
+		settings: contestSettings{cpLease: cfg.LeaseName, cpVIPs: cpVIPs, svcLease: cfg.ServiceLeaseName, perAddress: cfg.ServiceElection,
+			iface: iface.Name, svcIface: links.svc},
+		place: place,
+		startNodes: func() *nodes.Watcher {
+			w := nodes.New(client, log)
+			go func() { done <- wrap("watching Nodes", w.Run(bg)) }()
+			return w
+		}}
+	if g, err := newGuard(cfg, log); err != nil {
 		log.Error("no ARP/NDP guard: if this agent dies, its node may answer for its VIPs beside the new holder until they expire",
 			"err", err, "vip_lifetime", cfg.VIPLifetime)
 	} else {
 		r.guard = g
-		if stale, err := iface.Owned(); err == nil {
-			r.setGuard(stale, nil) // silent until removed
+		if stale, err := links.owned(); err == nil {
+			var addrs []netip.Addr
+			for _, o := range stale {
+				addrs = append(addrs, o.Addr)
+			}
+			r.setGuard(addrs, nil) // silent until removed
 		}
 	}
-	if err := removeStale(iface, log); err != nil {
+	if err := removeStale(links, log); err != nil {
 		return err
 	}
-	done := make(chan error, 6)
 	go func() { done <- wrap("election", el.Run(bg)) }()
+	go func() { done <- wrap("watching the interfaces", links.watch(bg)) }()
 	if hb != nil {
 		go func() { done <- wrap("heartbeats", hb.Run(bg)) }()
 		go func() { done <- wrap("heartbeat key", runFastPath(bg, cfg, client, hb, log)) }()
@@ -203,8 +223,8 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		// set would give up claims this node still holds.
 		r.setBindings(cfg)
 	}
-	log.Info("agent started", "vips", cfg.VIPs, "services", cfg.Services, "namespace", cfg.Namespace,
-		"agent_namespace", cfg.AgentNamespace)
+	log.Info("agent started", "vips", cfg.VIPs, "iface", iface.Name, "services", cfg.Services, "services_iface", links.svc,
+		"namespace", cfg.Namespace, "agent_namespace", cfg.AgentNamespace)
 
 	// With a VIP lifetime the reconciler renews the VIPs it holds well
 	// before they expire.
@@ -228,6 +248,12 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		case <-svcChanges:
 			r.addrs = svc.Addresses()
 			r.setBindings(cfg)
+		case <-r.nodeChanges():
+			r.setBindings(cfg)
+		case <-links.Changes():
+			if r.synced {
+				r.updateLacking(r.bindings)
+			}
 		case <-el.Changes():
 		case <-resync.C:
 		}
@@ -261,12 +287,18 @@ type binding struct {
 	controlPlane bool
 	// services are the Services of each VIP, for logs and metrics.
 	services map[netip.Addr][]types.NamespacedName
+	// iface is the interface the VIPs go on; needs is the same when it is
+	// not --interface: a node lacking it is no candidate.
+	iface, needs string
+	// pool is the named pool of a Service address, and selector that
+	// pool's node selector ("" any node).
+	pool, selector string
 }
 
 func contests(bs []binding) []election.Contest {
 	out := make([]election.Contest, 0, len(bs))
 	for _, b := range bs {
-		out = append(out, election.Contest{Name: b.contest, Candidates: b.candidates})
+		out = append(out, election.Contest{Name: b.contest, Candidates: b.candidates, Needs: b.needs})
 	}
 	return out
 }
@@ -299,16 +331,17 @@ func checkNotNodeAddress(vip netip.Addr) error {
 	return nil
 }
 
-func removeStale(iface *address.Interface, log *slog.Logger) error {
-	stale, err := iface.Owned()
+// removeStale removes the VIPs an earlier run left on any interface.
+func removeStale(l *links, log *slog.Logger) error {
+	stale, err := l.owned()
 	if err != nil {
-		return fmt.Errorf("listing VIPs left on %s by an earlier run: %w", iface.Name, err)
+		return fmt.Errorf("listing VIPs left by an earlier run: %w", err)
 	}
-	for _, vip := range stale {
-		if err := iface.Remove(vip); err != nil {
-			return fmt.Errorf("removing VIP %s left by an earlier run: %w", vip, err)
+	for _, o := range stale {
+		if err := l.remove(o); err != nil {
+			return fmt.Errorf("removing VIP %s left on %s by an earlier run: %w", o.Addr, o.Interface, err)
 		}
-		log.Info("removed VIP left by an earlier run", "vip", vip)
+		log.Info("removed VIP left by an earlier run", "vip", o.Addr, "iface", o.Interface)
 	}
 	return nil
 }

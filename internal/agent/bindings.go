@@ -26,26 +26,48 @@ func contestFor(ip netip.Addr) string {
 	return ServiceLeasePrefix + strings.NewReplacer(".", "-", ":", "-").Replace(s)
 }
 
-// bindingsFor decides which contest carries each VIP.
+// contestSettings are what decides, besides the Services' addresses,
+// which contest carries each VIP.
+type contestSettings struct {
+	// cpLease carries cpVIPs (none: no control-plane VIP).
+	cpLease string
+	cpVIPs  []netip.Addr
+	// svcLease carries the Service addresses that need no contest of their
+	// own, unless perAddress.
+	svcLease   string
+	perAddress bool
+	// iface is the control-plane VIPs' interface; svcIface the default of
+	// Service VIPs.
+	iface, svcIface string
+}
+
+// bindingsFor decides which contest carries each VIP, and on which
+// interface.
 //
 // The control-plane VIPs have their contest. A service address that is also
 // a control-plane VIP rides on that contest, so the shared address has one
 // holder. In per-address mode every other address has its own contest. In
-// one-for-all mode they share svcLease, except addresses restricted to some
-// nodes (externalTrafficPolicy: Local), which need a contest of their own:
-// the one leader may have no endpoint for them.
-func bindingsFor(cpLease string, cpVIPs []netip.Addr, svcLease string, perAddress bool, addrs []services.Address) []binding {
+// one-for-all mode they share svcLease, except addresses whose holder must
+// be chosen differently, which need a contest of their own: restricted to
+// some nodes (externalTrafficPolicy: Local, a pool's node selector) or on
+// another interface than the default (the one leader may lack it).
+func bindingsFor(s contestSettings, addrs []services.Address) []binding {
 	var out []binding
-	if len(cpVIPs) > 0 {
-		out = append(out, binding{contest: cpLease, vips: cpVIPs, controlPlane: true})
+	if len(s.cpVIPs) > 0 {
+		out = append(out, binding{contest: s.cpLease, vips: s.cpVIPs, controlPlane: true, iface: s.iface})
 	}
-	shared := binding{contest: svcLease}
+	shared := binding{contest: s.svcLease, iface: s.svcIface}
 	for _, a := range addrs {
+		iface := a.Interface
+		if iface == "" {
+			iface = s.svcIface
+		}
 		switch {
-		case slices.Contains(cpVIPs, a.IP):
+		case slices.Contains(s.cpVIPs, a.IP):
 			out[0].addServices(a) // the control-plane binding
-		case perAddress || a.Candidates != nil:
-			b := binding{contest: contestFor(a.IP), vips: []netip.Addr{a.IP}, candidates: a.Candidates}
+		case s.perAddress || a.Candidates != nil || a.NodeSelector != "" || iface != s.svcIface:
+			b := binding{contest: contestFor(a.IP), vips: []netip.Addr{a.IP}, candidates: a.Candidates,
+				iface: iface, pool: a.Pool, selector: a.NodeSelector}
 			b.addServices(a)
 			out = append(out, b)
 		default:
@@ -55,6 +77,13 @@ func bindingsFor(cpLease string, cpVIPs []netip.Addr, svcLease string, perAddres
 	}
 	if len(shared.vips) > 0 {
 		out = append(out, shared)
+	}
+	for i := range out {
+		if out[i].iface != s.iface {
+			// Only the other interfaces are needs: without --interface
+			// the agent does not run at all.
+			out[i].needs = out[i].iface
+		}
 	}
 	return out
 }

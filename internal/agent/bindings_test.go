@@ -38,8 +38,12 @@ func TestBindingsFor(t *testing.T) {
 			}
 		}
 	}
+	settings := func(perAddress bool, cpVIPs ...netip.Addr) contestSettings {
+		return contestSettings{cpLease: "plndr-cp-lock", cpVIPs: cpVIPs, svcLease: "plndr-svcs-lock", perAddress: perAddress,
+			iface: "eth0", svcIface: "eth0"}
+	}
 	t.Run("per address", func(t *testing.T) {
-		check(t, bindingsFor("plndr-cp-lock", []netip.Addr{cp}, "plndr-svcs-lock", true, addrs), []want{
+		check(t, bindingsFor(settings(true, cp), addrs), []want{
 			{"plndr-cp-lock", []netip.Addr{cp}, nil},
 			{"vipd-svc-192-0-2-10", []netip.Addr{a}, nil},
 			{"vipd-svc-203-0-113-7", []netip.Addr{b}, []string{"n2"}},
@@ -47,14 +51,14 @@ func TestBindingsFor(t *testing.T) {
 		})
 	})
 	t.Run("one for all", func(t *testing.T) {
-		check(t, bindingsFor("plndr-cp-lock", []netip.Addr{cp}, "plndr-svcs-lock", false, addrs), []want{
+		check(t, bindingsFor(settings(false, cp), addrs), []want{
 			{"plndr-cp-lock", []netip.Addr{cp}, nil},
 			{"vipd-svc-203-0-113-7", []netip.Addr{b}, []string{"n2"}},
 			{"plndr-svcs-lock", []netip.Addr{a, v6}, nil},
 		})
 	})
 	t.Run("Services are carried", func(t *testing.T) {
-		got := bindingsFor("plndr-cp-lock", []netip.Addr{cp}, "plndr-svcs-lock", false, addrs)
+		got := bindingsFor(settings(false, cp), addrs)
 		if svcs := got[0].allServices(); len(svcs) != 1 || svcs[0].String() != "web/api" || !got[0].cpVIP(cp) {
 			t.Errorf("control-plane binding: Services %v, cpVIP %v; want [web/api], true", svcs, got[0].cpVIP(cp))
 		}
@@ -63,7 +67,38 @@ func TestBindingsFor(t *testing.T) {
 		}
 	})
 	t.Run("services only", func(t *testing.T) {
-		got := bindingsFor("plndr-cp-lock", nil, "plndr-svcs-lock", false, addrs[:1])
+		got := bindingsFor(settings(false), addrs[:1])
 		check(t, got, []want{{"plndr-svcs-lock", []netip.Addr{a}, nil}})
+	})
+	t.Run("interfaces and pools", func(t *testing.T) {
+		pooled := netip.MustParseAddr("192.0.2.20")
+		other := netip.MustParseAddr("192.0.2.30")
+		same := netip.MustParseAddr("192.0.2.40")
+		s := settings(false, cp)
+		s.svcIface = "eth1"
+		got := bindingsFor(s, []services.Address{
+			{IP: a},
+			{IP: pooled, Pool: "edge", NodeSelector: "zone=a"},
+			{IP: other, Interface: "vlan7"},
+			{IP: same, Interface: "eth1"},
+			{IP: cp, Interface: "vlan7"}, // rides on the control plane, on its interface
+		})
+		type where struct{ contest, iface, needs, selector string }
+		var gotW []where
+		for _, b := range got {
+			gotW = append(gotW, where{b.contest, b.iface, b.needs, b.selector})
+		}
+		wantW := []where{
+			{"plndr-cp-lock", "eth0", "", ""},
+			{"vipd-svc-192-0-2-20", "eth1", "eth1", "zone=a"},
+			{"vipd-svc-192-0-2-30", "vlan7", "vlan7", ""},
+			{"plndr-svcs-lock", "eth1", "eth1", ""},
+		}
+		if !slices.Equal(gotW, wantW) {
+			t.Errorf("bindings\n got %+v\nwant %+v", gotW, wantW)
+		}
+		if !slices.Equal(got[3].vips, []netip.Addr{a, same}) {
+			t.Errorf("one-for-all binding carries %v, want %v", got[3].vips, []netip.Addr{a, same})
+		}
 	})
 }

@@ -117,7 +117,7 @@ func clusterID(ctx context.Context, client kubernetes.Interface, log *slog.Logge
 func watchCarrier(ctx context.Context, iface *address.Interface, hb *heartbeat.Monitor, log *slog.Logger) error {
 	return iface.WatchLink(ctx, func(s address.LinkState) {
 		if !s.Up {
-			log.Warn("interface link is down", "exists", s.Exists)
+			log.Warn("interface link is down", "iface", iface.Name, "exists", s.Exists)
 		}
 		hb.SetLinkUp(s.Up)
 	})

@@ -63,6 +63,9 @@ type ServicesInfo struct {
 	ClassOnly        bool   `json:"classOnly"`
 	PoolNamespace    string `json:"poolNamespace"`
 	PoolConfigMap    string `json:"poolConfigMap"`
+	// Interface is the default interface of Service VIPs; an address on
+	// another one has an election of its own.
+	Interface string `json:"interface,omitempty"`
 }
 
 // InfoFor describes cfg.
@@ -80,6 +83,10 @@ func InfoFor(cfg config.Config) Info {
 			Namespace: cfg.Namespace, Lease: cfg.ServiceLeaseName, PerAddress: cfg.ServiceElection,
 			ServiceNamespace: cfg.ServiceNamespace, Class: cfg.LoadBalancerClass, ClassOnly: cfg.LoadBalancerClassOnly,
 			PoolNamespace: cfg.PoolNamespace, PoolConfigMap: cfg.PoolConfigMap,
+			Interface: cfg.ServicesInterface,
+		}
+		if info.Services.Interface == "" {
+			info.Services.Interface = cfg.Interface
 		}
 	}
 	return info
@@ -132,10 +139,12 @@ func ParsePeers(s string) map[string]string {
 }
 
 // ContestsFor says which election carries each address, as agents decide
-// it (bindingsFor), for readers such as `vipd status`.
-func ContestsFor(cpLease string, cpVIPs []netip.Addr, svcLease string, perAddress bool, addrs []services.Address) map[netip.Addr]string {
+// it (bindingsFor), for readers such as `vipd status`. svcIface is the
+// default interface of Service VIPs (ServicesInfo.Interface).
+func ContestsFor(cpLease string, cpVIPs []netip.Addr, svcLease string, perAddress bool, svcIface string, addrs []services.Address) map[netip.Addr]string {
 	out := map[netip.Addr]string{}
-	for _, b := range bindingsFor(cpLease, cpVIPs, svcLease, perAddress, addrs) {
+	s := contestSettings{cpLease: cpLease, cpVIPs: cpVIPs, svcLease: svcLease, perAddress: perAddress, svcIface: svcIface}
+	for _, b := range bindingsFor(s, addrs) {
 		for _, v := range b.vips {
 			out[v] = b.contest
 		}

@@ -209,9 +209,12 @@ type timedAnnouncer struct {
 	last []netip.Addr
 }
 
-func (t *timedAnnouncer) Set(vips []netip.Addr) {
-	t.announcer.Set(vips)
-	var fresh []netip.Addr
+func (t *timedAnnouncer) Set(on map[string][]netip.Addr) {
+	t.announcer.Set(on)
+	var vips, fresh []netip.Addr
+	for _, vs := range on {
+		vips = append(vips, vs...)
+	}
 	for _, v := range vips {
 		if !slices.Contains(t.last, v) {
 			fresh = append(fresh, v)

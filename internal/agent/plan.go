@@ -6,12 +6,35 @@ import (
 	"github.com/vipd/vipd/internal/election"
 )
 
-// plan is the state the interface and the announcer should be in.
+// plan is the state the interfaces and the announcers should be in.
 type plan struct {
-	// present are the VIPs that must be on the interface.
+	// present are the VIPs that must be on their interface.
 	present []netip.Addr
 	// announce are the VIPs to announce; always a subset of present.
 	announce []netip.Addr
+	// on is the interface of each present VIP.
+	on map[netip.Addr]string
+}
+
+// add adds q, whose VIPs go on iface, to p.
+func (p *plan) add(q plan, iface string) {
+	p.present = append(p.present, q.present...)
+	p.announce = append(p.announce, q.announce...)
+	if p.on == nil {
+		p.on = map[netip.Addr]string{}
+	}
+	for _, v := range q.present {
+		p.on[v] = iface
+	}
+}
+
+// byIface groups vips by the interface p puts them on.
+func (p plan) byIface(vips []netip.Addr) map[string][]netip.Addr {
+	out := map[string][]netip.Addr{}
+	for _, v := range vips {
+		out[p.on[v]] = append(out[p.on[v]], v)
+	}
+	return out
 }
 
 // planFor derives the desired state of one election's VIPs from what the

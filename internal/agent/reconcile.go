@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -15,17 +16,16 @@ import (
 	"github.com/vipd/vipd/internal/config"
 	"github.com/vipd/vipd/internal/election"
 	"github.com/vipd/vipd/internal/heartbeat"
+	"github.com/vipd/vipd/internal/nodes"
 	"github.com/vipd/vipd/internal/services"
 )
 
-// announcer is the part of announce.Announcer the reconciler uses.
+// announcer announces, on each interface, the VIPs given for it, and
+// nothing on the others (links does, with an announce.Announcer per
+// interface).
 type announcer interface {
-	Set(vips []netip.Addr)
+	Set(on map[string][]netip.Addr)
 }
-
-type noAnnouncer struct{}
-
-func (noAnnouncer) Set([]netip.Addr) {}
 
 // arpGuard is the part of guard.Guard the reconciler uses.
 type arpGuard interface {
@@ -42,7 +42,7 @@ func refusalBackoff() backoff.Policy {
 }
 
 type reconciler struct {
-	iface *address.Interface
+	links *links
 	ann   announcer
 	guard arpGuard // nil: no guard on this node
 	el    *election.Elector
@@ -62,6 +62,15 @@ type reconciler struct {
 	lastBound map[string]binding // the bindings of last
 	// rejected are the service addresses refused as node addresses, and why.
 	rejected map[netip.Addr]string
+	// settings and place decide the contests and their candidates; nodes
+	// is the Node watch, started (startNodes) once a selector needs it.
+	settings   contestSettings
+	place      *placer
+	nodes      *nodes.Watcher
+	startNodes func() *nodes.Watcher
+	// lacking are the interfaces this node lacks of those the bindings
+	// need, with why, as given to the election.
+	lacking map[string]string
 
 	// guarded and answered are what the guard was last set to.
 	guarded, answered []netip.Addr
@@ -139,12 +148,66 @@ func (r *reconciler) setBindings(cfg config.Config) {
 		}
 		ok = append(ok, a)
 	}
-	var cpVIPs []netip.Addr
-	if cfg.ControlPlane {
-		cpVIPs = cfg.VIPs
+	bs := bindingsFor(r.settings, ok)
+	if r.place.needsNodes(bs) {
+		if r.nodes == nil {
+			r.log.Info("watching Nodes: a node selector decides where some VIPs may live")
+			r.nodes = r.startNodes()
+		}
+		if !r.nodes.Synced() {
+			// Candidates from a partial list of Nodes would release
+			// claims that this node may hold; Synced brings us back.
+			return
+		}
 	}
-	r.bindings = bindingsFor(cfg.LeaseName, cpVIPs, cfg.ServiceLeaseName, cfg.ServiceElection, ok)
+	var nw nodeLabels
+	if r.nodes != nil {
+		nw = r.nodes
+	}
+	r.place.apply(bs, nw)
+	// What this node lacks is published before the contests are set, so
+	// that it takes none of them in between.
+	r.updateLacking(bs)
+	r.bindings = bs
 	r.el.SetContests(contests(r.bindings))
+}
+
+// nodeChanges receives when Node labels change; nil before the watch.
+func (r *reconciler) nodeChanges() <-chan struct{} {
+	if r.nodes == nil {
+		return nil
+	}
+	return r.nodes.Changes()
+}
+
+// updateLacking tells the election which of the interfaces bs need this
+// node lacks (missing, or down), so that it holds none of their VIPs and
+// the others skip it at once.
+func (r *reconciler) updateLacking(bs []binding) {
+	lacking := map[string]string{}
+	for _, b := range bs {
+		if _, done := lacking[b.needs]; b.needs == "" || done {
+			continue
+		}
+		if problem := r.links.problem(b.needs); problem != "" {
+			lacking[b.needs] = problem
+		}
+	}
+	if maps.Equal(lacking, r.lacking) {
+		return
+	}
+	for need, why := range lacking {
+		if _, was := r.lacking[need]; !was {
+			r.log.Warn("not a candidate for the VIPs on an interface this node lacks", "iface", need, "reason", why)
+		}
+	}
+	for need := range r.lacking {
+		if _, is := lacking[need]; !is {
+			r.log.Info("candidate again for the VIPs on an interface", "iface", need)
+		}
+	}
+	r.lacking = lacking
+	r.el.SetLacking(lacking)
 }
 
 // reconcile makes the node match what the election says now.
@@ -168,12 +231,16 @@ func (r *reconciler) reconcile() {
 		if prev := r.last[b.contest]; st != prev {
 			r.obs.changed(b, prev, st)
 		}
-		p := planFor(st, b.vips, r.preserve, r.onIface)
+		if _, lacks := r.lacking[b.needs]; b.needs != "" && lacks {
+			// Released as soon as the election has said why; meanwhile
+			// there is no interface to put the VIPs on.
+			st = election.Status{Leader: st.Leader}
+		}
+		p := planFor(st, b.vips, r.preserve, func(v netip.Addr) bool { return r.onIface(b.iface, v) })
 		if len(p.present) > len(p.announce) {
 			asks = append(asks, b.contest) // preserved: who holds it now?
 		}
-		want.present = append(want.present, p.present...)
-		want.announce = append(want.announce, p.announce...)
+		want.add(p, b.iface)
 		if st.Leading {
 			rep := r.el.Report(b.contest)
 			for _, v := range b.vips {
@@ -218,7 +285,7 @@ func (r *reconciler) refuse(vip netip.Addr, err error, now time.Time) {
 			return
 		}
 		d := r.refusals.Failed(b.contest)
-		reason := fmt.Sprintf("interface %s refused %s: %v", r.iface.Name, vip, err)
+		reason := fmt.Sprintf("interface %s refused %s: %v", b.iface, vip, err)
 		r.refused[b.contest] = refusal{reason: reason, until: now.Add(d)}
 		r.log.Warn("cannot hold VIP here: releasing it to another node", "vip", vip, "contest", b.contest,
 			"reason", reason, "retry_in", d.Round(time.Second))
@@ -263,63 +330,82 @@ func boolGauge(b bool) float64 {
 	return 0
 }
 
-func (r *reconciler) onIface(vip netip.Addr) bool {
-	ok, err := r.iface.Has(vip)
+// onIface reports whether vip is on the named interface, put there by vipd.
+func (r *reconciler) onIface(name string, vip netip.Addr) bool {
+	i, err := r.links.iface(name)
 	if err != nil {
-		r.log.Error("reading interface addresses", "vip", vip, "err", err)
+		return false
+	}
+	ok, err := i.Has(vip)
+	if err != nil {
+		r.log.Error("reading interface addresses", "vip", vip, "iface", name, "err", err)
 	}
 	return ok
 }
 
-// apply makes the interface, the guard and the announcer match p: every
-// VIP vipd put on the interface that p does not want goes, every one it
-// wants is added. Announcements and the kernel's answers stop before an
-// address goes, and start only after it is in place. It returns the VIPs
-// the interface refused, with why.
+// apply makes the interfaces, the guard and the announcers match p: every
+// VIP vipd put on any interface that p does not want there goes, every one
+// it wants is added on its interface. Announcements and the kernel's
+// answers stop before an address goes, and start only after it is in
+// place. It returns the VIPs an interface refused, with why.
 func (r *reconciler) apply(p plan) map[netip.Addr]error {
-	owned, err := r.iface.Owned()
+	owned, err := r.links.owned()
 	if err != nil {
-		r.log.Error("listing VIPs on the interface", "err", err)
+		r.log.Error("listing VIPs on the interfaces", "err", err)
 		return nil
+	}
+	in := func(vip netip.Addr, iface string) bool {
+		return slices.ContainsFunc(owned, func(o address.OwnedVIP) bool { return o.Addr == vip && o.Interface == iface })
 	}
 	var keep []netip.Addr
 	for _, vip := range p.announce {
-		if slices.Contains(owned, vip) {
+		if in(vip, p.on[vip]) {
 			keep = append(keep, vip)
 		}
 	}
-	r.ann.Set(keep)
+	r.ann.Set(p.byIface(keep))
 	// Silence what goes and guard what comes, before either changes.
-	r.setGuard(union(owned, p.present), keep)
+	var ownedAddrs []netip.Addr
+	for _, o := range owned {
+		ownedAddrs = append(ownedAddrs, o.Addr)
+	}
+	r.setGuard(union(ownedAddrs, p.present), keep)
 
-	for _, vip := range owned {
-		if slices.Contains(p.present, vip) {
+	for _, o := range owned {
+		if slices.Contains(p.present, o.Addr) && p.on[o.Addr] == o.Interface {
 			continue
 		}
-		if err := r.iface.Remove(vip); err != nil {
-			r.log.Error("removing VIP", "vip", vip, "err", err)
+		if err := r.links.remove(o); err != nil {
+			r.log.Error("removing VIP", "vip", o.Addr, "iface", o.Interface, "err", err)
 			continue
 		}
-		r.log.Info("removed VIP", "vip", vip)
+		r.log.Info("removed VIP", "vip", o.Addr, "iface", o.Interface)
 	}
 	var present, announce []netip.Addr
 	var refused map[netip.Addr]error
 	defer func() { r.metrics.held.Set(float64(len(present))) }()
 	for _, vip := range p.present {
-		if slices.Contains(owned, vip) {
-			if err := r.iface.Refresh(vip); err != nil {
-				r.log.Error("renewing VIP lifetime", "vip", vip, "err", err)
+		name := p.on[vip]
+		i, err := r.links.iface(name)
+		if err != nil {
+			// Gone since the election was told: not the address's fault.
+			r.log.Error("adding VIP", "vip", vip, "iface", name, "err", err)
+			continue
+		}
+		if in(vip, name) {
+			if err := i.Refresh(vip); err != nil {
+				r.log.Error("renewing VIP lifetime", "vip", vip, "iface", name, "err", err)
 			}
 		} else {
-			if err := r.iface.Add(vip); err != nil {
-				r.log.Error("adding VIP", "vip", vip, "err", err)
+			if err := i.Add(vip); err != nil {
+				r.log.Error("adding VIP", "vip", vip, "iface", name, "err", err)
 				if refused == nil {
 					refused = map[netip.Addr]error{}
 				}
 				refused[vip] = err
 				continue
 			}
-			r.log.Info("added VIP", "vip", vip)
+			r.log.Info("added VIP", "vip", vip, "iface", name)
 		}
 		present = append(present, vip)
 		if slices.Contains(p.announce, vip) {
@@ -327,7 +413,7 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 		}
 	}
 	r.setGuard(present, announce)
-	r.ann.Set(announce)
+	r.ann.Set(p.byIface(announce))
 	return refused
 }
 

@@ -401,7 +401,7 @@ func (c computer) services(r *Report) []VIP {
 			usable = append(usable, a)
 		}
 	}
-	contests := agent.ContestsFor(cpLease, cpVIPs, si.Lease, si.PerAddress, usable)
+	contests := agent.ContestsFor(cpLease, cpVIPs, si.Lease, si.PerAddress, si.Interface, usable)
 	svcs := map[types.NamespacedName]*corev1.Service{}
 	for _, s := range c.s.Services {
 		svcs[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = s

@@ -1,0 +1,93 @@
+package agent
+
+import (
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/vipd/vipd/internal/nodes"
+)
+
+// fakeNodes is a fixed set of Nodes and their labels.
+type fakeNodes map[string]labels.Set
+
+func (f fakeNodes) Matching(sel labels.Selector) []string {
+	out := []string{}
+	for _, n := range slices.Sorted(maps.Keys(f)) {
+		if sel.Matches(f[n]) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func (f fakeNodes) Labels(node string) (labels.Set, bool) { l, ok := f[node]; return l, ok }
+
+func TestPlacerCandidates(t *testing.T) {
+	cluster := fakeNodes{
+		"cp1": {nodes.LabelControlPlane: "", "zone": "a"},
+		"cp2": {nodes.LabelControlPlane: "", "zone": "b"},
+		"w1":  {"zone": "a"},
+		"w2":  {"zone": "b", "vip": "no"},
+		"w3":  {"zone": "b"},
+	}
+	svc := map[netip.Addr][]types.NamespacedName{netip.MustParseAddr("192.0.2.1"): {{Namespace: "a", Name: "web"}}}
+	bindings := func() []binding {
+		return []binding{
+			{contest: "cp", controlPlane: true},
+			{contest: "shared", services: svc},
+			{contest: "pooled", services: svc, pool: "edge", selector: "zone=b"},
+			{contest: "local", services: svc, candidates: []string{"cp2", "w1", "w3"}},
+			{contest: "bad", services: svc, pool: "broken", selector: "zone in ("},
+		}
+	}
+	cases := []struct {
+		name      string
+		global    string
+		excludeCP bool
+		want      map[string][]string
+	}{
+		{name: "pool selector only",
+			want: map[string][]string{"cp": nil, "shared": nil, "pooled": {"cp2", "w2", "w3"}, "local": {"cp2", "w1", "w3"}, "bad": {}}},
+		{name: "global selector applies to every VIP",
+			global: "vip!=no",
+			want:   map[string][]string{"cp": {"cp1", "cp2", "w1", "w3"}, "shared": {"cp1", "cp2", "w1", "w3"}, "pooled": {"cp2", "w3"}, "local": {"cp2", "w1", "w3"}, "bad": {}}},
+		{name: "control-plane nodes excluded from Service VIPs only",
+			excludeCP: true,
+			want:      map[string][]string{"cp": nil, "shared": {"w1", "w2", "w3"}, "pooled": {"w2", "w3"}, "local": {"w1", "w3"}, "bad": {}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := newPlacer("w1", tc.global, tc.excludeCP, slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatal(err)
+			}
+			bs := bindings()
+			if !p.needsNodes(bs) {
+				t.Fatal("needsNodes is false with a pool selector")
+			}
+			p.apply(bs, cluster)
+			for _, b := range bs {
+				want := tc.want[b.contest]
+				if (b.candidates == nil) != (want == nil) || !slices.Equal(b.candidates, want) {
+					t.Errorf("%s: candidates %#v, want %#v", b.contest, b.candidates, want)
+				}
+			}
+		})
+	}
+	p, err := newPlacer("w1", "", false, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.needsNodes([]binding{{contest: "cp", controlPlane: true}, {contest: "shared", services: svc}}) {
+		t.Error("needsNodes is true without any selector: agents would need to read Nodes for nothing")
+	}
+	if _, err := newPlacer("w1", "zone in (", false, nil); err == nil {
+		t.Error("newPlacer accepted a selector that does not parse")
+	}
+}
