@@ -2,8 +2,10 @@
 // benchmarks run on: a Linux bridge in its own network namespace, node
 // namespaces n1..nN, a client namespace c1 and an "api" namespace where a TCP
 // proxy exposes a kube-apiserver from the host's loopback at
-// 198.51.100.2:6443. Everything is built from documentation address ranges
-// inside namespaces the lab creates, and Close removes all of it.
+// 198.51.100.2:6443; optionally a second segment (bridge br1) with a client
+// c2, on which some nodes have an eth1. Everything is built from
+// documentation address ranges inside namespaces the lab creates, and Close
+// removes all of it.
 package lab
 
 import (
@@ -65,6 +67,12 @@ type Options struct {
 	// processes started on nodes (prefixed with the node name), e.g. t.Logf.
 	Logf func(format string, args ...any)
 
+	// Segment2Nodes, when not empty, builds a second layer-2 segment
+	// (bridge br1, Segment2Subnet4 and Segment2Subnet6) with a client c2
+	// of its own (Lab.Client2), and gives the listed nodes (1-based) an
+	// eth1 on it; the others have no eth1.
+	Segment2Nodes []int
+
 	// failAfter makes New fail after the named setup step; for tests of the
 	// clean-up path.
 	failAfter string
@@ -74,6 +82,8 @@ type Options struct {
 type Lab struct {
 	Nodes  []*Node
 	Client *Client
+	// Client2 is the client on the second segment; nil without one.
+	Client2 *Client
 	// BridgeNetns holds the bridge "br0"; APINetns holds 198.51.100.2.
 	BridgeNetns string
 	APINetns    string
@@ -99,8 +109,13 @@ type Node struct {
 	IPv4  netip.Addr
 	IPv6  netip.Addr
 
+	// Eth1IPv4 and Eth1IPv6 are the node's addresses on the second
+	// segment; invalid if it has no eth1 there.
+	Eth1IPv4, Eth1IPv6 netip.Addr
+
 	lab        *Lab
 	bridgePort string // the veth end in the bridge namespace
+	port2      string // its end on the second segment's bridge; "" for none
 }
 
 // Client is the client namespace c1 with its eth0 on the bridge.
@@ -125,6 +140,11 @@ var staleRE = regexp.MustCompile(`^vl([0-9]+)-`)
 func New(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if opts.Nodes < 1 || opts.Nodes > MaxNodes {
 		return nil, fmt.Errorf("lab: Nodes must be 1..%d, got %d", MaxNodes, opts.Nodes)
+	}
+	for _, i := range opts.Segment2Nodes {
+		if i < 1 || i > opts.Nodes {
+			return nil, fmt.Errorf("lab: Segment2Nodes: no node %d of %d", i, opts.Nodes)
+		}
 	}
 	if opts.Name == "" {
 		opts.Name = strconv.FormatUint(rand.Uint64N(36*36*36*36), 36)
@@ -211,11 +231,18 @@ func New(ctx context.Context, opts Options) (_ *Lab, err error) {
 			v4: netip.MustParseAddr(APIIPv4), v6: netip.MustParseAddr(APIIPv6)},
 	)
 
+	if len(opts.Segment2Nodes) > 0 {
+		l.Client2 = &Client{Name: "c2", Netns: prefix + "-c2", MAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 0xc2},
+			IPv4: netip.MustParseAddr(Segment2Client4), IPv6: netip.MustParseAddr(Segment2Client6), lab: l}
+	}
 	// One by one, so that Close deletes exactly the namespaces this lab made,
 	// never a same-named one of another lab.
 	names := []string{l.BridgeNetns}
 	for _, m := range members {
 		names = append(names, m.netns)
+	}
+	if l.Client2 != nil {
+		names = append(names, l.Client2.Netns)
 	}
 	for _, ns := range names {
 		if err := ipBatch(ctx, "", "netns add "+ns+"\n"); err != nil {
@@ -267,6 +294,9 @@ func New(ctx context.Context, opts Options) (_ *Lab, err error) {
 		}
 	}
 	if err := step("members"); err != nil {
+		return nil, err
+	}
+	if err := l.buildSegment2(ctx, opts.Segment2Nodes); err != nil {
 		return nil, err
 	}
 	logf("lab %s: %d nodes, client and api namespace ready in %v (logs in %s)",
