@@ -177,8 +177,9 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	}
 	done := make(chan error, 8)
 	r := &reconciler{links: links, ann: &timedAnnouncer{announcer: links, obs: obs}, el: el, svc: svc, hb: hb,
-		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs,
-		refused: map[string]refusal{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()},
+		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs, node: cfg.NodeName,
+		handovers: handovers{max: cfg.LeaseDuration},
+		refused:   map[string]refusal{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()},
 		settings: contestSettings{cpLease: cfg.LeaseName, cpVIPs: cpVIPs, svcLease: cfg.ServiceLeaseName, perAddress: cfg.ServiceElection,
 			iface: iface.Name, svcIface: links.svc},
 		place: place,
@@ -293,6 +294,9 @@ type binding struct {
 	// pool is the named pool of a Service address, and selector that
 	// pool's node selector ("" any node).
 	pool, selector string
+	// local are the nodes with a ready endpoint when the VIP is restricted
+	// to them (externalTrafficPolicy: Local); nil for none.
+	local []string
 }
 
 func contests(bs []binding) []election.Contest {

@@ -66,7 +66,7 @@ func bindingsFor(s contestSettings, addrs []services.Address) []binding {
 		case slices.Contains(s.cpVIPs, a.IP):
 			out[0].addServices(a) // the control-plane binding
 		case s.perAddress || a.Candidates != nil || a.NodeSelector != "" || iface != s.svcIface:
-			b := binding{contest: contestFor(a.IP), vips: []netip.Addr{a.IP}, candidates: a.Candidates,
+			b := binding{contest: contestFor(a.IP), vips: []netip.Addr{a.IP}, candidates: a.Candidates, local: a.Candidates,
 				iface: iface, pool: a.Pool, selector: a.NodeSelector}
 			b.addServices(a)
 			out = append(out, b)

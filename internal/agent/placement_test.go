@@ -6,10 +6,12 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/vipd/vipd/internal/election"
 	"github.com/vipd/vipd/internal/nodes"
 )
 
@@ -89,5 +91,43 @@ func TestPlacerCandidates(t *testing.T) {
 	}
 	if _, err := newPlacer("w1", "zone in (", false, nil); err == nil {
 		t.Error("newPlacer accepted a selector that does not parse")
+	}
+}
+
+// TestHandovers: a node that let go of a contest because it is no longer a
+// candidate keeps its VIPs until it sees the new holder, or at most max; a
+// node that lost its endpoints, or lost for any other reason, does not.
+func TestHandovers(t *testing.T) {
+	t0 := time.Now()
+	held := election.Status{Leading: true, Leader: "n1"}
+	free := election.Status{}
+	taken := election.Status{Leader: "n2"}
+	b := binding{contest: "c"}
+	h := handovers{max: 5 * time.Second}
+	if !h.keep(b, "n1", held, free, election.LostNotCandidate, t0) {
+		t.Fatal("not kept after a release as no longer a candidate")
+	}
+	if !h.keep(b, "n1", free, free, election.LostNotCandidate, t0.Add(time.Second)) {
+		t.Error("not kept while no new holder is seen")
+	}
+	if h.keep(b, "n1", free, taken, election.LostNotCandidate, t0.Add(2*time.Second)) {
+		t.Error("kept after the new holder was seen")
+	}
+	if !h.keep(b, "n1", held, free, election.LostNotCandidate, t0) || h.keep(b, "n1", free, free, election.LostNotCandidate, t0.Add(6*time.Second)) {
+		t.Error("not kept at first, or kept past max")
+	}
+	for _, why := range []election.Reason{election.LostLacking, election.LostRefused, election.LostNotLive, election.LostShutdown} {
+		if h.keep(b, "n1", held, free, why, t0) {
+			t.Errorf("kept after losing for %s", why)
+		}
+	}
+	local := binding{contest: "l", local: []string{"n2"}}
+	if h.keep(local, "n1", held, free, election.LostNotCandidate, t0) {
+		t.Error("kept although this node has no endpoint left (externalTrafficPolicy: Local)")
+	}
+	h.keep(b, "n1", held, free, election.LostNotCandidate, t0)
+	h.forget(map[string]election.Status{})
+	if len(h.until) != 0 {
+		t.Errorf("handovers of gone contests kept: %v", h.until)
 	}
 }

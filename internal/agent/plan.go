@@ -44,14 +44,18 @@ func (p plan) byIface(vips []netip.Addr) map[string][]netip.Addr {
 // With preserve set it keeps an IPv4 VIP that is still on its interface
 // until a new leader is observed, so that clients' established connections
 // survive a short loss of leadership; IPv6 VIPs always go at once, because
-// a second node holding one would fail Duplicate Address Detection.
-func planFor(st election.Status, vips []netip.Addr, preserve bool, onIface func(netip.Addr) bool) plan {
+// a second node holding one would fail Duplicate Address Detection. During
+// a handover (handovers) it keeps every VIP still on its interface: the
+// handover ends when the new holder is seen.
+func planFor(st election.Status, vips []netip.Addr, preserve, handover bool, onIface func(netip.Addr) bool) plan {
 	var p plan
 	for _, vip := range vips {
 		switch {
 		case st.Leading:
 			p.present = append(p.present, vip)
 			p.announce = append(p.announce, vip)
+		case handover && onIface(vip):
+			p.present = append(p.present, vip)
 		case preserve && vip.Is4() && st.Leader == "" && onIface(vip):
 			p.present = append(p.present, vip)
 		}

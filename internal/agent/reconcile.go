@@ -55,6 +55,8 @@ type reconciler struct {
 	peerAddrs map[string]string
 	bindings  []binding
 	preserve  bool
+	handovers handovers
+	node      string
 	log       *slog.Logger
 	metrics   *metrics
 	obs       *observer
@@ -236,7 +238,8 @@ func (r *reconciler) reconcile() {
 			// there is no interface to put the VIPs on.
 			st = election.Status{Leader: st.Leader}
 		}
-		p := planFor(st, b.vips, r.preserve, func(v netip.Addr) bool { return r.onIface(b.iface, v) })
+		handover := r.handovers.keep(b, r.node, r.last[b.contest], st, r.el.Report(b.contest).Reason, now)
+		p := planFor(st, b.vips, r.preserve, handover, func(v netip.Addr) bool { return r.onIface(b.iface, v) })
 		if len(p.present) > len(p.announce) {
 			asks = append(asks, b.contest) // preserved: who holds it now?
 		}
@@ -255,6 +258,7 @@ func (r *reconciler) reconcile() {
 		}
 	}
 	r.last, r.lastBound = seen, bound
+	r.handovers.forget(seen)
 	if r.hb != nil {
 		r.hb.SetAsks(asks)
 		r.hb.SetHolding(holding)

@@ -110,8 +110,10 @@ type Node struct {
 	IPv6  netip.Addr
 
 	// Eth1IPv4 and Eth1IPv6 are the node's addresses on the second
-	// segment; invalid if it has no eth1 there.
+	// segment, and Eth1MAC its eth1's MAC; invalid and nil if it has no
+	// eth1 there.
 	Eth1IPv4, Eth1IPv6 netip.Addr
+	Eth1MAC            net.HardwareAddr
 
 	lab        *Lab
 	bridgePort string // the veth end in the bridge namespace

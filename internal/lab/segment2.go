@@ -39,8 +39,8 @@ func (l *Lab) buildSegment2(ctx context.Context, nodes []int) error {
 		n.port2 = n.Name + "s2"
 		n.Eth1IPv4 = netip.AddrFrom4([4]byte{203, 0, 113, byte(130 + i)})
 		n.Eth1IPv6 = netip.MustParseAddr(fmt.Sprintf("2001:db8:200::%d", 10+i))
-		mac := net.HardwareAddr{0x02, 0, 0, 0, 2, byte(i)}
-		fmt.Fprintf(&batch, "link add %s type veth peer name eth1 netns %s address %s\n", n.port2, n.Netns, mac)
+		n.Eth1MAC = net.HardwareAddr{0x02, 0, 0, 0, 2, byte(i)}
+		fmt.Fprintf(&batch, "link add %s type veth peer name eth1 netns %s address %s\n", n.port2, n.Netns, n.Eth1MAC)
 		fmt.Fprintf(&batch, "link set %s master br1 up\n", n.port2)
 	}
 	if err := ipBatch(ctx, l.BridgeNetns, batch.String()); err != nil {
