@@ -83,6 +83,8 @@ type envOptions struct {
 	quiet bool
 	// noKey creates no heartbeat key Secret: heartbeats stay off.
 	noKey bool
+	// segment2 are the nodes (1-based) with an eth1 on a second segment.
+	segment2 []int
 }
 
 // newEnv builds an env that is torn down when the test ends, or skips the
@@ -217,9 +219,20 @@ func (e *env) startAll(extra ...string) map[string]*lab.Process {
 // addrsOn lists the addresses of n's eth0 as `ip -n <netns> -j addr show
 // dev eth0` reports them.
 func addrsOn(ctx context.Context, n *lab.Node) ([]netip.Addr, error) {
-	out, err := exec.CommandContext(ctx, "ip", "-n", n.Netns, "-j", "addr", "show", "dev", "eth0").Output()
+	return addrsOnDev(ctx, n, "eth0")
+}
+
+// addrsOnDev lists the addresses of n's interface dev; none if n has no
+// such interface.
+func addrsOnDev(ctx context.Context, n *lab.Node, dev string) ([]netip.Addr, error) {
+	out, err := exec.CommandContext(ctx, "ip", "-n", n.Netns, "-j", "addr", "show", "dev", dev).Output()
 	if err != nil {
-		return nil, fmt.Errorf("listing addresses of %s: %w", n.Name, err)
+		if dev != "eth0" {
+			if _, lerr := exec.CommandContext(ctx, "ip", "-n", n.Netns, "link", "show", "dev", dev).Output(); lerr != nil {
+				return nil, nil // no such interface
+			}
+		}
+		return nil, fmt.Errorf("listing addresses of %s %s: %w", n.Name, dev, err)
 	}
 	var links []struct {
 		AddrInfo []struct {
@@ -443,12 +456,18 @@ func (e *env) waitNeighbor(timeout time.Duration, vip netip.Addr, n *lab.Node) t
 // reach checks that the client gets answers from the VIP: a ping, and a TCP
 // connection that n's responder accepts.
 func (e *env) reach(vip netip.Addr, n *lab.Node) error {
+	return reachFrom(e.lab.Client, vip, n)
+}
+
+// reachFrom checks that client c gets answers from the VIP: a ping, and a
+// TCP connection that n's responder accepts.
+func reachFrom(c *lab.Client, vip netip.Addr, n *lab.Node) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := e.lab.Client.Ping(ctx, vip); err != nil {
+	if err := c.Ping(ctx, vip); err != nil {
 		return err
 	}
-	got, err := e.lab.Client.DialTCP(ctx, vip, tcpPort)
+	got, err := c.DialTCP(ctx, vip, tcpPort)
 	if err != nil {
 		return err
 	}
@@ -473,7 +492,12 @@ func (e *env) mustReach(vip netip.Addr, n *lab.Node) {
 // request's sender IP is probeIP, so the answers are not for the client's
 // kernel and its neighbour entry for the VIP stays as it was.
 func (e *env) arpAnswerers(vip netip.Addr, window time.Duration) ([]string, error) {
-	c := e.lab.Client
+	return e.arpAnswerersFrom(e.lab.Client, netip.MustParseAddr(probeIP), vip, window)
+}
+
+// arpAnswerersFrom is arpAnswerers from client c, with the sender address
+// probe (one of c's segment that no station has).
+func (e *env) arpAnswerersFrom(c *lab.Client, probe, vip netip.Addr, window time.Duration) ([]string, error) {
 	var conn *packet.Conn
 	err := lab.InNetns(c.Netns, func() error {
 		ifi, err := net.InterfaceByName("eth0")
@@ -487,7 +511,6 @@ func (e *env) arpAnswerers(vip netip.Addr, window time.Duration) ([]string, erro
 		return nil, fmt.Errorf("opening an ARP socket on %s: %w", c.Name, err)
 	}
 	defer conn.Close()
-	probe := netip.MustParseAddr(probeIP)
 	req, err := arp.NewPacket(arp.OperationRequest, c.MAC, probe, ethernet.Broadcast, vip)
 	if err != nil {
 		return nil, err
@@ -517,7 +540,7 @@ func (e *env) arpAnswerers(vip netip.Addr, window time.Duration) ([]string, erro
 		}
 		name := p.SenderHardwareAddr.String()
 		for _, node := range e.lab.Nodes {
-			if node.MAC.String() == name {
+			if node.MAC.String() == name || node.Eth1MAC.String() == name {
 				name = node.Name
 			}
 		}

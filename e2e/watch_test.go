@@ -39,7 +39,18 @@ type vipEvent struct {
 // watchVIP starts a vipWatch that stops when the test ends.
 func watchVIP(tb testing.TB, nodes []*lab.Node, vip netip.Addr) *vipWatch {
 	tb.Helper()
-	w := &vipWatch{vip: vip, held: map[string]bool{}, changed: make(chan struct{})}
+	return watchVIPs(tb, nodes, []netip.Addr{vip})[vip]
+}
+
+// watchVIPs starts a vipWatch for each of vips, on one subscription per
+// node, that stop when the test ends. A VIP counts as held by a node
+// whatever the interface it is on.
+func watchVIPs(tb testing.TB, nodes []*lab.Node, vips []netip.Addr) map[netip.Addr]*vipWatch {
+	tb.Helper()
+	ws := map[netip.Addr]*vipWatch{}
+	for _, vip := range vips {
+		ws[vip] = &vipWatch{vip: vip, held: map[string]bool{}, changed: make(chan struct{})}
+	}
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	tb.Cleanup(func() {
@@ -66,18 +77,22 @@ func watchVIP(tb testing.TB, nodes []*lab.Node, vip netip.Addr) *vipWatch {
 		go func() {
 			defer wg.Done()
 			for u := range ch {
-				if ip, ok := netip.AddrFromSlice(u.LinkAddress.IP); ok && ip.Unmap() == vip {
-					w.record(n.Name, u.NewAddr)
+				if ip, ok := netip.AddrFromSlice(u.LinkAddress.IP); ok {
+					if w := ws[ip.Unmap()]; w != nil {
+						w.record(n.Name, u.NewAddr)
+					}
 				}
 			}
 			select {
 			case <-done: // closed on purpose
 			default:
-				w.fail(fmt.Errorf("address notifications from %s stopped: %v", n.Name, last.get()))
+				for _, w := range ws {
+					w.fail(fmt.Errorf("address notifications from %s stopped: %v", n.Name, last.get()))
+				}
 			}
 		}()
 	}
-	return w
+	return ws
 }
 
 func (w *vipWatch) record(node string, held bool) {
