@@ -373,6 +373,28 @@ func (c *Controller) Reject(ip netip.Addr, reason string) {
 	c.flushLocked()
 }
 
+// RefusedHere records a Warning Event on every Service of ip saying that
+// this node cannot hold it, and why (its interface refused the address).
+// Unlike Reject, only this node sees the problem, so it records the Event
+// itself, once per Service and reason.
+func (c *Controller) RefusedHere(ip netip.Addr, reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.recorder == nil {
+		return
+	}
+	msg := fmt.Sprintf("%s cannot be held by node %s: %s", ip, c.cfg.NodeName, reason)
+	for _, nn := range c.plan.servicesAt(ip) {
+		svc, err := c.services.Services(nn.Namespace).Get(nn.Name)
+		if err != nil {
+			continue
+		}
+		c.pending = append(c.pending, pendingEvent{svc: nn, uid: svc.UID, addrs: []netip.Addr{ip}, here: true,
+			warning: warning{reason: reasonRefusedHere, message: msg}})
+	}
+	c.flushLocked()
+}
+
 // replan recomputes the addresses from the informer caches.
 func (c *Controller) replan() {
 	svcs, err := c.services.List(labels.Everything())

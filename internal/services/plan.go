@@ -41,6 +41,9 @@ const (
 	reasonAllocated     = "AddressAllocated"
 	reasonAssigned      = "VIPAssigned"
 	reasonRejected      = "VIPRejected"
+	// reasonRefusedHere: one node cannot hold the address (its interface
+	// refused it); the others can.
+	reasonRefusedHere = "VIPRefusedByNode"
 )
 
 // reportingController names vipd in Events; fieldManager in its writes.
