@@ -236,6 +236,15 @@ func TestHolderCrashSlowPath(t *testing.T) {
 	procs := e.startAll(slow...)
 	h := e.waitSoleHolder(startTimeout)
 	e.mustReach(vip4, h)
+	// Without a VIP lifetime to renew, the holder must still show its guard
+	// it is running: its node keeps answering ARP for the VIP.
+	a := watchARP(t, e, vip4, 20*time.Millisecond)
+	from := time.Now()
+	holdFor(t, 5*time.Second, h.Name+" to keep answering ARP for the VIP", func() error { return a.Err() })
+	if quiet := a.Unanswered(from, time.Now()); quiet > 100*time.Millisecond {
+		t.Errorf("the holder %s left ARP requests for the VIP unanswered for %v in 5 s", h.Name, quiet)
+	}
+	a.Stop()
 
 	kill := time.Now()
 	if err := procs[h.Name].Kill(); err != nil {

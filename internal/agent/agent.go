@@ -38,10 +38,12 @@ const releaseTimeout = 2 * time.Second
 // The guard's dead-man switch: renewed every guardRefresh while the
 // reconciler has run within guardStuck, it lapses guard.DefaultAnswerTimeout
 // (200 ms) after the agent dies or gets stuck, and the node stops answering
-// ARP and NDP for its VIPs.
+// ARP and NDP for its VIPs. The reconciler runs at least every
+// guardResync, so a healthy agent always has.
 const (
 	guardRefresh = 50 * time.Millisecond
-	guardStuck   = 2 * time.Second
+	guardResync  = time.Second
+	guardStuck   = 4 * guardResync
 )
 
 // newGuard sets up the ARP/NDP guard. Its entries for the VIPs outlive
@@ -207,10 +209,13 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		"agent_namespace", cfg.AgentNamespace)
 
 	// With a VIP lifetime the reconciler renews the VIPs it holds well
-	// before they expire.
+	// before they expire; with the guard it shows it is not stuck.
 	every := resyncInterval
 	if cfg.VIPLifetime > 0 {
 		every = min(every, cfg.VIPLifetime/4)
+	}
+	if r.guard != nil {
+		every = min(every, guardResync)
 	}
 	resync := time.NewTicker(every)
 	defer resync.Stop()
