@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vipd/vipd/internal/backoff"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -146,7 +147,11 @@ func New(cfg Config) (*Controller, error) {
 		cfg:    cfg,
 		log:    log, // the agent's: it names the node already
 		filter: filter{namespace: cfg.Namespace, class: cfg.Class, onlyOwnClass: cfg.OnlyOwnClass},
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[item](),
+		// A write that keeps failing (RBAC, a webhook, a conflict storm)
+		// is retried with a growing, jittered delay, capped at 30 s: never
+		// a tight loop, never so late that a repaired cause goes unnoticed.
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig[item](
+			backoff.NewRateLimiter[item](backoff.Policy{Base: 100 * time.Millisecond, Max: 30 * time.Second}),
 			workqueue.TypedRateLimitingQueueConfig[item]{Name: "services"}),
 		changes:  make(chan struct{}, 1),
 		held:     map[netip.Addr]bool{},
