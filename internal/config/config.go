@@ -83,10 +83,22 @@ type Config struct {
 	// 0: VIPs never expire.
 	VIPLifetime time.Duration
 
+	// HealthAddr is where /healthz and /readyz are served (host:port;
+	// empty: off). kube-vip's health_check_port N means ":N".
+	HealthAddr string
+
+	// Warnings are kube-vip settings that change nothing in ARP mode, one
+	// line each, for the agent to log at start.
+	Warnings []string
+
 	// LogLevel is debug, info, warn or error (vip_loglevel, which also
 	// takes kube-vip's numeric levels).
 	LogLevel string
 }
+
+// DefaultHealthAddr serves /healthz and /readyz to the node itself: probes
+// of a pod on the host network can name 127.0.0.1.
+const DefaultHealthAddr = "127.0.0.1:7948"
 
 // Defaults returns the settings used when neither a flag nor an environment
 // variable says otherwise. NodeName is left empty: Load fills in the host name.
@@ -105,6 +117,7 @@ func Defaults() Config {
 		PoolConfigMap:     "kubevip",
 		HeartbeatPort:     7947,
 		VIPLifetime:       2 * time.Second,
+		HealthAddr:        DefaultHealthAddr,
 		LogLevel:          "info",
 	}
 }
@@ -153,6 +166,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("pool_configmap", c.PoolConfigMap),
 		slog.Int("heartbeat_port", c.HeartbeatPort),
 		slog.Duration("vip_lifetime", c.VIPLifetime),
+		slog.String("health_addr", c.HealthAddr),
 		slog.String("log_level", c.LogLevel),
 	)
 }

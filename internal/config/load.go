@@ -45,10 +45,12 @@ const (
 	flagLogLevel         = "log-level"
 	flagHeartbeatPort    = "heartbeat-port"
 	flagVIPLifetime      = "vip-lifetime"
+	flagHealthAddr       = "health-addr"
 )
 
 // envLeaderElection is kube-vip's switch for leader election. vipd has no
-// flag for it: it only accepts the value that matches what it does (true).
+// flag for it: it always elects each VIP's holder, and accepts false only
+// where that is what kube-vip does too (see leaderElection).
 const envLeaderElection = "vip_leaderelection"
 
 // envName is vipd's own environment variable for a flag: VIPD_ and the flag
@@ -139,6 +141,7 @@ func AddFlags(fs *pflag.FlagSet) {
 	str(flagPoolNamespace, d.PoolNamespace, "namespace of the address pool ConfigMap")
 	str(flagLogLevel, d.LogLevel, "debug, info, warn or error")
 	str(flagHeartbeatPort, strconv.Itoa(d.HeartbeatPort), "UDP port of the heartbeats between agents that detect a dead holder fast (0: off, Lease expiry only)")
+	str(flagHealthAddr, d.HealthAddr, "host:port to serve /healthz and /readyz on (empty: off; kube-vip's health_check_port N means :N)")
 	str(flagVIPLifetime, d.VIPLifetime.String(), "valid lifetime of a VIP, renewed while held, so a crashed agent's VIP expires (Go duration, at least 1s; 0: never)")
 }
 
@@ -154,6 +157,12 @@ func Load(flags *pflag.FlagSet, getenv func(string) string) (Config, error) {
 	l := loader{flags: flags, getenv: getenv}
 	c := Defaults()
 	var err error
+
+	// kube-vip settings vipd has no flag for: refused before anything else,
+	// so a manifest for another mode never starts half-right.
+	if c.Warnings, err = checkUnmapped(getenv); err != nil {
+		return Config{}, err
+	}
 
 	// Settings are read in the order they are documented, so the first
 	// error reported is the first one an operator reading the docs meets.
@@ -223,6 +232,9 @@ func Load(flags *pflag.FlagSet, getenv func(string) string) (Config, error) {
 	if c.LoadBalancerClassOnly, err = boolSetting(l.lookup(flagLBClassOnly), c.LoadBalancerClassOnly); err != nil {
 		return Config{}, err
 	}
+	if c.LoadBalancerClassOnly, err = l.legacyClassHandling(c.LoadBalancerClassOnly); err != nil {
+		return Config{}, err
+	}
 	if c.PoolConfigMap, err = configMapNameSetting(l.lookup(flagPoolConfigMap), c.PoolConfigMap); err != nil {
 		return Config{}, err
 	}
@@ -238,7 +250,10 @@ func Load(flags *pflag.FlagSet, getenv func(string) string) (Config, error) {
 	if c.VIPLifetime, err = lifetimeSetting(l.lookup(flagVIPLifetime), c.VIPLifetime); err != nil {
 		return Config{}, err
 	}
-	if err = l.leaderElection(); err != nil {
+	if c.HealthAddr, err = l.healthAddr(c.HealthAddr); err != nil {
+		return Config{}, err
+	}
+	if err = l.leaderElection(c, cp, svc); err != nil {
 		return Config{}, err
 	}
 
@@ -538,22 +553,4 @@ func logLevel(s source, def string) (string, error) {
 		return "", s.errorf("unknown log level (use 0-6, or debug, info, warn or error)")
 	}
 	return "", s.errorf("unknown log level (use debug, info, warn or error)")
-}
-
-// leaderElection accepts kube-vip's vip_leaderelection only when it asks
-// for what vipd always does.
-func (l loader) leaderElection() error {
-	s := source{name: envLeaderElection, raw: strings.TrimSpace(l.getenv(envLeaderElection))}
-	if s.raw == "" {
-		return nil
-	}
-	s.set = true
-	on, err := boolSetting(s, true)
-	if err != nil {
-		return err
-	}
-	if !on {
-		return fmt.Errorf("%s=false is not supported: vipd always elects the VIP holder through a Lease; without election every node would answer for the VIP", envLeaderElection)
-	}
-	return nil
 }
