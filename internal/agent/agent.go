@@ -64,14 +64,16 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	m := newMetrics()
 	var hb *heartbeat.Monitor
 	elCfg := election.Config{
-		Client:        client,
-		Namespace:     cfg.Namespace,
-		Identity:      cfg.NodeName,
-		LeaseDuration: cfg.LeaseDuration,
-		RenewDeadline: cfg.RenewDeadline,
-		RetryPeriod:   cfg.RetryPeriod,
-		Log:           log,
-		OrphanPrefix:  ServiceLeasePrefix,
+		Client:    client,
+		Namespace: cfg.AgentNamespace,
+		// kube-vip's Leases stay where kube-vip kept them.
+		LeaseNamespaces: map[string]string{cfg.LeaseName: cfg.Namespace, cfg.ServiceLeaseName: cfg.Namespace},
+		Identity:        cfg.NodeName,
+		LeaseDuration:   cfg.LeaseDuration,
+		RenewDeadline:   cfg.RenewDeadline,
+		RetryPeriod:     cfg.RetryPeriod,
+		Log:             log,
+		OrphanPrefix:    ServiceLeasePrefix,
 	}
 	if own, err := nodeAddrList(); err == nil {
 		// Other agents refuse Service addresses that are this node's.

@@ -17,8 +17,25 @@ type peers struct {
 
 func (p peers) Peer(node string) election.PeerReport {
 	s := p.m.Peer(node)
-	return election.PeerReport{Heard: s.Heard, Ever: s.Ever, APIOK: s.APIOK, Live: s.Live}
+	return election.PeerReport{Heard: s.Heard, Silent: s.Ever && !s.Heard && !p.isolated(),
+		APIOK: s.APIOK, Live: s.Live}
 }
+
+// isolated: some peer was heard before, none is now.
+func (p peers) isolated() bool {
+	ever := false
+	for _, s := range p.m.Peers() {
+		if s.Heard {
+			return false
+		}
+		ever = ever || s.Ever
+	}
+	return ever
+}
+
+func (p peers) Vouched(string) bool { return false }
+
+func (p peers) Self() election.SelfReport { return election.SelfReport{Isolated: p.isolated()} }
 
 func (p peers) Changes() <-chan struct{} { return p.m.Changes() }
 

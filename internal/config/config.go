@@ -28,8 +28,14 @@ type Config struct {
 	// ARPRate is the refresh interval of announcements (vip_arpRate, milliseconds).
 	ARPRate time.Duration
 
-	// Namespace holds the Leases (cp_namespace; default kube-system).
+	// Namespace holds the kube-vip-compatible Leases: the control-plane
+	// claim and the one-for-all Services claim (cp_namespace; default
+	// kube-system).
 	Namespace string
+	// AgentNamespace holds vipd's own objects: the agents' node Leases, the
+	// per-address claims and the heartbeat key Secret. Default: Namespace.
+	// A namespace of its own lets RBAC fence them from everything else.
+	AgentNamespace string
 	// LeaseName is the control-plane Lease (vip_leasename; default plndr-cp-lock).
 	LeaseName string
 	// LeaseDuration, RenewDeadline and RetryPeriod are the election timings
@@ -83,6 +89,16 @@ type Config struct {
 	// 0: VIPs never expire.
 	VIPLifetime time.Duration
 
+	// HeartbeatKeyFile is a file (or a directory with files key and accept)
+	// holding the heartbeat key. Empty: HeartbeatSecret is read instead.
+	HeartbeatKeyFile string
+	// HeartbeatSecret names the Secret in AgentNamespace that holds the
+	// heartbeat key when no key file is set.
+	HeartbeatSecret string
+	// HeartbeatInsecure sends and accepts heartbeats without a shared key.
+	// Only an explicit setting turns authentication off.
+	HeartbeatInsecure bool
+
 	// HealthAddr is where /healthz and /readyz are served (host:port;
 	// empty: off). kube-vip's health_check_port N means ":N".
 	HealthAddr string
@@ -116,6 +132,7 @@ func Defaults() Config {
 		PoolNamespace:     "kube-system",
 		PoolConfigMap:     "kubevip",
 		HeartbeatPort:     7947,
+		HeartbeatSecret:   "vipd-heartbeat-key",
 		VIPLifetime:       2 * time.Second,
 		HealthAddr:        DefaultHealthAddr,
 		LogLevel:          "info",
@@ -149,6 +166,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("arp", c.ARP),
 		slog.Duration("arp_rate", c.ARPRate),
 		slog.String("namespace", c.Namespace),
+		slog.String("agent_namespace", c.AgentNamespace),
 		slog.String("lease_name", c.LeaseName),
 		slog.Duration("lease_duration", c.LeaseDuration),
 		slog.Duration("renew_deadline", c.RenewDeadline),
@@ -166,6 +184,9 @@ func (c Config) LogValue() slog.Value {
 		slog.String("pool_configmap", c.PoolConfigMap),
 		slog.Int("heartbeat_port", c.HeartbeatPort),
 		slog.Duration("vip_lifetime", c.VIPLifetime),
+		slog.String("heartbeat_key_file", c.HeartbeatKeyFile),
+		slog.String("heartbeat_key_secret", c.HeartbeatSecret),
+		slog.Bool("heartbeat_insecure", c.HeartbeatInsecure),
 		slog.String("health_addr", c.HealthAddr),
 		slog.String("log_level", c.LogLevel),
 	)

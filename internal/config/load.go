@@ -2,17 +2,12 @@ package config
 
 import (
 	"fmt"
-	"math"
-	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 
 	"github.com/spf13/pflag"
-	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/vipd/vipd/internal/address"
 )
@@ -45,12 +40,15 @@ const (
 	flagLogLevel         = "log-level"
 	flagHeartbeatPort    = "heartbeat-port"
 	flagVIPLifetime      = "vip-lifetime"
+	flagAgentNamespace   = "agent-namespace"
+	flagHeartbeatKeyFile = "heartbeat-key-file"
+	flagHeartbeatSecret  = "heartbeat-key-secret"
+	flagHeartbeatNoAuth  = "heartbeat-insecure"
 	flagHealthAddr       = "health-addr"
 )
 
 // envLeaderElection is kube-vip's switch for leader election. vipd has no
-// flag for it: it always elects each VIP's holder, and accepts false only
-// where that is what kube-vip does too (see leaderElection).
+// flag for it: it only accepts the value that matches what it does (true).
 const envLeaderElection = "vip_leaderelection"
 
 // envName is vipd's own environment variable for a flag: VIPD_ and the flag
@@ -122,7 +120,8 @@ func AddFlags(fs *pflag.FlagSet) {
 	boolean(flagARP, d.ARP, "announce VIPs with gratuitous ARP / unsolicited neighbour advertisements")
 	str(flagARPRate, d.ARPRate.String(), "interval between announcements (Go duration; a bare integer is milliseconds)")
 	boolean(flagControlPlane, d.ControlPlane, "serve the control-plane VIP")
-	str(flagNamespace, d.Namespace, "namespace of the Leases")
+	str(flagNamespace, d.Namespace, "namespace of the kube-vip-compatible Leases (the control-plane and one-for-all Services claims)")
+	str(flagAgentNamespace, "", "namespace of vipd's own objects: node Leases, per-address claims and the heartbeat key Secret (default: --namespace)")
 	str(flagLeaseName, d.LeaseName, "name of the control-plane Lease")
 	str(flagLeaseDuration, d.LeaseDuration.String(), "Lease duration (Go duration; a bare integer is seconds)")
 	str(flagRenewDeadline, d.RenewDeadline.String(), "how long a holder keeps trying to renew before it steps down (Go duration; a bare integer is seconds)")
@@ -143,6 +142,9 @@ func AddFlags(fs *pflag.FlagSet) {
 	str(flagHeartbeatPort, strconv.Itoa(d.HeartbeatPort), "UDP port of the heartbeats between agents that detect a dead holder fast (0: off, Lease expiry only)")
 	str(flagHealthAddr, d.HealthAddr, "host:port to serve /healthz and /readyz on (empty: off; kube-vip's health_check_port N means :N)")
 	str(flagVIPLifetime, d.VIPLifetime.String(), "valid lifetime of a VIP, renewed while held, so a crashed agent's VIP expires (Go duration, at least 1s; 0: never)")
+	str(flagHeartbeatKeyFile, "", "file with the heartbeat key (first line signs, further lines are also accepted), or a directory with files key and accept (a mounted Secret); wins over --heartbeat-key-secret")
+	str(flagHeartbeatSecret, d.HeartbeatSecret, "Secret in --agent-namespace holding the heartbeat key (data key signs, optional accept is also accepted); used when no key file is set")
+	boolean(flagHeartbeatNoAuth, d.HeartbeatInsecure, "send and accept heartbeats without a shared key; anyone who can reach the port can then forge them (not for production)")
 }
 
 func envHelp(flag string) string {
@@ -188,7 +190,10 @@ func Load(flags *pflag.FlagSet, getenv func(string) string) (Config, error) {
 	if c.Namespace, err = namespaceSetting(l.lookup(flagNamespace), c.Namespace); err != nil {
 		return Config{}, err
 	}
-	if c.LeaseName, err = objectNameSetting(l.lookup(flagLeaseName), c.LeaseName); err != nil {
+	if c.AgentNamespace, err = namespaceSetting(l.lookup(flagAgentNamespace), c.Namespace); err != nil {
+		return Config{}, err
+	}
+	if c.LeaseName, err = objectNameSetting(l.lookup(flagLeaseName), "Lease", c.LeaseName); err != nil {
 		return Config{}, err
 	}
 	leaseDuration := l.lookup(flagLeaseDuration)
@@ -223,7 +228,7 @@ func Load(flags *pflag.FlagSet, getenv func(string) string) (Config, error) {
 	if c.ServiceNamespace, err = namespaceSetting(l.lookup(flagServiceNamespace), ""); err != nil {
 		return Config{}, err
 	}
-	if c.ServiceLeaseName, err = objectNameSetting(l.lookup(flagServiceLeaseName), c.ServiceLeaseName); err != nil {
+	if c.ServiceLeaseName, err = objectNameSetting(l.lookup(flagServiceLeaseName), "Lease", c.ServiceLeaseName); err != nil {
 		return Config{}, err
 	}
 	if c.LoadBalancerClass, err = lbClass(l.lookup(flagLBClass), c.LoadBalancerClass); err != nil {
@@ -235,7 +240,7 @@ func Load(flags *pflag.FlagSet, getenv func(string) string) (Config, error) {
 	if c.LoadBalancerClassOnly, err = l.legacyClassHandling(c.LoadBalancerClassOnly); err != nil {
 		return Config{}, err
 	}
-	if c.PoolConfigMap, err = configMapNameSetting(l.lookup(flagPoolConfigMap), c.PoolConfigMap); err != nil {
+	if c.PoolConfigMap, err = objectNameSetting(l.lookup(flagPoolConfigMap), "ConfigMap", c.PoolConfigMap); err != nil {
 		return Config{}, err
 	}
 	if c.PoolNamespace, err = namespaceSetting(l.lookup(flagPoolNamespace), c.PoolNamespace); err != nil {
@@ -248,6 +253,15 @@ func Load(flags *pflag.FlagSet, getenv func(string) string) (Config, error) {
 		return Config{}, err
 	}
 	if c.VIPLifetime, err = lifetimeSetting(l.lookup(flagVIPLifetime), c.VIPLifetime); err != nil {
+		return Config{}, err
+	}
+	keyFile := l.lookup(flagHeartbeatKeyFile)
+	c.HeartbeatKeyFile = keyFile.raw
+	if c.HeartbeatSecret, err = objectNameSetting(l.lookup(flagHeartbeatSecret), "Secret", c.HeartbeatSecret); err != nil {
+		return Config{}, err
+	}
+	insecure := l.lookup(flagHeartbeatNoAuth)
+	if c.HeartbeatInsecure, err = boolSetting(insecure, c.HeartbeatInsecure); err != nil {
 		return Config{}, err
 	}
 	if c.HealthAddr, err = l.healthAddr(c.HealthAddr); err != nil {
@@ -264,11 +278,11 @@ func Load(flags *pflag.FlagSet, getenv func(string) string) (Config, error) {
 	if c.ControlPlane && len(c.VIPs) == 0 {
 		return Config{}, fmt.Errorf("%s is true but no VIP is set (--%s, %s, %s)", cp.name, flagAddress, envName(flagAddress), strings.Join(kubeVIPNames(flagAddress), ", "))
 	}
-	if c.RenewDeadline >= c.LeaseDuration {
-		return Config{}, fmt.Errorf("%s must be shorter than %s", renewDeadline.describe(c.RenewDeadline), leaseDuration.describe(c.LeaseDuration))
+	if err := checkTimings(c, leaseDuration, renewDeadline, retryPeriod); err != nil {
+		return Config{}, err
 	}
-	if c.RetryPeriod >= c.RenewDeadline {
-		return Config{}, fmt.Errorf("%s must be shorter than %s", retryPeriod.describe(c.RetryPeriod), renewDeadline.describe(c.RenewDeadline))
+	if c.HeartbeatInsecure && c.HeartbeatKeyFile != "" {
+		return Config{}, fmt.Errorf("%s and %s contradict each other: a key authenticates heartbeats; set only one", insecure.name, keyFile.name)
 	}
 	return c, nil
 }
@@ -346,211 +360,4 @@ func (l loader) vips(s source) ([]netip.Addr, error) {
 		vips = append(vips, a)
 	}
 	return vips, nil
-}
-
-// checkInterfaceName applies the kernel's rules for interface names; whether
-// the interface exists is the agent's business.
-func checkInterfaceName(s source) error {
-	switch {
-	case s.raw == "":
-		return nil
-	case len(s.raw) > 15:
-		return s.errorf("interface names are at most 15 characters")
-	case s.raw == "." || s.raw == "..":
-		return s.errorf("not an interface name")
-	case strings.ContainsFunc(s.raw, func(r rune) bool { return r == '/' || r == ':' || unicode.IsSpace(r) }):
-		return s.errorf("interface names cannot contain '/', ':' or spaces")
-	}
-	return nil
-}
-
-func boolSetting(s source, def bool) (bool, error) {
-	if !s.set {
-		return def, nil
-	}
-	v, err := strconv.ParseBool(s.raw)
-	if err != nil {
-		return false, s.errorf("not a boolean (use true or false)")
-	}
-	return v, nil
-}
-
-// durationSetting reads a Go duration ("500ms") or a bare integer in unit,
-// which is how kube-vip spells these settings.
-func durationSetting(s source, unit time.Duration, def time.Duration) (time.Duration, error) {
-	if !s.set {
-		return def, nil
-	}
-	unitName := "seconds"
-	if unit == time.Millisecond {
-		unitName = "milliseconds"
-	}
-	var d time.Duration
-	if n, err := strconv.ParseInt(s.raw, 10, 64); err == nil {
-		if n > math.MaxInt64/int64(unit) || n < math.MinInt64/int64(unit) {
-			return 0, s.errorf("out of range")
-		}
-		d = time.Duration(n) * unit
-	} else if d, err = time.ParseDuration(s.raw); err != nil {
-		return 0, s.errorf("not a duration (use e.g. 1500ms, or an integer number of %s)", unitName)
-	}
-	if d <= 0 {
-		return 0, s.errorf("must be greater than zero")
-	}
-	return d, nil
-}
-
-// Rules for Kubernetes names, in words, for error messages.
-const (
-	namespaceRule = "lower-case letters, digits and '-', at most 63 characters"
-	objectRule    = "lower-case letters, digits, '-' and '.', at most 253 characters"
-	classRule     = "an optional DNS-subdomain prefix and '/', then a name of letters, digits, '-', '_' and '.', at most 63 characters, starting and ending with a letter or digit"
-)
-
-// namespaceSetting and objectNameSetting check Kubernetes names. An empty
-// value falls back to def; def "" means none.
-func namespaceSetting(s source, def string) (string, error) {
-	if s.raw == "" {
-		return def, nil
-	}
-	if len(validation.IsDNS1123Label(s.raw)) > 0 {
-		return "", s.errorf("not a valid namespace name (%s)", namespaceRule)
-	}
-	return s.raw, nil
-}
-
-func objectNameSetting(s source, def string) (string, error) {
-	if s.raw == "" {
-		return def, nil
-	}
-	if len(validation.IsDNS1123Subdomain(s.raw)) > 0 {
-		return "", s.errorf("not a valid Lease name (%s)", objectRule)
-	}
-	return s.raw, nil
-}
-
-func configMapNameSetting(s source, def string) (string, error) {
-	if s.raw == "" {
-		return def, nil
-	}
-	if len(validation.IsDNS1123Subdomain(s.raw)) > 0 {
-		return "", s.errorf("not a valid ConfigMap name (%s)", objectRule)
-	}
-	return s.raw, nil
-}
-
-// lbClass checks a loadBalancerClass the way the API server checks
-// spec.loadBalancerClass, so that a class no Service can carry is refused.
-func lbClass(s source, def string) (string, error) {
-	if s.raw == "" {
-		return def, nil
-	}
-	if len(validation.IsQualifiedName(s.raw)) > 0 {
-		return "", s.errorf("not a valid loadBalancerClass (%s)", classRule)
-	}
-	return s.raw, nil
-}
-
-// nodeName defaults to the host name in lower case, as the kubelet does, so
-// that the default matches the Node's name.
-func nodeName(s source) (string, error) {
-	// The name is the holder identity in Leases and is matched against
-	// Node names, so it must be a valid Node name.
-	valid := func(name string) bool { return len(validation.IsDNS1123Subdomain(name)) == 0 }
-	if !s.set {
-		host, err := os.Hostname()
-		if err != nil {
-			return "", fmt.Errorf("finding the node name: %w; set --%s or vip_nodename", err, flagNodeName)
-		}
-		name := strings.ToLower(host)
-		if !valid(name) {
-			return "", fmt.Errorf("host name %q is not a valid node name (%s); set --%s or vip_nodename", name, objectRule, flagNodeName)
-		}
-		return name, nil
-	}
-	if s.raw == "" {
-		return "", s.errorf("must not be empty")
-	}
-	if !valid(s.raw) {
-		return "", s.errorf("not a valid node name (%s)", objectRule)
-	}
-	return s.raw, nil
-}
-
-// portSetting accepts a UDP or TCP port number; 0 means off.
-func portSetting(s source, def int) (int, error) {
-	if !s.set {
-		return def, nil
-	}
-	p, err := strconv.ParseUint(s.raw, 10, 16)
-	if err != nil {
-		return 0, s.errorf("not a port number (0 to 65535; 0 turns it off)")
-	}
-	return int(p), nil
-}
-
-// lifetimeSetting accepts 0 (never expire) or a Go duration of whole
-// seconds, at least one: the kernel counts address lifetimes in seconds.
-func lifetimeSetting(s source, def time.Duration) (time.Duration, error) {
-	if !s.set {
-		return def, nil
-	}
-	if s.raw == "0" {
-		return 0, nil
-	}
-	d, err := time.ParseDuration(s.raw)
-	if err != nil {
-		return 0, s.errorf("not a duration (use e.g. 2s, or 0 for never)")
-	}
-	if d < time.Second || d%time.Second != 0 {
-		return 0, s.errorf("must be whole seconds, at least 1s (the kernel counts address lifetimes in seconds), or 0")
-	}
-	return d, nil
-}
-
-func metricsAddr(s source) (string, error) {
-	if s.raw == "" {
-		return "", nil
-	}
-	_, port, err := net.SplitHostPort(s.raw)
-	if err == nil {
-		var p uint64
-		if p, err = strconv.ParseUint(port, 10, 16); err == nil && p == 0 {
-			err = fmt.Errorf("port 0")
-		}
-	}
-	if err != nil {
-		return "", s.errorf("not a listen address (use host:port, e.g. :2112)")
-	}
-	return s.raw, nil
-}
-
-// logLevel accepts slog's level names everywhere and, from vip_loglevel,
-// kube-vip's numeric levels (logrus numbering: 0-2 panic/fatal/error,
-// 3 warn, 4 info, 5 debug, 6 trace).
-func logLevel(s source, def string) (string, error) {
-	if !s.set {
-		return def, nil
-	}
-	switch v := strings.ToLower(s.raw); v {
-	case "debug", "info", "warn", "error":
-		return v, nil
-	case "warning":
-		return "warn", nil
-	}
-	if s.name == "vip_loglevel" {
-		if n, err := strconv.Atoi(s.raw); err == nil && n >= 0 && n <= 6 {
-			switch {
-			case n >= 5:
-				return "debug", nil
-			case n == 4:
-				return "info", nil
-			case n == 3:
-				return "warn", nil
-			}
-			return "error", nil
-		}
-		return "", s.errorf("unknown log level (use 0-6, or debug, info, warn or error)")
-	}
-	return "", s.errorf("unknown log level (use debug, info, warn or error)")
 }

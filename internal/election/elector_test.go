@@ -51,11 +51,17 @@ type agent struct {
 func startAgent(t *testing.T, ns, id string, contests ...Contest) *agent {
 	t.Helper()
 	d := &cutDialer{}
-	e, err := New(Config{
+	return runAgent(t, id, Config{
 		Client: newClient(t, d), Namespace: ns, Identity: id,
 		LeaseDuration: testLease, RenewDeadline: testRenew, RetryPeriod: testRetry,
 		Log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", id),
-	})
+	}, d, contests)
+}
+
+// runAgent starts an Elector with cfg in the background until the test ends.
+func runAgent(t *testing.T, id string, cfg Config, d *cutDialer, contests []Contest) *agent {
+	t.Helper()
+	e, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,394 @@
+package election
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+)
+
+type job struct {
+	name string
+	base *coordinationv1.Lease // version the write is conditional on; nil to create
+	op   op
+}
+
+type op int
+
+const (
+	opAcquire op = iota
+	opRelease
+	opDelete
+)
+
+func (o op) String() string {
+	switch o {
+	case opAcquire:
+		return "acquire"
+	case opRelease:
+		return "release"
+	}
+	return "delete"
+}
+
+type result struct {
+	name string
+	op   op
+	err  error
+}
+
+// Run elects until ctx is done. It does not release anything when ctx ends:
+// call Release first, once the VIPs are gone.
+func (e *Elector) Run(ctx context.Context) error {
+	stop, synced, err := e.watch(ctx)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	if !synced {
+		return nil
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { e.renewLoop(ctx) })
+	wg.Go(func() { e.refreshLoop(ctx) })
+	for range writeWorkers {
+		wg.Go(func() { e.writeLoop(ctx) })
+	}
+
+	var peerChanges <-chan struct{}
+	if e.cfg.Peers != nil {
+		peerChanges = e.cfg.Peers.Changes()
+	}
+	inflight := map[string]bool{}
+	freeSince := map[string]time.Time{}
+	retryAt := map[string]time.Time{}
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	var queue []job
+	for {
+		var send chan job
+		var next job
+		if len(queue) > 0 {
+			send, next = e.jobs, queue[0]
+		}
+		select {
+		case <-ctx.Done():
+			e.mu.Lock()
+			e.status = map[string]Status{}
+			e.mu.Unlock()
+			signal(e.changes)
+			return nil
+		case send <- next:
+			queue = queue[1:]
+			continue
+		case r := <-e.done:
+			// Take every finished write before evaluating once: placing
+			// hundreds of claims must not cost an evaluation each.
+			for more := true; more; {
+				delete(inflight, r.name)
+				if d := e.retryDelay(r); d > 0 {
+					retryAt[r.name] = e.now().Add(d)
+				}
+				select {
+				case r = <-e.done:
+				default:
+					more = false
+				}
+			}
+		case <-e.wake:
+		case <-peerChanges:
+		case <-timer.C:
+		}
+		jobs, wakeAt := e.evaluate(inflight, freeSince, retryAt)
+		for _, j := range jobs {
+			inflight[j.name] = true
+		}
+		queue = append(queue, jobs...)
+		timer.Reset(max(wakeAt.Sub(e.now()), time.Millisecond))
+	}
+}
+
+// retryDelay is how long to wait before writing r's Lease again. Losing a
+// race for a claim is normal and retried soon; any other failure (a denied
+// or invalid request, an unreachable API server) is retried with a growing,
+// jittered delay, so it never becomes a tight request loop.
+func (e *Elector) retryDelay(r result) time.Duration {
+	switch {
+	case r.err == nil:
+		e.retries.Forget(r.name)
+		return 0
+	case isRace(r.err):
+		return e.cfg.RetryPeriod / 4
+	}
+	d := e.retries.Failed(r.name)
+	e.log.Warn("lease write failed; retrying later", "lease", r.name, "op", r.op.String(), "err", r.err,
+		"retry_in", d.Round(time.Millisecond), "failures", e.retries.Failures(r.name))
+	return d
+}
+
+// evaluate publishes the status of every contest and decides the writes
+// this agent should make. It returns them and when to look again.
+func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[string]time.Time) ([]job, time.Time) {
+	now := e.now()
+	wakeAt := now.Add(e.cfg.RetryPeriod)
+	soon := func(t time.Time) {
+		if t.Before(wakeAt) {
+			wakeAt = t
+		}
+	}
+
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.contests == nil {
+		return nil, wakeAt
+	}
+
+	me := e.cfg.Identity
+	meLive := e.liveLocked(now)
+	live := map[string]bool{}
+	renewing := map[string]bool{} // by node Lease alone
+	refusedBy := map[string][]string{}
+	for h, o := range e.peerLeasesLocked() {
+		expiry := e.expiry(o)
+		leaseLive := now.Before(expiry)
+		if leaseLive {
+			soon(expiry)
+			renewing[h] = true
+		}
+		alive, why := e.peerLiveLocked(h, leaseLive, now)
+		if alive != slices.Contains(e.members, h) {
+			e.log.Info("judged another agent", "peer", h, "live", alive, "reason", why)
+		}
+		if alive {
+			live[h] = true
+			for c := range parseRefused(o.lease.Annotations[AnnotationRefused]) {
+				refusedBy[c] = append(refusedBy[c], h)
+			}
+		}
+		if e.cfg.Peers != nil && e.apiOK {
+			if r := e.cfg.Peers.Peer(h); r.Heard && !r.APIOK {
+				signal(e.probe)
+			}
+		}
+	}
+	if meLive {
+		live[me] = true
+		if d := e.lastRenew.Add(e.cfg.RenewDeadline); d.After(now) {
+			soon(d)
+		}
+		for c := range e.refused {
+			refusedBy[c] = append(refusedBy[c], me)
+		}
+	}
+	if end := e.apiBackAt.Add(e.cfg.RetryPeriod / 2); !e.apiBackAt.IsZero() && end.After(now) {
+		soon(end)
+	}
+	if end := e.fence.freshAt.Add(e.cfg.RetryPeriod); end.After(now) {
+		soon(end)
+	}
+	e.logTransitionsLocked(now, meLive)
+	e.wasLive = meLive
+	e.reportSelfLocked(now)
+	liveNodes := make([]string, 0, len(live))
+	for n := range live {
+		liveNodes = append(liveNodes, n)
+	}
+	slices.Sort(liveNodes)
+	e.members = liveNodes
+	candidates := func(name string) []string {
+		c := e.contests[name]
+		var out []string
+		for _, n := range liveNodes {
+			if (c.Candidates == nil || slices.Contains(c.Candidates, n)) && !slices.Contains(refusedBy[name], n) {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+
+	var jobs []job
+	held := map[string]string{}
+	var free []string
+	status := make(map[string]Status, len(e.contests))
+	for name, c := range e.contests {
+		var lease *coordinationv1.Lease
+		if o := e.leases[name]; o != nil {
+			lease = o.lease
+		}
+		h := holder(lease)
+		if h != "" && live[h] {
+			held[name] = h
+			delete(freeSince, name)
+			status[name] = Status{Leader: h, Leading: h == me}
+			notCandidate := c.Candidates != nil && !slices.Contains(c.Candidates, me)
+			_, refused := e.refusedOut[name]
+			if h == me && (notCandidate || refused) && !inflight[name] && !now.Before(retryAt[name]) {
+				jobs = append(jobs, job{name: name, base: lease, op: opRelease})
+			}
+			continue
+		}
+		status[name] = Status{}
+		free = append(free, name)
+		if _, ok := freeSince[name]; !ok {
+			freeSince[name] = now
+		}
+	}
+	if !maps.Equal(status, e.status) {
+		e.status = status
+		signal(e.changes)
+	}
+
+	if meLive {
+		place := placeFree(free, candidates, held, liveNodes)
+		for _, name := range free {
+			if inflight[name] {
+				continue // its result wakes the loop
+			}
+			if now.Before(retryAt[name]) {
+				soon(retryAt[name])
+				continue
+			}
+			cands := candidates(name)
+			rank := slices.Index(preference(name, cands), me)
+			if rank < 0 {
+				continue
+			}
+			if place[name] != me {
+				// Fallback: the preferred agent has had its chance.
+				at := freeSince[name].Add(time.Duration(rank+1) * e.cfg.RetryPeriod)
+				if now.Before(at) {
+					soon(at)
+					continue
+				}
+			}
+			var base *coordinationv1.Lease
+			if o := e.leases[name]; o != nil {
+				base = o.lease
+			}
+			jobs = append(jobs, job{name: name, base: base, op: opAcquire})
+		}
+		// Claims whose contest is gone: delete them, so a deleted Service
+		// leaves no Lease behind. Its holder does; if the holder is gone
+		// too — its node Lease released or expired, whatever heartbeats
+		// say — the first live agent by name deletes it if it is one of the
+		// claims that come and go (OrphanPrefix).
+		janitor := len(liveNodes) > 0 && liveNodes[0] == me
+		for name, o := range e.leases {
+			if _, ok := e.contests[name]; ok || inflight[name] || o.lease.Labels[LabelKind] != KindClaim {
+				continue
+			}
+			if now.Before(retryAt[name]) {
+				soon(retryAt[name])
+				continue
+			}
+			orphan := janitor && e.cfg.OrphanPrefix != "" && strings.HasPrefix(name, e.cfg.OrphanPrefix)
+			if h := holder(o.lease); h == me || (orphan && !renewing[h]) {
+				jobs = append(jobs, job{name: name, base: o.lease, op: opDelete})
+			}
+		}
+	}
+	for name := range freeSince {
+		if _, ok := e.contests[name]; !ok {
+			delete(freeSince, name)
+		}
+	}
+	for name, t := range retryAt {
+		if now.After(t) {
+			delete(retryAt, name)
+		}
+	}
+	return jobs, wakeAt
+}
+
+// logTransitionsLocked says once why this agent started or stopped holding
+// for a reason other than its own renewals (which renewLoop logs).
+func (e *Elector) logTransitionsLocked(now time.Time, meLive bool) {
+	if fenced := e.fencedLocked(now); fenced != e.fence.logged {
+		e.fence.logged = fenced
+		switch {
+		case fenced && e.cutLocked():
+			s := e.cfg.Peers.Self()
+			e.log.Warn("stopped holding: this node is cut off, so the others may take over",
+				"link_down", s.LinkDown, "hears_no_peer", s.Isolated, "api_ok", e.apiOK)
+		case fenced:
+			e.log.Info("connected again; holding nothing until every Lease is read afresh")
+		default:
+			e.log.Info("Leases read afresh after being cut off; may hold again")
+		}
+	}
+	if hold := meLive && !e.renewedLocked(now); hold != e.holdingThrough {
+		e.holdingThrough = hold
+		switch {
+		case hold:
+			e.log.Warn("cannot renew the node lease, but every live agent reports the API server unreachable too: keeping VIPs through the outage")
+		case meLive:
+			e.log.Info("node lease renewed again: API outage over")
+		case !e.fencedLocked(now):
+			e.log.Warn("stopped holding: an agent is not heard or reaches the API server, so it may take over")
+		}
+	}
+}
+
+// dropHolding makes a release visible at once, before the next
+// evaluation, to the agent and to the other agents' failure detectors.
+func (e *Elector) dropHolding() {
+	e.mu.Lock()
+	for name, s := range e.status {
+		if s.Leading {
+			e.status[name] = Status{}
+		}
+	}
+	e.reportSelfLocked(e.now())
+	e.mu.Unlock()
+	signal(e.changes)
+}
+
+// reportSelfLocked keeps the failure detector's message about us current,
+// and hands it the addresses of the other agents: every agent with a node
+// Lease, except one that is gone (goneLocked).
+func (e *Elector) reportSelfLocked(now time.Time) {
+	if e.cfg.Peers == nil {
+		return
+	}
+	self := PeerReport{APIOK: e.apiOK, Live: e.liveLocked(now)}
+	if self != e.lastSelf {
+		e.lastSelf = self
+		e.cfg.Peers.SetSelf(self)
+	}
+	addrs := map[string]string{}
+	for h, o := range e.peerLeasesLocked() {
+		if e.goneLocked(o, now) {
+			continue
+		}
+		if a := o.lease.Annotations[AnnotationPeerAddr]; a != "" {
+			addrs[h] = a
+		}
+	}
+	if !maps.Equal(addrs, e.peerAddr) {
+		e.peerAddr = addrs
+		e.cfg.Peers.SetPeers(addrs)
+	}
+}
+
+// goneLocked reports whether the agent of a node Lease is gone for good:
+// its Lease has not been renewed for a further lease duration after it
+// expired, while this agent reached the API server and read it afresh. In
+// an outage every Lease looks expired, and when the API server returns the
+// others renew a little later than this agent: neither may end the beats.
+func (e *Elector) goneLocked(o *observed, now time.Time) bool {
+	f := &e.fence
+	if !e.apiOK || f.apiBack.After(f.freshAt) {
+		return false
+	}
+	since := e.expiry(o)
+	if f.freshAt.After(since) {
+		since = f.freshAt
+	}
+	return now.After(since.Add(leaseDuration(o.lease, e.cfg.LeaseDuration)))
+}

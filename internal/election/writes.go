@@ -1,0 +1,341 @@
+package election
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"math"
+	"strings"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// renewLoop keeps this agent's node Lease fresh. It is the only periodic
+// write an agent makes, whatever the number of contests.
+func (e *Elector) renewLoop(ctx context.Context) {
+	interval := e.cfg.RenewDeadline / 2
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	wasLive, failing, publish := false, false, false
+	var lastAttempt time.Time
+	for {
+		probe := false
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case <-e.probe:
+			probe = true
+		case <-e.publish:
+			publish = true
+		}
+		e.mu.Lock()
+		last, released := e.lastRenew, e.released
+		e.mu.Unlock()
+		if released {
+			return
+		}
+		now := e.now()
+		var err error
+		// A probe (a peer lost the API server: have we?) renews early,
+		// but at most once a retry period; a change of what this agent
+		// refuses is published at once.
+		if now.Sub(last) >= interval || publish || (probe && now.Sub(lastAttempt) >= e.cfg.RetryPeriod) {
+			lastAttempt = now
+			err = e.renew(ctx, last, now)
+			switch {
+			case err != nil && !failing:
+				e.log.Warn("renewing node lease failed; retrying", "err", err)
+			case err != nil:
+				e.log.Debug("renewing node lease failed", "err", err)
+			case failing:
+				e.log.Info("node lease renewed again")
+			}
+			failing = err != nil
+			publish = publish && err != nil
+		}
+		e.mu.Lock()
+		last = e.lastRenew
+		live := e.liveLocked(e.now())
+		e.mu.Unlock()
+		if live != wasLive {
+			if live {
+				e.log.Info("node lease renewed: this agent is live")
+			} else {
+				e.log.Warn("stopped holding: not live", "renew_deadline", e.cfg.RenewDeadline, "last_renewal", last)
+			}
+			wasLive = live
+			signal(e.wake)
+		}
+		next := last.Add(interval)
+		if err != nil {
+			next = e.now().Add(e.cfg.RetryPeriod / 4)
+		}
+		if deadline := last.Add(e.cfg.RenewDeadline); live && deadline.Before(next) {
+			next = deadline
+		}
+		timer.Reset(max(next.Sub(e.now()), time.Millisecond))
+	}
+}
+
+// refreshLoop reads every Lease afresh when asked (after this agent was
+// cut off, or the API server came back), retrying until it succeeds.
+func (e *Elector) refreshLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.relist:
+		}
+		for failures := 1; ; failures++ {
+			start := e.now()
+			err := e.refresh(ctx)
+			if err == nil {
+				e.mu.Lock()
+				e.fence.freshAt = start
+				e.mu.Unlock()
+				signal(e.wake)
+				break
+			}
+			d := e.retries.Policy.Delay(failures)
+			e.log.Debug("reading leases afresh failed; retrying", "err", err, "retry_in", d.Round(time.Millisecond))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(d):
+			}
+		}
+	}
+}
+
+// setAPIOK records whether this agent reaches the API server, and tells the
+// other agents at once: a holder cut off from the API keeps its VIPs only
+// while every other agent says it is cut off too.
+func (e *Elector) setAPIOK(ok bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.apiOK != ok {
+		e.apiOK = ok
+		if ok {
+			e.apiRecoveredLocked(e.now())
+		}
+		e.reportSelfLocked(e.now())
+	}
+}
+
+// writeContext bounds a renewal: it may not outlive the deadline by which
+// this agent must consider itself no longer live.
+func (e *Elector) writeContext(ctx context.Context, last time.Time) (context.Context, context.CancelFunc) {
+	if !last.IsZero() {
+		if d := last.Add(e.cfg.RenewDeadline); d.After(e.now()) {
+			return context.WithDeadline(ctx, d)
+		}
+	}
+	return context.WithTimeout(ctx, e.cfg.RetryPeriod)
+}
+
+func (e *Elector) renew(ctx context.Context, last, start time.Time) error {
+	ctx, cancel := e.writeContext(ctx, last)
+	defer cancel()
+	// A renewal that hangs means no API server just as much as one that
+	// fails: say so before the renew deadline, while it still matters.
+	slow := time.AfterFunc(e.cfg.RetryPeriod/2, func() { e.setAPIOK(false) })
+	err := e.renewOnce(ctx, start)
+	slow.Stop()
+	e.setAPIOK(err == nil)
+	return err
+}
+
+func (e *Elector) renewOnce(ctx context.Context, start time.Time) error {
+	e.mu.Lock()
+	var base *coordinationv1.Lease
+	if o := e.leases[e.node]; o != nil {
+		base = o.lease
+	}
+	annotations := maps.Clone(e.annotations)
+	refused := maps.Clone(e.refused)
+	if v := formatRefused(refused); v != "" {
+		annotations[AnnotationRefused] = v
+	}
+	e.mu.Unlock()
+	var drop []string
+	if base != nil {
+		// Every vipd.io/ annotation of the node Lease is this agent's: one
+		// it no longer sets (say, a refusal left by an earlier run) goes.
+		for k := range base.Annotations {
+			if _, ok := annotations[k]; !ok && strings.HasPrefix(k, vipdAnnotationPrefix) {
+				drop = append(drop, k)
+			}
+		}
+	}
+	out, err := e.writeLease(ctx, e.node, KindNode, base, annotations, drop)
+	if apierrors.IsConflict(err) {
+		// Our view was stale; read once and retry at the next tick.
+		if cur, gerr := e.cfg.Client.CoordinationV1().Leases(e.nsFor(e.node)).Get(ctx, e.node, metav1.GetOptions{}); gerr == nil {
+			e.record(cur)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	e.lastRenew = start
+	e.apiBackAt = time.Time{}
+	e.refusedOut = refused
+	e.mu.Unlock()
+	e.record(out)
+	return nil
+}
+
+// writeLease makes this agent the holder of the named Lease, conditional on
+// base (created if base is nil), setting annotations and removing the keys
+// in drop.
+func (e *Elector) writeLease(ctx context.Context, name, kind string, base *coordinationv1.Lease, annotations map[string]string, drop []string) (*coordinationv1.Lease, error) {
+	ns := e.nsFor(name)
+	leases := e.cfg.Client.CoordinationV1().Leases(ns)
+	now := metav1.NewMicroTime(e.now())
+	secs := int32(math.Ceil(e.cfg.LeaseDuration.Seconds()))
+	id := e.cfg.Identity
+	if base == nil {
+		return leases.Create(ctx, &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: annotations,
+				Labels: map[string]string{LabelManagedBy: managedBy, LabelKind: kind}},
+			Spec: coordinationv1.LeaseSpec{HolderIdentity: &id, LeaseDurationSeconds: &secs, AcquireTime: &now, RenewTime: &now},
+		}, metav1.CreateOptions{})
+	}
+	l := base.DeepCopy()
+	if holder(l) != id {
+		l.Spec.AcquireTime = &now
+		if holder(l) != "" || l.Spec.LeaseTransitions != nil {
+			t := int32(1)
+			if l.Spec.LeaseTransitions != nil {
+				t = *l.Spec.LeaseTransitions + 1
+			}
+			l.Spec.LeaseTransitions = &t
+		}
+	}
+	if l.Labels == nil {
+		l.Labels = map[string]string{}
+	}
+	l.Labels[LabelManagedBy] = managedBy
+	l.Labels[LabelKind] = kind
+	if len(annotations) > 0 && l.Annotations == nil {
+		l.Annotations = map[string]string{}
+	}
+	maps.Copy(l.Annotations, annotations)
+	for _, k := range drop {
+		delete(l.Annotations, k)
+	}
+	l.Spec.HolderIdentity = &id
+	l.Spec.LeaseDurationSeconds = &secs
+	l.Spec.RenewTime = &now
+	return leases.Update(ctx, l, metav1.UpdateOptions{})
+}
+
+func (e *Elector) writeLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case j := <-e.jobs:
+			err := e.do(ctx, j)
+			select {
+			case e.done <- result{name: j.name, op: j.op, err: err}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+// isRace reports a write that lost to another writer: the claim changed
+// under it, or someone created it first. Retrying soon is right.
+func isRace(err error) bool {
+	return apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err)
+}
+
+func (e *Elector) do(ctx context.Context, j job) error {
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.RenewDeadline)
+	defer cancel()
+	leases := e.cfg.Client.CoordinationV1().Leases(e.nsFor(j.name))
+	log := e.log.With("contest", j.name)
+	switch j.op {
+	case opAcquire:
+		prev := holder(j.base)
+		out, err := e.writeLease(ctx, j.name, KindClaim, j.base, nil, nil)
+		if err != nil {
+			if isRace(err) {
+				log.Debug("claim changed before we could take it", "err", err)
+			}
+			return err
+		}
+		e.record(out)
+		log.Info("took claim", "previous_holder", prev)
+	case opRelease:
+		l := j.base.DeepCopy()
+		empty := ""
+		l.Spec.HolderIdentity = &empty
+		out, err := leases.Update(ctx, l, metav1.UpdateOptions{})
+		if err != nil {
+			return err
+		}
+		e.record(out)
+		e.mu.Lock()
+		reason, refused := e.refused[j.name]
+		e.mu.Unlock()
+		if refused {
+			log.Info("released claim: this node cannot hold it", "reason", reason)
+		} else {
+			log.Info("released claim: this node is no longer a candidate")
+		}
+	case opDelete:
+		rv := j.base.ResourceVersion
+		err := leases.Delete(ctx, j.name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &rv}})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return err
+		}
+		log.Info("deleted claim of a removed contest")
+	}
+	return nil
+}
+
+// Release stops this agent from holding anything, at once, and clears the
+// holder of its node Lease so that every other agent sees it gone and takes
+// over its contests without waiting for expiry. Call it after the VIPs are
+// removed. The Elector holds nothing afterwards.
+func (e *Elector) Release(ctx context.Context) error {
+	e.mu.Lock()
+	e.released = true
+	e.mu.Unlock()
+	e.dropHolding()
+
+	leases := e.cfg.Client.CoordinationV1().Leases(e.nsFor(e.node))
+	for {
+		e.mu.Lock()
+		o := e.leases[e.node]
+		e.mu.Unlock()
+		if o == nil || holder(o.lease) != e.cfg.Identity {
+			return nil
+		}
+		l := o.lease.DeepCopy()
+		empty := ""
+		l.Spec.HolderIdentity = &empty
+		out, err := leases.Update(ctx, l, metav1.UpdateOptions{})
+		if err == nil {
+			e.record(out)
+			e.log.Info("released node lease; other agents take over at once")
+			return nil
+		}
+		if !apierrors.IsConflict(err) {
+			return fmt.Errorf("releasing node lease %s/%s: %w", e.nsFor(e.node), e.node, err)
+		}
+		cur, gerr := leases.Get(ctx, e.node, metav1.GetOptions{})
+		if gerr != nil {
+			return fmt.Errorf("releasing node lease %s/%s: %w", e.nsFor(e.node), e.node, gerr)
+		}
+		e.record(cur)
+	}
+}

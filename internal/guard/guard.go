@@ -1,0 +1,450 @@
+package guard
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/vipd/vipd/internal/address"
+)
+
+// TableName names the guard's tables: one of family arp, one of family ip6.
+const TableName = "vipd"
+
+// probeTableName names the throwaway table that narrows down a refusal of
+// the kernel; it is created and deleted in one batch, so never seen.
+const probeTableName = "vipd-probe"
+
+// DefaultAnswerTimeout is Options.AnswerTimeout when left zero.
+const DefaultAnswerTimeout = 200 * time.Millisecond
+
+// guardRenewal is how often Refresh renews the guarded and answered VIPs.
+// They carry GuardTimeout plus this much, so each stays at least
+// GuardTimeout after the last Set or Refresh while Refresh renews them only
+// once a second, not at every call.
+const guardRenewal = time.Second
+
+// ErrClosed is returned by Set and Refresh after Close.
+var ErrClosed = errors.New("guard closed")
+
+// Options tune a Guard.
+type Options struct {
+	// AnswerTimeout is how long after the last Set or Refresh the node
+	// still answers for the VIPs it holds: the dead-man switch. Call
+	// Refresh several times within it (every AnswerTimeout/4 leaves room
+	// for three late calls). Default 200ms.
+	AnswerTimeout time.Duration
+	// GuardTimeout is how long after the last Set or Refresh a VIP stays
+	// guarded, at least (at most a second more). It should outlast the
+	// VIP's valid lifetime on the interface plus the kernel's lag in
+	// removing an expired address (up to a second): lifetime + 2s. Zero:
+	// guarded until the next Set, Close or New.
+	GuardTimeout time.Duration
+	// Log receives the guard's messages; nil discards them.
+	Log *slog.Logger
+}
+
+// Guard keeps this node from answering ARP requests and neighbour
+// solicitations for VIPs it does not hold, with nftables tables that stay
+// in the kernel when the process dies. It is safe for concurrent use.
+type Guard struct {
+	opts Options
+	log  *slog.Logger
+	ns   netns.NsHandle // owned: where every netlink socket is opened
+
+	mu   sync.Mutex
+	conn *nftables.Conn // nil until needed, and after a failed batch
+	fams []*family
+	// The current members, sorted; answer is part of guarded.
+	guarded, answer []netip.Addr
+	guardRenewed    time.Time
+	closed          bool
+}
+
+// New sets up the guard in the network namespace of the process,
+// replacing in one atomic step any vipd tables an earlier run left: it
+// starts with no VIP guarded. An agent that finds VIPs of an earlier run
+// on its interface should guard them (Set(leftover, nil)) before it
+// removes them. Close removes the tables again. It needs CAP_NET_ADMIN.
+func New(opts Options) (*Guard, error) {
+	// No namespace handle: entering even the current namespace (setns)
+	// would need CAP_SYS_ADMIN, which vipd does not have.
+	return newGuard(netns.None(), opts)
+}
+
+// NewAt is New in the network namespace ns (which the caller still
+// closes). It enters ns for every netlink socket it opens, which needs
+// CAP_SYS_ADMIN; tests use it to guard a namespace they created.
+func NewAt(ns netns.NsHandle, opts Options) (*Guard, error) {
+	fd, err := unix.FcntlInt(uintptr(ns), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("guard: duplicating network namespace handle %s: %w", ns, err)
+	}
+	return newGuard(netns.NsHandle(fd), opts)
+}
+
+func newGuard(ns netns.NsHandle, opts Options) (*Guard, error) {
+	switch {
+	case opts.AnswerTimeout == 0:
+		opts.AnswerTimeout = DefaultAnswerTimeout
+	case opts.AnswerTimeout < time.Millisecond:
+		closeNS(&ns)
+		return nil, fmt.Errorf("guard: answer timeout %v: want at least 1ms (nftables counts milliseconds)", opts.AnswerTimeout)
+	}
+	if opts.GuardTimeout < 0 {
+		closeNS(&ns)
+		return nil, fmt.Errorf("guard: negative guard timeout %v", opts.GuardTimeout)
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	g := &Guard{opts: opts, log: log, ns: ns, fams: newFamilies(TableName)}
+
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	left, err := g.tablesLeftLocked()
+	if err == nil {
+		err = g.replaceLocked(nil, nil)
+	}
+	if err != nil {
+		g.dropConnLocked()
+		err = g.diagnoseLocked(err, newFamilies(probeTableName))
+		closeNS(&ns)
+		return nil, fmt.Errorf("guard: setting up nftables tables %q: %w", TableName, err)
+	}
+	if left {
+		log.Info("replaced the nftables guard tables an earlier run left", "table", TableName)
+	}
+	log.Info("guarding ARP and NDP answers", "table", TableName,
+		"answer_timeout", opts.AnswerTimeout, "guard_timeout", opts.GuardTimeout)
+	return g, nil
+}
+
+// Set makes guarded the VIPs this node must answer for only while it holds
+// them, and answer those it holds now; an answered VIP is guarded too.
+// Every member gets a fresh timeout. IPv4 and IPv6 VIPs may be mixed.
+func (g *Guard) Set(guarded, answer []netip.Addr) error {
+	gs, as, err := members(guarded, answer)
+	if err != nil {
+		return fmt.Errorf("guard: %w", err)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return ErrClosed
+	}
+	err = g.updateLocked(gs, as, true, func(c *nftables.Conn, f *family) error {
+		return g.renewLocked(c, f, gs, as, true, true)
+	})
+	if err != nil {
+		return fmt.Errorf("guard: setting guarded and answered VIPs: %w", err)
+	}
+	g.logChanges(gs, as)
+	g.guarded, g.answer = gs, as
+	return nil
+}
+
+// Refresh renews the dead-man switch, and once a second the timeouts of the
+// guarded and answered VIPs. It costs one netlink batch whatever the
+// number of VIPs, and none when no VIP is answered.
+func (g *Guard) Refresh() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return ErrClosed
+	}
+	withMembers := g.opts.GuardTimeout > 0 && len(g.guarded) > 0 && time.Since(g.guardRenewed) >= guardRenewal
+	if len(g.answer) == 0 && !withMembers {
+		return nil
+	}
+	err := g.updateLocked(g.guarded, g.answer, withMembers, func(c *nftables.Conn, f *family) error {
+		return g.renewLocked(c, f, g.guarded, g.answer, withMembers, false)
+	})
+	if err != nil {
+		return fmt.Errorf("guard: renewing timeouts: %w", err)
+	}
+	return nil
+}
+
+// Close deletes the tables: the node answers as if there were no guard.
+// Later calls do nothing.
+func (g *Guard) Close() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return nil
+	}
+	g.closed = true
+	err := g.batchLocked(func(c *nftables.Conn) error {
+		for _, f := range g.fams {
+			// Adding first makes the deletion succeed even if the table
+			// is gone already.
+			c.AddTable(f.table)
+			c.DelTable(f.table)
+		}
+		return nil
+	})
+	g.dropConnLocked()
+	closeNS(&g.ns)
+	if err != nil {
+		return fmt.Errorf("guard: removing nftables tables %q: %w", TableName, err)
+	}
+	g.log.Info("stopped guarding ARP and NDP answers", "table", TableName)
+	return nil
+}
+
+func (g *Guard) guardTimeout() time.Duration {
+	if g.opts.GuardTimeout <= 0 {
+		return 0
+	}
+	return g.opts.GuardTimeout + guardRenewal
+}
+
+// renewLocked queues, for f's table, a fresh alive element if any VIP is
+// answered, and withMembers the guarded and answered VIPs of f's family
+// with fresh timeouts. With always, sets left empty are flushed too.
+func (g *Guard) renewLocked(c *nftables.Conn, f *family, gs, as []netip.Addr, withMembers, always bool) error {
+	if withMembers {
+		if err := renew(c, f.guarded, elements(pick(gs, f), g.guardTimeout()), always); err != nil {
+			return err
+		}
+		if err := renew(c, f.answer, elements(pick(as, f), g.guardTimeout()), always); err != nil {
+			return err
+		}
+	}
+	var alive []nftables.SetElement
+	if len(as) > 0 {
+		alive = []nftables.SetElement{aliveElement(f, g.opts.AnswerTimeout)}
+	}
+	return renew(c, f.alive, alive, always)
+}
+
+// renew replaces the elements of s with els. Flushing and adding in one
+// batch is atomic for the packet path, renews the timeouts (adding an
+// existing element does not), and cannot fail on an element that expired
+// since (deleting one would, with ENOENT). An empty set is left alone
+// unless always.
+func renew(c *nftables.Conn, s *nftables.Set, els []nftables.SetElement, always bool) error {
+	if len(els) == 0 && !always {
+		return nil
+	}
+	c.FlushSet(s)
+	if len(els) == 0 {
+		return nil
+	}
+	return c.SetAddElements(s, els)
+}
+
+// updateLocked sends one batch built by fill for each family. If the
+// tables or sets are gone (someone ran `nft flush ruleset`), it builds
+// them again with gs and as as members.
+func (g *Guard) updateLocked(gs, as []netip.Addr, withMembers bool, fill func(*nftables.Conn, *family) error) error {
+	err := g.batchLocked(func(c *nftables.Conn) error {
+		for _, f := range g.fams {
+			if err := fill(c, f); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if withMembers && err == nil {
+		g.guardRenewed = time.Now()
+	}
+	if !errors.Is(err, unix.ENOENT) {
+		return err
+	}
+	g.log.Warn("nftables guard tables or sets were removed by someone else; creating them again", "table", TableName)
+	return g.replaceLocked(gs, as)
+}
+
+// replaceLocked creates the tables afresh with gs and as as members, in
+// one batch, so the packet path sees the old tables or the new ones and
+// nothing in between.
+func (g *Guard) replaceLocked(gs, as []netip.Addr) error {
+	err := g.batchLocked(func(c *nftables.Conn) error {
+		for _, f := range g.fams {
+			c.AddTable(f.table)
+			c.DelTable(f.table)
+			for _, s := range f.steps {
+				if err := s.add(c, f); err != nil {
+					return err
+				}
+			}
+			if err := g.renewLocked(c, f, gs, as, true, false); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		g.guardRenewed = time.Now()
+	}
+	return err
+}
+
+// batchLocked sends what build queues as one netlink batch: all of it
+// takes effect, or none of it.
+func (g *Guard) batchLocked(build func(*nftables.Conn) error) error {
+	if g.conn == nil {
+		c, err := g.dial(nftables.AsLasting())
+		if err != nil {
+			if errors.Is(err, unix.EPROTONOSUPPORT) {
+				return fmt.Errorf("opening nftables netlink socket: kernel without nfnetlink (CONFIG_NETFILTER_NETLINK): %w", err)
+			}
+			return fmt.Errorf("opening nftables netlink socket: %w", err)
+		}
+		g.conn = c
+	}
+	if err := build(g.conn); err != nil {
+		// Part of a batch may be queued on the connection: drop it.
+		g.dropConnLocked()
+		return fmt.Errorf("building nftables batch: %w", err)
+	}
+	if err := g.conn.Flush(); err != nil {
+		// After a failure the acknowledgements may be out of step with
+		// the requests: the next batch gets a fresh socket.
+		g.dropConnLocked()
+		return withPermHint(err)
+	}
+	return nil
+}
+
+// withPermHint says which capability is missing when the kernel refuses.
+func withPermHint(err error) error {
+	if errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("%w (CAP_NET_ADMIN needed)", err)
+	}
+	return err
+}
+
+// dial opens an nftables connection in the guard's namespace.
+func (g *Guard) dial(opts ...nftables.ConnOption) (*nftables.Conn, error) {
+	if g.ns.IsOpen() {
+		opts = append(opts, nftables.WithNetNSFd(int(g.ns)))
+	}
+	return nftables.New(opts...)
+}
+
+// closeNS closes a namespace handle of NewAt's; New's has none.
+func closeNS(ns *netns.NsHandle) {
+	if ns.IsOpen() {
+		_ = ns.Close()
+	}
+}
+
+func (g *Guard) dropConnLocked() {
+	if g.conn != nil {
+		_ = g.conn.CloseLasting()
+		g.conn = nil
+	}
+}
+
+// tablesLeftLocked tells whether a table of the guard's is present.
+func (g *Guard) tablesLeftLocked() (bool, error) {
+	c, err := g.dial()
+	if err != nil {
+		return false, fmt.Errorf("opening nftables netlink socket: %w", err)
+	}
+	tables, err := c.ListTables()
+	if err != nil {
+		return false, fmt.Errorf("listing nftables tables: %w", withPermHint(err))
+	}
+	return slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }), nil
+}
+
+// diagnoseLocked narrows a refusal to build the tables down to the first
+// piece of kernel support that is missing: it builds the throwaway tables
+// fams one step more at a time, each attempt in a batch that deletes its
+// table again.
+func (g *Guard) diagnoseLocked(cause error, fams []*family) error {
+	if errors.Is(cause, os.ErrPermission) {
+		return cause
+	}
+	for _, f := range fams {
+		for i, s := range f.steps {
+			err := g.batchLocked(func(c *nftables.Conn) error {
+				c.AddTable(f.table)
+				c.DelTable(f.table)
+				for _, s := range f.steps[:i+1] {
+					if err := s.add(c, f); err != nil {
+						return err
+					}
+				}
+				c.DelTable(f.table)
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("kernel lacks %s, needed for %s VIPs: %w", s.needs, f.what, err)
+			}
+		}
+	}
+	return cause
+}
+
+func (g *Guard) logChanges(gs, as []netip.Addr) {
+	for _, a := range as {
+		if !has(g.answer, a) {
+			g.log.Info("answering ARP/NDP for VIP", "vip", a)
+		}
+	}
+	for _, a := range gs {
+		if !has(as, a) && (has(g.answer, a) || !has(g.guarded, a)) {
+			g.log.Info("not answering ARP/NDP for VIP while it stays guarded", "vip", a)
+		}
+	}
+	for _, a := range g.guarded {
+		if !has(gs, a) {
+			g.log.Debug("no longer guarding VIP", "vip", a)
+		}
+	}
+}
+
+// has tells whether the sorted addrs hold a.
+func has(addrs []netip.Addr, a netip.Addr) bool {
+	_, ok := slices.BinarySearchFunc(addrs, a, netip.Addr.Compare)
+	return ok
+}
+
+// members checks and normalises the VIPs given to Set: each one once,
+// sorted, IPv4-mapped IPv6 as IPv4, and every answered VIP guarded too.
+func members(guarded, answer []netip.Addr) (gs, as []netip.Addr, err error) {
+	for _, a := range answer {
+		a = a.Unmap()
+		if p := address.VIPProblem(a); p != "" {
+			return nil, nil, fmt.Errorf("answered VIP %s: %s", a, p)
+		}
+		as = append(as, a)
+	}
+	for _, a := range guarded {
+		a = a.Unmap()
+		if p := address.VIPProblem(a); p != "" {
+			return nil, nil, fmt.Errorf("guarded VIP %s: %s", a, p)
+		}
+		gs = append(gs, a)
+	}
+	gs = append(gs, as...)
+	slices.SortFunc(gs, netip.Addr.Compare)
+	slices.SortFunc(as, netip.Addr.Compare)
+	return slices.Compact(gs), slices.Compact(as), nil
+}
+
+// pick returns the addresses of addrs that belong in f's table.
+func pick(addrs []netip.Addr, f *family) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range addrs {
+		if a.Is4() == f.ipv4 {
+			out = append(out, a)
+		}
+	}
+	return out
+}

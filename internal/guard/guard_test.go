@@ -1,0 +1,381 @@
+package guard
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+
+	"github.com/vipd/vipd/internal/announce"
+	"github.com/vipd/vipd/internal/lab"
+)
+
+func TestDeadManSwitchARP(t *testing.T) {
+	p := newPair(t)
+	testDeadManSwitch(t, p, newARPAsker(t, p.b, "b0"), vip4)
+}
+
+func TestDeadManSwitchNDP(t *testing.T) {
+	p := newPair(t)
+	testDeadManSwitch(t, p, newNDPAsker(t, p.b, "b0"), vip6)
+}
+
+// testDeadManSwitch checks, from B, when A answers for vip: while it is
+// answered and refreshed, not while it is only guarded, and no more once
+// the refreshes stop.
+func testDeadManSwitch(t *testing.T, p *pair, a asker, vip netip.Addr) {
+	g := p.guard(Options{})
+	timeout := g.opts.AnswerTimeout
+
+	expect(t, a, vip, true, "with nothing guarded")
+	set(t, g, []netip.Addr{vip}, nil)
+	expect(t, a, vip, false, "while guarded and not answered")
+	set(t, g, []netip.Addr{vip}, []netip.Addr{vip})
+	expect(t, a, vip, true, "once answered")
+
+	// Refreshed every timeout/4, the VIP is answered for well beyond the
+	// timeout.
+	for end := time.Now().Add(3 * timeout); time.Now().Before(end); {
+		if err := g.Refresh(); err != nil {
+			t.Fatal(err)
+		}
+		next := time.Now().Add(timeout / 4)
+		expect(t, a, vip, true, "while refreshed")
+		time.Sleep(time.Until(next))
+	}
+
+	for round := range 3 {
+		if round > 0 {
+			set(t, g, []netip.Addr{vip}, []netip.Addr{vip})
+			expect(t, a, vip, true, "answered again after Set")
+		}
+		silent, lastAnswer := measureSilence(t, g, a, vip)
+		t.Logf("round %d: silent %v after the last Refresh (last answer %v after it; timeout %v)",
+			round+1, silent.Round(time.Millisecond), lastAnswer.Round(time.Millisecond), timeout)
+		// Early silence would cut off a live holder; late silence leaves
+		// two answerers. The margins cover a busy 2-core machine.
+		if silent > timeout+100*time.Millisecond {
+			t.Errorf("still answering %v after the last Refresh, want silence within %v", silent, timeout+100*time.Millisecond)
+		}
+		if silent < timeout/2 {
+			t.Errorf("silent %v after the last Refresh already, want answers for about %v", silent, timeout)
+		}
+	}
+
+	if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, a, vip, true, "after Close")
+}
+
+// measureSilence refreshes once more and measures, from then, when A
+// stops answering for vip.
+func measureSilence(t *testing.T, g *Guard, a asker, vip netip.Addr) (silent, lastAnswer time.Duration) {
+	t.Helper()
+	if err := g.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	silent, lastAnswer, err := firstSilence(a, vip, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return silent, lastAnswer
+}
+
+// TestRefreshNeverOpensAGap asks as fast as it can while Refresh runs in a
+// tight loop: the flush and add of each renewal commit together, so no
+// question may go unanswered.
+func TestRefreshNeverOpensAGap(t *testing.T) {
+	p := newPair(t)
+	g := p.guard(Options{})
+	arpA, ndpA := newARPAsker(t, p.b, "b0"), newNDPAsker(t, p.b, "b0")
+	set(t, g, []netip.Addr{vip4, vip6}, []netip.Addr{vip4, vip6})
+
+	var refreshes atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			if err := g.Refresh(); err != nil {
+				done <- err
+				return
+			}
+			refreshes.Add(1)
+		}
+	}()
+	start := time.Now()
+	asked := 0
+	for time.Since(start) < time.Second {
+		expect(t, arpA, vip4, true, "during renewals")
+		expect(t, ndpA, vip6, true, "during renewals")
+		asked += 2
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	n := refreshes.Load()
+	t.Logf("%d questions answered during %d refreshes (%v per refresh of 2 VIPs)", asked, n, time.Since(start)/time.Duration(max(n, 1)))
+}
+
+// TestOutputRules checks that A's kernel never names a silenced VIP on the
+// wire: not as the sender of ARP, not as the source of a solicitation,
+// and that vipd's own announcements behave as the package says.
+func TestOutputRules(t *testing.T) {
+	p := newPair(t)
+	// A long answer timeout: this test is about the rules, not the timeout.
+	g := p.guard(Options{AnswerTimeout: time.Minute})
+	c := newCapture(t, p.b, "b0")
+	vips := []netip.Addr{vip4, vip6}
+	set(t, g, vips, nil)
+
+	// A resolves B with a VIP as source address: the requests are dropped.
+	p.sendFrom(vip4, nodeB4)
+	p.sendFrom(vip6, nodeB6)
+	eventually(t, 2*time.Second, "the output rules to drop A's requests from the VIPs", func() bool {
+		rs := p.ruleset()
+		return rs.drops["vipd: no ARP from VIPs not answered here"] > 0 &&
+			rs.drops["vipd: no neighbour solicitations from VIPs not answered here"] > 0
+	})
+
+	if n := c.count("arp", vip4); n != 0 {
+		t.Errorf("%d ARP packets from %s reached B while it was silenced", n, vip4)
+	}
+
+	// With arp_announce=2 the kernel asks from the node's own address, so
+	// a preserved connection can still resolve its peer.
+	p.exec(p.a, "sysctl", "-q", "-w", "net.ipv4.conf.a0.arp_announce=2")
+	run(t, "ip", "-n", p.a, "neigh", "flush", "dev", "a0")
+	p.sendFrom(vip4, nodeB4)
+	eventually(t, 2*time.Second, "an ARP request from A's own address", func() bool { return c.count("arp", nodeA4) > 0 })
+	p.exec(p.a, "sysctl", "-q", "-w", "net.ipv4.conf.a0.arp_announce=0")
+
+	// vipd's gratuitous ARP goes through a packet socket, past the ARP
+	// hooks; its neighbour advertisements go through the ip6 output hook.
+	var ann *announce.Announcer
+	if err := lab.InNetns(p.a, func() error {
+		ifi, err := net.InterfaceByName("a0")
+		if err != nil {
+			return err
+		}
+		ann, err = announce.New(ifi, announce.Options{Interval: 50 * time.Millisecond, Burst: 1}, nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ann.Close() })
+	ann.Set(vips)
+	eventually(t, 2*time.Second, "two gratuitous ARPs", func() bool { return c.count("arp", vip4) >= 2 })
+	eventually(t, 2*time.Second, "the NA rule to drop vipd's own advertisements", func() bool {
+		return p.ruleset().drops["vipd: no neighbour advertisements for VIPs not answered here"] >= 2
+	})
+	if n := c.count("na", vip6); n != 0 {
+		t.Errorf("%d advertisements of %s reached B while it was silenced", n, vip6)
+	}
+	if n := c.count("ns", vip6); n != 0 {
+		t.Errorf("%d solicitations from %s reached B while it was silenced", n, vip6)
+	}
+
+	// Answered, the VIPs may be named again.
+	set(t, g, vips, vips)
+	eventually(t, 2*time.Second, "vipd's advertisements once answered", func() bool { return c.count("na", vip6) > 0 })
+	ann.Set(nil)
+	run(t, "ip", "-n", p.a, "neigh", "flush", "dev", "a0")
+	run(t, "ip", "-n", p.a, "-6", "neigh", "flush", "dev", "a0")
+	arpBefore := c.count("arp", vip4)
+	p.sendFrom(vip4, nodeB4)
+	p.sendFrom(vip6, nodeB6)
+	eventually(t, 2*time.Second, "A's requests from the answered VIPs", func() bool {
+		return c.count("arp", vip4) > arpBefore && c.count("ns", vip6) > 0
+	})
+}
+
+// TestGuardTimeout checks that a guarded VIP stays guarded GuardTimeout
+// after the last renewal, that Refresh renews it, and that it then
+// expires: an agent that died for good leaves nothing in force.
+func TestGuardTimeout(t *testing.T) {
+	p := newPair(t)
+	a := newARPAsker(t, p.b, "b0")
+	const guardTimeout = 200 * time.Millisecond
+	g := p.guard(Options{GuardTimeout: guardTimeout})
+	set(t, g, []netip.Addr{vip4}, nil)
+	start := time.Now()
+
+	// Refresh renews the guarded VIPs once guardRenewal has passed.
+	time.Sleep(guardRenewal + 50*time.Millisecond)
+	if err := g.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	renewed := time.Now()
+	time.Sleep(time.Until(start.Add(guardRenewal + guardTimeout + 200*time.Millisecond)))
+	expect(t, a, vip4, false, "after the first expiry it would have had without renewal")
+
+	eventually(t, 3*time.Second, "answers once the guard expired", func() bool {
+		ok, err := a.ask(vip4, 20*time.Millisecond)
+		return err == nil && ok
+	})
+	after := time.Since(renewed)
+	t.Logf("guard expired %v after the renewal (element timeout %v)", after.Round(time.Millisecond), guardTimeout+guardRenewal)
+	if after < guardTimeout || after > guardTimeout+guardRenewal+300*time.Millisecond {
+		t.Errorf("guard expired %v after the renewal, want between %v and %v", after, guardTimeout, guardTimeout+guardRenewal+300*time.Millisecond)
+	}
+	if rs := p.ruleset(); len(rs.elems["arp guarded"]) != 0 {
+		t.Errorf("guarded elements %v left after expiry", rs.elems["arp guarded"])
+	}
+}
+
+// TestCloseAndReplace checks what stays in the kernel: everything after a
+// crash, nothing after Close, and only the new run's VIPs after a restart.
+func TestCloseAndReplace(t *testing.T) {
+	p := newPair(t)
+	g1 := p.guard(Options{GuardTimeout: time.Minute})
+	set(t, g1, []netip.Addr{vip4, other4, vip6}, []netip.Addr{vip4, vip6})
+	g1.abandon() // as if killed: the tables stay
+
+	rs := p.ruleset()
+	if want := []string{"arp vipd", "ip6 vipd"}; !slices.Equal(rs.tables, want) {
+		t.Fatalf("tables %v, want %v", rs.tables, want)
+	}
+	checkElems(t, rs, "arp guarded", "198.51.100.100", "198.51.100.101")
+	checkElems(t, rs, "arp answer", "198.51.100.100")
+	checkElems(t, rs, "ip6 guarded", "2001:db8:100::100")
+	checkElems(t, rs, "ip6 answer", "2001:db8:100::100")
+
+	g2 := p.guard(Options{})
+	rs = p.ruleset()
+	for _, fam := range []string{"arp", "ip6"} {
+		for _, s := range []string{"guarded", "answer", "alive"} {
+			checkElems(t, rs, fam+" "+s)
+		}
+	}
+	set(t, g2, []netip.Addr{other4}, nil)
+	rs = p.ruleset()
+	checkElems(t, rs, "arp guarded", "198.51.100.101")
+	checkElems(t, rs, "ip6 guarded")
+
+	// Someone flushes the whole ruleset: the next Refresh rebuilds it.
+	set(t, g2, []netip.Addr{other4}, []netip.Addr{other4})
+	p.exec(p.a, "nft", "flush", "ruleset")
+	if err := g2.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	rs = p.ruleset()
+	checkElems(t, rs, "arp answer", "198.51.100.101")
+	checkElems(t, rs, "arp alive", "3") // NFPROTO_ARP
+
+	if err := g2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if rs := p.ruleset(); len(rs.tables) != 0 {
+		t.Errorf("tables %v left after Close", rs.tables)
+	}
+	if err := g2.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if err := g2.Set(nil, nil); err != ErrClosed {
+		t.Errorf("Set after Close: %v, want ErrClosed", err)
+	}
+	if err := g2.Refresh(); err != ErrClosed {
+		t.Errorf("Refresh after Close: %v, want ErrClosed", err)
+	}
+}
+
+func checkElems(t *testing.T, rs ruleset, set string, want ...string) {
+	t.Helper()
+	got, ok := rs.elems[set]
+	if !ok {
+		t.Errorf("no set %q", set)
+		return
+	}
+	slices.Sort(got)
+	if want == nil {
+		want = []string{}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("set %q holds %v, want %v", set, got, want)
+	}
+}
+
+// abandon lets go of the guard as a killed agent would: the tables stay.
+func (g *Guard) abandon() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.dropConnLocked()
+	g.closed = true
+	closeNS(&g.ns)
+}
+
+// TestDiagnose checks that a refusal is narrowed down to the missing piece,
+// and that on this kernel, which has every piece, the probes leave nothing.
+func TestDiagnose(t *testing.T) {
+	p := newPair(t)
+	g := p.guard(Options{})
+	cause := errors.New("refused")
+	g.mu.Lock()
+	defer g.mu.Unlock()
+
+	if err := g.diagnoseLocked(cause, newFamilies(probeTableName)); err != cause {
+		t.Errorf("diagnosis on a kernel with full support: %v, want the cause unchanged", err)
+	}
+	if rs := p.ruleset(); !slices.Equal(rs.tables, []string{"arp vipd", "ip6 vipd"}) {
+		t.Errorf("tables %v after the probes, want only the guard's", rs.tables)
+	}
+
+	fams := newFamilies(probeTableName)
+	fams[1].steps[1] = step{"a chain type no kernel has", func(c *nftables.Conn, f *family) error {
+		c.AddChain(&nftables.Chain{Name: "x", Table: f.table, Type: "vipd-none",
+			Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter})
+		return nil
+	}}
+	err := g.diagnoseLocked(cause, fams)
+	if err == nil || !strings.Contains(err.Error(), "kernel lacks a chain type no kernel has, needed for IPv6 (NDP) VIPs") {
+		t.Errorf("diagnosis: %v, want it to name the missing chain type", err)
+	}
+}
+
+// BenchmarkRefresh measures the renewal the agent makes 20 times a second,
+// with n answered VIPs of each family, and Set, which renews every member
+// as Refresh does once a second when there is a GuardTimeout.
+func BenchmarkRefresh(b *testing.B) {
+	for _, n := range []int{1, 10, 100, 1000} {
+		p := newPair(b)
+		g, err := NewAt(p.aNS, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		var vips []netip.Addr
+		for i := range n {
+			vips = append(vips, netip.AddrFrom4([4]byte{198, 51, byte(100 + i/250), byte(1 + i%250)}),
+				netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0x01, 14: byte(i >> 8), 15: byte(i)}))
+		}
+		set(b, g, vips, vips)
+		b.Run(fmt.Sprintf("refresh/vips=%d", 2*n), func(b *testing.B) {
+			for b.Loop() {
+				if err := g.Refresh(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("set/vips=%d", 2*n), func(b *testing.B) {
+			for b.Loop() {
+				set(b, g, vips, vips)
+			}
+		})
+		if err := g.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
