@@ -115,6 +115,13 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			return err
 		}
 	}
+	every := loopEvery(cfg)
+	h := newHealth(el, svc, every, cfg.LeaseDuration)
+	if cfg.HealthAddr != "" {
+		if err := serveHealth(ctx, cfg.HealthAddr, h, log); err != nil {
+			return err
+		}
+	}
 
 	var ann announcer = noAnnouncer{}
 	if cfg.ARP {
@@ -141,6 +148,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	defer stopBG()
 	done := make(chan error, 3)
 	go func() { done <- wrap("election", el.Run(bg)) }()
+	go reportAccess(bg, client, cfg, log)
 	if hb != nil {
 		go func() { done <- wrap("heartbeats", hb.Run(bg)) }()
 	}
@@ -156,16 +164,17 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 	log.Info("agent started", "vips", cfg.VIPs, "services", cfg.Services, "namespace", cfg.Namespace)
 
-	// With a VIP lifetime the reconciler renews the VIPs it holds well
-	// before they expire.
-	every := resyncInterval
-	if cfg.VIPLifetime > 0 {
-		every = min(every, cfg.VIPLifetime/4)
-	}
 	resync := time.NewTicker(every)
 	defer resync.Stop()
+	stuck := wedge()
 	for {
+		h.beat()
 		select {
+		case <-stuck:
+			log.Warn("test hook: the main loop stops until the agent is stopped")
+			<-ctx.Done()
+			r.shutdown()
+			return nil
 		case <-ctx.Done():
 			r.shutdown()
 			return nil
@@ -509,6 +518,7 @@ func newClient(cfg config.Config, log *slog.Logger) (kubernetes.Interface, error
 		rc  *rest.Config
 		err error
 	)
+	cfg.Kubeconfig = defaultKubeconfig(cfg.Kubeconfig, log)
 	if cfg.Kubeconfig != "" {
 		rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
 		if err != nil {

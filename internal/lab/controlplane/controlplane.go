@@ -17,8 +17,6 @@ import (
 	"time"
 
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
 
@@ -172,24 +170,7 @@ func (c *ControlPlane) Config() *rest.Config {
 // front of Addr). The serving certificate is checked against TLSServerName,
 // since it is not issued for the proxy's address.
 func (c *ControlPlane) Kubeconfig(server string) ([]byte, error) {
-	const name = "vipd-lab"
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters[name] = &clientcmdapi.Cluster{
-		Server:                   server,
-		TLSServerName:            TLSServerName,
-		CertificateAuthorityData: c.agent.CAData,
-	}
-	cfg.AuthInfos[AgentUser] = &clientcmdapi.AuthInfo{
-		ClientCertificateData: c.agent.CertData,
-		ClientKeyData:         c.agent.KeyData,
-	}
-	cfg.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: AgentUser}
-	cfg.CurrentContext = name
-	out, err := clientcmd.Write(*cfg)
-	if err != nil {
-		return nil, fmt.Errorf("writing kubeconfig for %s: %w", server, err)
-	}
-	return out, nil
+	return kubeconfig(server, AgentUser, c.agent.CAData, c.agent.CertData, c.agent.KeyData)
 }
 
 // Stop terminates kube-apiserver and etcd and removes their data. Calling it
