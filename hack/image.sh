@@ -59,6 +59,8 @@ trap 'rm -rf "$tmp"' EXIT
 	--volume "$tmp:/tmp" \
 	--tag "$tag" \
 	--file "$repo_root/Dockerfile" "$repo_root" >&2
+# The image it replaced under the same tag, if any, is of no use now.
+"${bh[@]}" rmi --prune >/dev/null 2>&1 || true
 if [[ -n "$out" ]]; then
 	rm -f "$out"
 	"${bh[@]}" push --quiet "$tag" "oci-archive:$out:$tag" >&2
