@@ -57,15 +57,11 @@ func generated(t *testing.T) map[string][]string {
 // generate runs `vipd manifest` in-process.
 func generate(t *testing.T, args []string) []byte {
 	t.Helper()
-	cmd := manifest.Command("test", args)
-	cmd.SetArgs(args[1:])
-	var out, errs bytes.Buffer
-	cmd.SetOut(&out)
-	cmd.SetErr(&errs)
-	if err := cmd.Execute(); err != nil {
-		t.Fatalf("vipd %s: %v: %s", strings.Join(args, " "), err, errs.String())
+	out, err := manifest.Generate("test", args)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out.Bytes()
+	return out
 }
 
 // TestGenerated: deploy/*.yaml are exactly what `vipd manifest` prints.

@@ -247,16 +247,11 @@ func tailString(s string, n int) string {
 // generateManifest runs `vipd manifest kind args...` in-process.
 func generateManifest(t *testing.T, kind string, args ...string) []byte {
 	t.Helper()
-	cmdline := append([]string{"manifest", kind}, args...)
-	cmd := manifest.Command("e2e", cmdline)
-	cmd.SetArgs(cmdline[1:])
-	var out, errs bytes.Buffer
-	cmd.SetOut(&out)
-	cmd.SetErr(&errs)
-	if err := cmd.Execute(); err != nil {
-		t.Fatalf("vipd %s: %v: %s", strings.Join(cmdline, " "), err, errs.String())
+	out, err := manifest.Generate("e2e", append([]string{"manifest", kind}, args...))
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out.Bytes()
+	return out
 }
 
 // checkDaemonSetDryRun: the DaemonSet `vipd manifest daemonset` prints is

@@ -1,8 +1,10 @@
 package manifest
 
 import (
+	"bytes"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -109,4 +111,19 @@ func refusedFlags(fs *pflag.FlagSet) error {
 		}
 	}
 	return nil
+}
+
+// Generate runs `vipd manifest …` with args (starting with "manifest") in
+// the process and returns what it prints.
+func Generate(version string, args []string) ([]byte, error) {
+	cmd := Command(version, args)
+	cmd.SetArgs(args[1:])
+	var out, errs bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&errs)
+	cmd.SilenceUsage = true
+	if err := cmd.Execute(); err != nil {
+		return nil, fmt.Errorf("vipd %s: %w %s", strings.Join(args, " "), err, strings.TrimSpace(errs.String()))
+	}
+	return out.Bytes(), nil
 }
