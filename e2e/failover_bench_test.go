@@ -13,7 +13,7 @@ import (
 
 // BenchmarkFailover measures, at vipd's default timings (lease 5s, renew
 // 3s, retry 1s), what a client on the segment sees when the holder of the
-// control-plane VIP is disrupted (docs/testing.md, ../shared/MEASURE.md).
+// control-plane VIP is disrupted (docs/benchmarks.md).
 // One failover per iteration:
 //
 //	go test ./e2e -run '^$' -bench BenchmarkFailover -benchtime 10x

@@ -150,7 +150,11 @@ func KubeVIPSettings() []Setting {
 	}
 	for _, f := range flagNames() {
 		for _, name := range kubeVIPNames(f) {
-			add(Setting{Name: name, Verdict: Honoured, Note: "--" + f})
+			note := "--" + f
+			if f == flagAddress {
+				note += "; 0.0.0.0 or :: (a VIP by DHCP) is refused"
+			}
+			add(Setting{Name: name, Verdict: Honoured, Note: note})
 		}
 	}
 	add(Setting{Name: envLeaderElection, Verdict: Honoured, Note: "false only with svc_election=true and cp_enable=false (one election per Service, none global)"})
@@ -160,8 +164,13 @@ func KubeVIPSettings() []Setting {
 	add(Setting{Name: envHealthPort, Verdict: Honoured, Note: "serves /healthz and /readyz on that port of every address (--health-addr)"})
 	for _, u := range unmappedSettings {
 		s := Setting{Name: u.name, Verdict: Warned, Note: u.why}
-		if u.refuse != nil {
-			s.Verdict = Refused
+		switch {
+		case u.refuse == nil && u.quiet != "":
+			s.Note += " (no warning at kube-vip's default, " + u.quiet + ")"
+		case u.refuse != nil && u.refuse("false"):
+			s.Verdict, s.Note = Refused, "any value: "+u.why
+		case u.refuse != nil:
+			s.Verdict, s.Note = Refused, "when true (false is accepted): "+u.why
 		}
 		add(s)
 	}
