@@ -108,7 +108,7 @@ func benchmarkFailover(b *testing.B, sc scenario) {
 	procs := e.startAll()
 	h := e.waitSoleHolder(startTimeout)
 	for _, n := range e.lab.Nodes {
-		waitLog(b, procs[n.Name], 0, 10*time.Second, "leader="+h.Name)
+		waitLog(b, procs[n.Name], 0, 10*time.Second, " holder="+h.Name)
 	}
 
 	var rounds []failover
@@ -248,7 +248,7 @@ func (e *env) failoverRound(b *testing.B, sc scenario, w *vipWatch, nw *neighWat
 		if err := sc.restore(h); err != nil {
 			b.Fatal(err)
 		}
-		waitLog(b, procs[h.Name], 0, 20*time.Second, "leader="+next)
+		waitLog(b, procs[h.Name], 0, 20*time.Second, " holder="+next)
 		return r
 	}
 	if !sc.crash {
@@ -266,7 +266,7 @@ func (e *env) failoverRound(b *testing.B, sc scenario, w *vipWatch, nw *neighWat
 			b.Fatal(err)
 		}
 	}
-	waitLog(b, procs[h.Name], 0, 20*time.Second, "leader="+next)
+	waitLog(b, procs[h.Name], 0, 20*time.Second, " holder="+next)
 	return r
 }
 

@@ -24,6 +24,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/vipd/vipd/internal/hbkey"
 	"github.com/vipd/vipd/internal/lab"
 )
 
@@ -67,7 +68,8 @@ type env struct {
 	kubeconfig string
 	vips       []netip.Addr // the control-plane VIPs agents are started with
 	timing     timings
-	defaults   bool // start agents without timing flags
+	defaults   bool   // start agents without timing flags
+	key        []byte // the heartbeat key in the Secret the agents read; nil: none
 }
 
 type envOptions struct {
@@ -79,6 +81,8 @@ type envOptions struct {
 	// quiet keeps process output out of tb's log (it still goes to the
 	// lab's log files); benchmarks print their log.
 	quiet bool
+	// noKey creates no heartbeat key Secret: heartbeats stay off.
+	noKey bool
 }
 
 // newEnv builds an env that is torn down when the test ends, or skips the
@@ -115,6 +119,37 @@ func createNamespace(ctx context.Context, tb testing.TB) string {
 		}
 	})
 	return ns.Name
+}
+
+// waitHeard waits until every agent hears every other one (heartbeats), as
+// a fault injected before that would test Lease expiry instead.
+func (e *env) waitHeard(procs map[string]*lab.Process) {
+	e.tb.Helper()
+	for name, p := range procs {
+		for other := range procs {
+			if other != name {
+				waitLog(e.tb, p, 0, 10*time.Second, "heartbeat peer heard", "peer="+other)
+			}
+		}
+	}
+}
+
+// keySecret is the Secret agents read their heartbeat key from (vipd's
+// default --heartbeat-key-secret).
+const keySecret = "vipd-heartbeat-key"
+
+// createKeySecret puts a fresh random heartbeat key into ns, as an operator
+// does at install (docs/heartbeat.md).
+func createKeySecret(ctx context.Context, tb testing.TB, ns string) []byte {
+	tb.Helper()
+	key, err := hbkey.NewKey()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := pkg.admin.CoreV1().Secrets(ns).Create(ctx, hbkey.Secret(ns, keySecret, key), metav1.CreateOptions{}); err != nil {
+		tb.Fatalf("creating the heartbeat key Secret: %v", err)
+	}
+	return key
 }
 
 // node returns the lab node with the given name.

@@ -21,7 +21,7 @@ func BenchmarkAPIOutage(b *testing.B) {
 	procs := e.startAll()
 	h := e.waitSoleHolder(startTimeout)
 	for _, n := range e.lab.Nodes {
-		waitLog(b, procs[n.Name], 0, 10*time.Second, "leader="+h.Name)
+		waitLog(b, procs[n.Name], 0, 10*time.Second, " holder="+h.Name)
 	}
 
 	var gaps []time.Duration

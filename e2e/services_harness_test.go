@@ -121,6 +121,9 @@ func newEnvNodes(tb testing.TB, o envOptions, nodes int) *env {
 	defer cancel()
 	// Registered first, so it runs after the lab (and its agents) is gone.
 	e.ns = createNamespace(ctx, tb)
+	if !o.noKey {
+		e.key = createKeySecret(ctx, tb, e.ns)
+	}
 	logf := tb.Logf
 	if o.quiet {
 		logf = nil

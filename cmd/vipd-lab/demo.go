@@ -26,6 +26,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/vipd/vipd/internal/election"
+	"github.com/vipd/vipd/internal/hbkey"
 	"github.com/vipd/vipd/internal/lab"
 	"github.com/vipd/vipd/internal/lab/controlplane"
 )
@@ -35,6 +36,8 @@ const (
 	// The Lease vipd uses for the control-plane VIP by default.
 	leaseNamespace = "kube-system"
 	leaseName      = "plndr-cp-lock"
+	// The Secret the agents read their heartbeat key from, by default.
+	keySecret = "vipd-heartbeat-key"
 	// Every node answers TCP connections here with its name.
 	responderPort = 8080
 	// The client's ping loop interval, as in MEASURE.md.
@@ -62,8 +65,10 @@ type demo struct {
 	admin      kubernetes.Interface
 	lab        *lab.Lab
 	kubeconfig string
-	agents     map[string]*lab.Process // the latest vipd started on each node
-	agentsUp   time.Time               // when the first agents were started
+	// operator is a kubeconfig for vipd status, run on the host.
+	operator string
+	agents   map[string]*lab.Process // the latest vipd started on each node
+	agentsUp time.Time               // when the first agents were started
 
 	results []result
 }
@@ -136,6 +141,14 @@ func (d *demo) setUp(ctx context.Context) error {
 		return fmt.Errorf("building the demo's API client: %w", err)
 	}
 	d.say("etcd and kube-apiserver are up (%s), listening on %s", dur(time.Since(began)), cp.Addr())
+	key, err := hbkey.NewKey()
+	if err != nil {
+		return err
+	}
+	if _, err := d.admin.CoreV1().Secrets(leaseNamespace).Create(sctx, hbkey.Secret(leaseNamespace, keySecret, key), metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("creating the heartbeat key Secret: %w", err)
+	}
+	d.say("a random key in Secret %s/%s authenticates the heartbeats between the agents", leaseNamespace, keySecret)
 
 	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -164,6 +177,13 @@ func (d *demo) setUp(ctx context.Context) error {
 	d.kubeconfig = filepath.Join(l.Dir(), "kubeconfig")
 	if err := os.WriteFile(d.kubeconfig, kc, 0o600); err != nil {
 		return fmt.Errorf("writing the agents' kubeconfig: %w", err)
+	}
+	if kc, err = cp.Kubeconfig("https://" + cp.Addr()); err != nil {
+		return err
+	}
+	d.operator = filepath.Join(l.Dir(), "operator-kubeconfig")
+	if err := os.WriteFile(d.operator, kc, 0o600); err != nil {
+		return fmt.Errorf("writing the operator's kubeconfig: %w", err)
 	}
 	for _, n := range l.Nodes {
 		if err := n.ServeTCP(responderPort); err != nil {
@@ -220,6 +240,12 @@ func (d *demo) firstHolder(ctx context.Context) error {
 	if err := d.showLease(ctx); err != nil {
 		return err
 	}
+	if err := d.showStatus(ctx, holder.Name, "--nodes"); err != nil {
+		return err
+	}
+	if err := d.showStatus(ctx, holder.Name); err != nil {
+		return err
+	}
 	c := d.lab.Client
 	if err := c.Ping(ctx, d.vip); err != nil {
 		return err
@@ -260,6 +286,9 @@ func (d *demo) graceful(ctx context.Context) error {
 	}
 	d.say("vipd on %s exited with status 0", old.Name)
 	if err := d.showLease(ctx); err != nil {
+		return err
+	}
+	if err := d.showStatus(ctx, o.newHolder.Name); err != nil {
 		return err
 	}
 	if err := d.showTCP(ctx); err != nil {
@@ -331,6 +360,12 @@ func (d *demo) nodeLoss(ctx context.Context) error {
 		return err
 	}
 	if err := d.showLease(ctx); err != nil {
+		return err
+	}
+	if err := d.showStatus(ctx, o.newHolder.Name); err != nil {
+		return err
+	}
+	if err := d.showStatus(ctx, o.newHolder.Name, "--nodes"); err != nil {
 		return err
 	}
 	if err := d.showTCP(ctx); err != nil {

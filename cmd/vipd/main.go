@@ -17,6 +17,7 @@ import (
 
 	"github.com/vipd/vipd/internal/agent"
 	"github.com/vipd/vipd/internal/config"
+	"github.com/vipd/vipd/internal/logging"
 	"github.com/vipd/vipd/internal/manifest"
 )
 
@@ -41,7 +42,7 @@ type app struct {
 	environ        func() []string // nil: no environment to check
 	args           []string        // the command line, for manifest headers
 	stdout, stderr io.Writer
-	runAgent       func(context.Context, config.Config, *slog.Logger) error
+	runAgent       func(ctx context.Context, cfg config.Config, version string, log *slog.Logger) error
 }
 
 // agentError marks a failure of the running agent, as opposed to a usage
@@ -98,7 +99,7 @@ func (a app) command() *cobra.Command {
 		},
 	}
 
-	root.AddCommand(run, ver, manifest.Command(version, a.args))
+	root.AddCommand(run, ver, a.statusCommand(), manifest.Command(version, a.args))
 	return root
 }
 
@@ -107,7 +108,12 @@ func (a app) run(ctx context.Context, cmd *cobra.Command) error {
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: cfg.Level()})).With("node", cfg.NodeName)
+	log, err := logging.New(a.stderr, cfg.LogFormat, cfg.Level())
+	if err != nil {
+		return err
+	}
+	log = log.With("node", cfg.NodeName)
+	logging.RouteKlog(log, cfg.Level())
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -121,7 +127,7 @@ func (a app) run(ctx context.Context, cmd *cobra.Command) error {
 			log.Warn(w)
 		}
 	}
-	if err := a.runAgent(ctx, cfg, log); err != nil {
+	if err := a.runAgent(ctx, cfg, version, log); err != nil {
 		log.Error("agent failed", "err", err)
 		return agentError{err}
 	}

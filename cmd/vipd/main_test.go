@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"os/exec"
@@ -17,11 +18,11 @@ import (
 
 // vipd runs the command in-process with env as its environment and agent in
 // place of the real agent. It returns the exit code, stdout and stderr.
-func vipd(t *testing.T, args []string, env map[string]string, agent func(context.Context, config.Config, *slog.Logger) error) (int, string, string) {
+func vipd(t *testing.T, args []string, env map[string]string, agent func(context.Context, config.Config, string, *slog.Logger) error) (int, string, string) {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
 	if agent == nil {
-		agent = func(context.Context, config.Config, *slog.Logger) error {
+		agent = func(context.Context, config.Config, string, *slog.Logger) error {
 			t.Error("agent started")
 			return nil
 		}
@@ -54,10 +55,37 @@ func TestUsageErrorsExit2(t *testing.T) {
 	}
 }
 
+// TestJSONLogs runs with --log-format json: every line is one JSON object,
+// each key once, and the agent's logger names the node.
+func TestJSONLogs(t *testing.T) {
+	env := map[string]string{"cp_enable": "true", "vip_address": "192.0.2.10", "vip_nodename": "node-a"}
+	agent := func(ctx context.Context, _ config.Config, _ string, log *slog.Logger) error {
+		log.Info("took VIP", "vip", "192.0.2.10", "reason", "new")
+		return nil
+	}
+	code, _, stderr := vipd(t, []string{"run", "--log-format=json"}, env, agent)
+	if code != 0 {
+		t.Fatalf("exit code %d, stderr %s", code, stderr)
+	}
+	var took map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(stderr), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("not JSON: %v: %s", err, line)
+		}
+		if m["msg"] == "took VIP" {
+			took = m
+		}
+	}
+	if took["node"] != "node-a" || took["vip"] != "192.0.2.10" || took["reason"] != "new" {
+		t.Errorf("decision line %v lacks node, vip or reason", took)
+	}
+}
+
 func TestRunPassesConfigAndLogsIt(t *testing.T) {
 	env := map[string]string{"cp_enable": "true", "vip_address": "192.0.2.10", "vip_nodename": "node-a"}
 	var got config.Config
-	agent := func(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	agent := func(ctx context.Context, cfg config.Config, _ string, log *slog.Logger) error {
 		got = cfg
 		log.Debug("hidden at info")
 		return nil
@@ -81,7 +109,7 @@ func TestRunPassesConfigAndLogsIt(t *testing.T) {
 
 func TestLogLevelApplies(t *testing.T) {
 	env := map[string]string{"svc_enable": "true", "vip_nodename": "node-a", "vip_loglevel": "5"}
-	agent := func(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	agent := func(ctx context.Context, cfg config.Config, _ string, log *slog.Logger) error {
 		log.Debug("shown at debug")
 		return nil
 	}
@@ -93,7 +121,7 @@ func TestLogLevelApplies(t *testing.T) {
 
 func TestAgentErrorExits1(t *testing.T) {
 	env := map[string]string{"svc_enable": "true", "vip_nodename": "node-a"}
-	agent := func(context.Context, config.Config, *slog.Logger) error { return errors.New("no API server") }
+	agent := func(context.Context, config.Config, string, *slog.Logger) error { return errors.New("no API server") }
 	code, _, stderr := vipd(t, []string{"run"}, env, agent)
 	if code != 1 {
 		t.Errorf("exit code %d, want 1", code)
@@ -107,7 +135,7 @@ func TestAgentErrorExits1(t *testing.T) {
 // and vipd exits 0, as a pod being deleted expects.
 func TestSIGTERMStopsAgent(t *testing.T) {
 	env := map[string]string{"svc_enable": "true", "vip_nodename": "node-a"}
-	agent := func(ctx context.Context, _ config.Config, _ *slog.Logger) error {
+	agent := func(ctx context.Context, _ config.Config, _ string, _ *slog.Logger) error {
 		// The handler is installed before the agent starts, so this
 		// signal reaches vipd's context rather than ending the test.
 		if err := syscall.Kill(syscall.Getpid(), syscall.SIGTERM); err != nil {

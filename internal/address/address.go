@@ -40,6 +40,8 @@ var ErrProtoUnsupported = errors.New("kernel does not record the address protoco
 // Namespace is the network namespace whose interfaces are managed.
 type Namespace struct {
 	h *netlink.Handle
+	// nsh is the namespace of Open; nil for the current one.
+	nsh *netns.NsHandle
 	// sockets is nil for the current namespace: each request then opens a
 	// fresh netlink socket, as the netlink package's own functions do.
 	sockets map[int]*nl.SocketHandle
@@ -64,7 +66,7 @@ func Open(ns netns.NsHandle) (*Namespace, error) {
 		h.Close()
 		return nil, fmt.Errorf("opening netlink socket in namespace %s: %w", ns, err)
 	}
-	return &Namespace{h: h, sockets: map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}}, nil
+	return &Namespace{h: h, nsh: &ns, sockets: map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}}, nil
 }
 
 // Close releases the sockets of a Namespace returned by Open.

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/vipd/vipd/internal/services"
 )
 
@@ -35,20 +37,52 @@ func contestFor(ip netip.Addr) string {
 func bindingsFor(cpLease string, cpVIPs []netip.Addr, svcLease string, perAddress bool, addrs []services.Address) []binding {
 	var out []binding
 	if len(cpVIPs) > 0 {
-		out = append(out, binding{contest: cpLease, vips: cpVIPs})
+		out = append(out, binding{contest: cpLease, vips: cpVIPs, controlPlane: true})
 	}
-	var shared []netip.Addr
+	shared := binding{contest: svcLease}
 	for _, a := range addrs {
 		switch {
 		case slices.Contains(cpVIPs, a.IP):
+			out[0].addServices(a) // the control-plane binding
 		case perAddress || a.Candidates != nil:
-			out = append(out, binding{contest: contestFor(a.IP), vips: []netip.Addr{a.IP}, candidates: a.Candidates})
+			b := binding{contest: contestFor(a.IP), vips: []netip.Addr{a.IP}, candidates: a.Candidates}
+			b.addServices(a)
+			out = append(out, b)
 		default:
-			shared = append(shared, a.IP)
+			shared.vips = append(shared.vips, a.IP)
+			shared.addServices(a)
 		}
 	}
-	if len(shared) > 0 {
-		out = append(out, binding{contest: svcLease, vips: shared})
+	if len(shared.vips) > 0 {
+		out = append(out, shared)
 	}
 	return out
 }
+
+// addServices records the Services of one of b's addresses.
+func (b *binding) addServices(a services.Address) {
+	if len(a.Services) == 0 {
+		return
+	}
+	if b.services == nil {
+		b.services = map[netip.Addr][]types.NamespacedName{}
+	}
+	b.services[a.IP] = a.Services
+}
+
+// allServices lists the Services of all of b's addresses, sorted.
+func (b binding) allServices() []types.NamespacedName {
+	var out []types.NamespacedName
+	for _, svcs := range b.services {
+		for _, s := range svcs {
+			if !slices.Contains(out, s) {
+				out = append(out, s)
+			}
+		}
+	}
+	slices.SortFunc(out, func(x, y types.NamespacedName) int { return strings.Compare(x.String(), y.String()) })
+	return out
+}
+
+// cpVIP reports whether v is a control-plane VIP of b.
+func (b binding) cpVIP(v netip.Addr) bool { return b.controlPlane && slices.Contains(b.vips, v) }

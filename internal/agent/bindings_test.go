@@ -5,6 +5,8 @@ import (
 	"slices"
 	"testing"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/vipd/vipd/internal/services"
 )
 
@@ -16,7 +18,7 @@ func TestBindingsFor(t *testing.T) {
 	addrs := []services.Address{
 		{IP: a},
 		{IP: b, Candidates: []string{"n2"}},
-		{IP: cp}, // a Service sharing the control-plane VIP
+		{IP: cp, Services: []types.NamespacedName{{Namespace: "web", Name: "api"}}}, // sharing the control-plane VIP
 		{IP: v6},
 	}
 	type want struct {
@@ -50,6 +52,15 @@ func TestBindingsFor(t *testing.T) {
 			{"vipd-svc-203-0-113-7", []netip.Addr{b}, []string{"n2"}},
 			{"plndr-svcs-lock", []netip.Addr{a, v6}, nil},
 		})
+	})
+	t.Run("Services are carried", func(t *testing.T) {
+		got := bindingsFor("plndr-cp-lock", []netip.Addr{cp}, "plndr-svcs-lock", false, addrs)
+		if svcs := got[0].allServices(); len(svcs) != 1 || svcs[0].String() != "web/api" || !got[0].cpVIP(cp) {
+			t.Errorf("control-plane binding: Services %v, cpVIP %v; want [web/api], true", svcs, got[0].cpVIP(cp))
+		}
+		if got[2].cpVIP(a) || len(got[2].allServices()) != 0 {
+			t.Errorf("services binding: %+v", got[2])
+		}
 	})
 	t.Run("services only", func(t *testing.T) {
 		got := bindingsFor("plndr-cp-lock", nil, "plndr-svcs-lock", false, addrs[:1])

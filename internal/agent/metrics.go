@@ -13,9 +13,10 @@ import (
 // metrics are the agent's own gauges; the announcer registers its counters
 // in the same registry.
 type metrics struct {
-	reg  *prometheus.Registry
-	live prometheus.Gauge
-	held prometheus.Gauge
+	reg     *prometheus.Registry
+	live    prometheus.Gauge
+	held    prometheus.Gauge
+	refused prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -29,8 +30,12 @@ func newMetrics() *metrics {
 			Name: "vipd_vips_held",
 			Help: "VIPs this agent holds on its interface.",
 		}),
+		refused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vipd_contests_refused",
+			Help: "Contests this node is not a candidate for because its interface refused one of their VIPs.",
+		}),
 	}
-	m.reg.MustRegister(m.live, m.held,
+	m.reg.MustRegister(m.live, m.held, m.refused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

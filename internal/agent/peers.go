@@ -17,25 +17,15 @@ type peers struct {
 
 func (p peers) Peer(node string) election.PeerReport {
 	s := p.m.Peer(node)
-	return election.PeerReport{Heard: s.Heard, Silent: s.Ever && !s.Heard && !p.isolated(),
-		APIOK: s.APIOK, Live: s.Live}
+	return election.PeerReport{Heard: s.Heard, Silent: s.Silent, APIOK: s.APIOK, Live: s.Live}
 }
 
-// isolated: some peer was heard before, none is now.
-func (p peers) isolated() bool {
-	ever := false
-	for _, s := range p.m.Peers() {
-		if s.Heard {
-			return false
-		}
-		ever = ever || s.Ever
-	}
-	return ever
+func (p peers) Vouched(node string) bool { return p.m.Vouched(node) }
+
+func (p peers) Self() election.SelfReport {
+	s := p.m.Self()
+	return election.SelfReport{LinkDown: s.LinkDown, Isolated: s.Isolated}
 }
-
-func (p peers) Vouched(string) bool { return false }
-
-func (p peers) Self() election.SelfReport { return election.SelfReport{Isolated: p.isolated()} }
 
 func (p peers) Changes() <-chan struct{} { return p.m.Changes() }
 

@@ -51,6 +51,10 @@ type Options struct {
 	BurstInterval time.Duration
 	// Registerer, if not nil, receives the announcement counters.
 	Registerer prometheus.Registerer
+	// Netns names a network namespace (as `ip netns` does) to open the
+	// sockets in; empty means the process's own. Entering another namespace
+	// takes CAP_SYS_ADMIN, which the agent does not have; tests use it.
+	Netns string
 }
 
 // Stats counts announcements since New.
@@ -65,6 +69,9 @@ type Announcer struct {
 	opts Options
 	log  *slog.Logger
 	ns   netns.NsHandle // where sockets are opened
+	// ownNS: the sockets belong in the process's own namespace, where
+	// every goroutine not locked to a thread runs.
+	ownNS bool
 
 	wake   chan struct{}
 	cancel context.CancelFunc
@@ -89,7 +96,8 @@ type schedule struct {
 // New starts an Announcer for ifi; Close stops it. Sockets are opened
 // lazily, in the network namespace of the thread that calls New, when the
 // first VIP of their family is set: an interface without IPv6 works for
-// IPv4 and the other way round.
+// IPv4 and the other way round. log should name the interface: the
+// Announcer adds no field of its own to it.
 func New(ifi *net.Interface, opts Options, log *slog.Logger) (*Announcer, error) {
 	if len(ifi.HardwareAddr) != 6 {
 		return nil, fmt.Errorf("announcing on %s: no Ethernet hardware address (%q)", ifi.Name, ifi.HardwareAddr)
@@ -110,16 +118,19 @@ func New(ifi *net.Interface, opts Options, log *slog.Logger) (*Announcer, error)
 	if err != nil {
 		return nil, err
 	}
-	ns, err := netns.Get()
-	if err != nil {
-		return nil, fmt.Errorf("announcing on %s: getting network namespace: %w", ifi.Name, err)
+	ns := netns.None()
+	if opts.Netns != "" {
+		if ns, err = netns.GetFromName(opts.Netns); err != nil {
+			return nil, fmt.Errorf("announcing on %s: opening network namespace %s: %w", ifi.Name, opts.Netns, err)
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	a := &Announcer{
 		ifi:     ifi,
 		opts:    opts,
-		log:     log.With("iface", ifi.Name),
+		log:     log, // the agent's: it names the interface already
 		ns:      ns,
+		ownNS:   opts.Netns == "",
 		wake:    make(chan struct{}, 1),
 		cancel:  cancel,
 		done:    make(chan struct{}),
@@ -197,6 +208,9 @@ func (a *Announcer) Close() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.closeSocketsLocked()
+	if a.ownNS {
+		return nil
+	}
 	return a.ns.Close()
 }
 
@@ -396,7 +410,13 @@ func (a *Announcer) openNDP() (*ndp.Conn, error) {
 // inNetns runs f on a thread in the announcer's network namespace, so that
 // sockets (re)opened from the background goroutine land in the same
 // namespace as those opened by Set.
+//
+// In the process's own namespace (the agent on a node) it simply runs f:
+// entering a namespace takes CAP_SYS_ADMIN, which the agent does not have.
 func (a *Announcer) inNetns(f func() error) error {
+	if a.ownNS {
+		return f()
+	}
 	errc := make(chan error, 1)
 	go func() {
 		// Never unlocked: the thread ends with this goroutine instead of

@@ -162,16 +162,14 @@ func (l *lab) waitLinkLocal() netip.Addr {
 	return ll
 }
 
-// newAnnouncer creates the announcer on a thread in A, as vipd would in its
-// own namespace.
+// newAnnouncer creates the announcer with its sockets in A.
 func (l *lab) newAnnouncer(opts Options, log *slog.Logger) *Announcer {
 	l.t.Helper()
-	var a *Announcer
-	inNetns(l.t, l.a, func() error {
-		var err error
-		a, err = New(l.a0, opts, log)
-		return err
-	})
+	opts.Netns = l.a
+	a, err := New(l.a0, opts, log)
+	if err != nil {
+		l.t.Fatal(err)
+	}
 	l.t.Cleanup(func() { _ = a.Close() })
 	return a
 }
@@ -464,7 +462,8 @@ func TestWithdrawAndClose(t *testing.T) {
 func TestIPv4WithoutIPv6(t *testing.T) {
 	l := newLab(t, labConfig{noIPv6OnA: true})
 	var logs syncBuffer
-	log := slog.New(slog.NewTextHandler(&logs, nil))
+	// The caller's logger names the interface (the agent's does).
+	log := slog.New(slog.NewTextHandler(&logs, nil)).With("iface", "a0")
 	o := testOpts
 	a := l.newAnnouncer(o, log)
 

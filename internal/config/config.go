@@ -110,6 +110,8 @@ type Config struct {
 	// LogLevel is debug, info, warn or error (vip_loglevel, which also
 	// takes kube-vip's numeric levels).
 	LogLevel string
+	// LogFormat is text (logfmt-style key=value) or json, one object a line.
+	LogFormat string
 }
 
 // DefaultHealthAddr serves /healthz and /readyz to the node itself: probes
@@ -136,6 +138,7 @@ func Defaults() Config {
 		VIPLifetime:       2 * time.Second,
 		HealthAddr:        DefaultHealthAddr,
 		LogLevel:          "info",
+		LogFormat:         "text",
 	}
 }
 
@@ -189,5 +192,6 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("heartbeat_insecure", c.HeartbeatInsecure),
 		slog.String("health_addr", c.HealthAddr),
 		slog.String("log_level", c.LogLevel),
+		slog.String("log_format", c.LogFormat),
 	)
 }

@@ -38,6 +38,7 @@ const (
 	flagPoolConfigMap    = "pool-configmap"
 	flagPoolNamespace    = "pool-namespace"
 	flagLogLevel         = "log-level"
+	flagLogFormat        = "log-format"
 	flagHeartbeatPort    = "heartbeat-port"
 	flagVIPLifetime      = "vip-lifetime"
 	flagAgentNamespace   = "agent-namespace"
@@ -139,6 +140,7 @@ func AddFlags(fs *pflag.FlagSet) {
 	str(flagPoolConfigMap, d.PoolConfigMap, "ConfigMap with the address pools (cidr-<namespace>, range-<namespace>, cidr-global, range-global)")
 	str(flagPoolNamespace, d.PoolNamespace, "namespace of the address pool ConfigMap")
 	str(flagLogLevel, d.LogLevel, "debug, info, warn or error")
+	str(flagLogFormat, d.LogFormat, "text (key=value) or json (one object a line)")
 	str(flagHeartbeatPort, strconv.Itoa(d.HeartbeatPort), "UDP port of the heartbeats between agents that detect a dead holder fast (0: off, Lease expiry only)")
 	str(flagHealthAddr, d.HealthAddr, "host:port to serve /healthz and /readyz on (empty: off; kube-vip's health_check_port N means :N)")
 	str(flagVIPLifetime, d.VIPLifetime.String(), "valid lifetime of a VIP, renewed while held, so a crashed agent's VIP expires (Go duration, at least 1s; 0: never)")
@@ -247,6 +249,9 @@ func Load(flags *pflag.FlagSet, getenv func(string) string) (Config, error) {
 		return Config{}, err
 	}
 	if c.LogLevel, err = logLevel(l.lookup(flagLogLevel), c.LogLevel); err != nil {
+		return Config{}, err
+	}
+	if c.LogFormat, err = logFormat(l.lookup(flagLogFormat), c.LogFormat); err != nil {
 		return Config{}, err
 	}
 	if c.HeartbeatPort, err = portSetting(l.lookup(flagHeartbeatPort), c.HeartbeatPort); err != nil {
@@ -360,4 +365,16 @@ func (l loader) vips(s source) ([]netip.Addr, error) {
 		vips = append(vips, a)
 	}
 	return vips, nil
+}
+
+// logFormat accepts the formats of internal/logging.
+func logFormat(s source, def string) (string, error) {
+	if !s.set {
+		return def, nil
+	}
+	switch v := strings.ToLower(s.raw); v {
+	case "text", "json":
+		return v, nil
+	}
+	return "", s.errorf("unknown log format (use text or json)")
 }

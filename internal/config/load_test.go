@@ -57,6 +57,7 @@ func TestDefaults(t *testing.T) {
 		VIPLifetime:       2 * time.Second,
 		HealthAddr:        "127.0.0.1:7948",
 		LogLevel:          "info",
+		LogFormat:         "text",
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", c, want)
@@ -169,6 +170,9 @@ func TestPrecedence(t *testing.T) {
 		{flag: "log-level", flagVal: "debug", vipd: "ERROR", kube: "3",
 			wantFlag: "debug", wantVIPD: "error", wantKube: "warn", wantDef: "info",
 			get: func(c Config) any { return c.LogLevel }},
+		{flag: "log-format", flagVal: "json", vipd: "TEXT",
+			wantFlag: "json", wantVIPD: "text", wantDef: "text",
+			get: func(c Config) any { return c.LogFormat }},
 	}
 
 	// Every registered flag must have a row here.
@@ -485,6 +489,8 @@ func TestErrors(t *testing.T) {
 			`--pool-namespace "kube.system": not a valid namespace name…`},
 		{"unknown log level", []string{"--log-level=verbose"}, nil,
 			`--log-level "verbose": unknown log level (use debug, info, warn or error)`},
+		{"unknown log format", nil, map[string]string{"VIPD_LOG_FORMAT": "logfmt"},
+			`VIPD_LOG_FORMAT "logfmt": unknown log format (use text or json)`},
 		{"numeric log level outside vip_loglevel", nil, map[string]string{"VIPD_LOG_LEVEL": "5"},
 			`VIPD_LOG_LEVEL "5": unknown log level (use debug, info, warn or error)`},
 		{"negative vip_loglevel", nil, map[string]string{"vip_loglevel": "-1"},

@@ -7,8 +7,10 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/vipd/vipd/internal/backoff"
@@ -210,6 +212,18 @@ type Elector struct {
 	refused, refusedOut map[string]string
 	// fence tracks this agent's own loss of connectivity (fence.go).
 	fence fenceState
+	// started is when Run began; see warmLocked.
+	started time.Time
+	// written is our node Lease as our last renewal wrote it, and
+	// watched its resourceVersion as the watch last delivered it: a watch
+	// that does not bring back our own writes is behind (watchBehindLocked).
+	written      *coordinationv1.Lease
+	writtenAt    time.Time
+	watched      string
+	watchLagging bool // as last logged
+	// reports say why each contest was last taken or lost (report.go).
+	reports map[string]Report
+	synced  atomic.Bool
 }
 
 // New returns an Elector; it starts once Run is called and contends only
@@ -248,6 +262,7 @@ func New(cfg Config) (*Elector, error) {
 		annotations: ann,
 		refused:     map[string]string{},
 		refusedOut:  map[string]string{},
+		reports:     map[string]Report{},
 	}, nil
 }
 

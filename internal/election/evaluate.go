@@ -15,6 +15,7 @@ type job struct {
 	name string
 	base *coordinationv1.Lease // version the write is conditional on; nil to create
 	op   op
+	why  Reason // of a take
 }
 
 type op int
@@ -44,6 +45,9 @@ type result struct {
 // Run elects until ctx is done. It does not release anything when ctx ends:
 // call Release first, once the VIPs are gone.
 func (e *Elector) Run(ctx context.Context) error {
+	e.mu.Lock()
+	e.started = e.now()
+	e.mu.Unlock()
 	stop, synced, err := e.watch(ctx)
 	if err != nil {
 		return err
@@ -52,6 +56,7 @@ func (e *Elector) Run(ctx context.Context) error {
 	if !synced {
 		return nil
 	}
+	e.synced.Store(true)
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -103,6 +108,8 @@ func (e *Elector) Run(ctx context.Context) error {
 			}
 		case <-e.wake:
 		case <-peerChanges:
+			// What peers say matters to the agent too (who holds what).
+			signal(e.changes)
 		case <-timer.C:
 		}
 		jobs, wakeAt := e.evaluate(inflight, freeSince, retryAt)
@@ -240,10 +247,15 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		}
 	}
 	if !maps.Equal(status, e.status) {
+		e.noteStatusLocked(e.status, status, meLive)
 		e.status = status
 		signal(e.changes)
 	}
 
+	warm := e.warmLocked(now, live)
+	if !warm {
+		soon(e.started.Add(e.cfg.RetryPeriod))
+	}
 	if meLive {
 		place := placeFree(free, candidates, held, liveNodes)
 		for _, name := range free {
@@ -252,6 +264,9 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 			}
 			if now.Before(retryAt[name]) {
 				soon(retryAt[name])
+				continue
+			}
+			if !warm {
 				continue
 			}
 			cands := candidates(name)
@@ -271,7 +286,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 			if o := e.leases[name]; o != nil {
 				base = o.lease
 			}
-			jobs = append(jobs, job{name: name, base: base, op: opAcquire})
+			jobs = append(jobs, job{name: name, base: base, op: opAcquire, why: e.takeReasonLocked(base)})
 		}
 		// Claims whose contest is gone: delete them, so a deleted Service
 		// leaves no Lease behind. Its holder does; if the holder is gone
@@ -304,6 +319,23 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		}
 	}
 	return jobs, wakeAt
+}
+
+// warmLocked reports whether this agent, just started, may take claims:
+// once it hears every other agent it judges live (they then hear it too,
+// so if it dies right after taking a claim they notice within the
+// heartbeat timeout instead of at Lease expiry), and at the latest a retry
+// period after it started.
+func (e *Elector) warmLocked(now time.Time, live map[string]bool) bool {
+	if e.cfg.Peers == nil || !now.Before(e.started.Add(e.cfg.RetryPeriod)) {
+		return true
+	}
+	for h := range live {
+		if h != e.cfg.Identity && !e.cfg.Peers.Peer(h).Heard {
+			return false
+		}
+	}
+	return true
 }
 
 // logTransitionsLocked says once why this agent started or stopped holding
@@ -339,6 +371,7 @@ func (e *Elector) logTransitionsLocked(now time.Time, meLive bool) {
 // evaluation, to the agent and to the other agents' failure detectors.
 func (e *Elector) dropHolding() {
 	e.mu.Lock()
+	e.noteShutdownLocked()
 	for name, s := range e.status {
 		if s.Leading {
 			e.status[name] = Status{}
@@ -383,7 +416,7 @@ func (e *Elector) reportSelfLocked(now time.Time) {
 // others renew a little later than this agent: neither may end the beats.
 func (e *Elector) goneLocked(o *observed, now time.Time) bool {
 	f := &e.fence
-	if !e.apiOK || f.apiBack.After(f.freshAt) {
+	if !e.apiOK || f.apiBack.After(f.freshAt) || e.watchBehindLocked(now) {
 		return false
 	}
 	since := e.expiry(o)

@@ -125,6 +125,13 @@ func (e *Elector) observe(obj any, deleted bool) {
 		// A same-named Lease in the wrong namespace is not ours.
 		return
 	}
+	if l.Name == e.node && !deleted {
+		e.mu.Lock()
+		if e.watched == "" || newer(l.ResourceVersion, e.watched) {
+			e.watched = l.ResourceVersion
+		}
+		e.mu.Unlock()
+	}
 	if deleted {
 		e.mu.Lock()
 		if o := e.leases[l.Name]; o != nil && !newer(o.lease.ResourceVersion, l.ResourceVersion) {
@@ -153,6 +160,19 @@ func (e *Elector) record(l *coordinationv1.Lease) {
 	}
 	e.mu.Unlock()
 	signal(e.wake)
+}
+
+// watchBehindLocked reports whether the watch has not delivered our own
+// last renewal a retry period after it was written. After an API outage
+// client-go's watches come back only after a backoff of seconds, and a
+// watch can stall silently; meanwhile the others' renewals are not seen
+// and their Leases would seem to expire. Then every Lease is read directly
+// each retry period instead (refreshLoop), until the watch catches up.
+func (e *Elector) watchBehindLocked(now time.Time) bool {
+	if e.written == nil || now.Sub(e.writtenAt) < e.cfg.RetryPeriod {
+		return false
+	}
+	return e.watched == "" || newer(e.written.ResourceVersion, e.watched)
 }
 
 // NodeAnnotation returns, for every other agent that has a node Lease, the

@@ -82,13 +82,31 @@ func (e *Elector) renewLoop(ctx context.Context) {
 }
 
 // refreshLoop reads every Lease afresh when asked (after this agent was
-// cut off, or the API server came back), retrying until it succeeds.
+// cut off, or the API server came back), retrying until it succeeds, and
+// every retry period while the watch is behind.
 func (e *Elector) refreshLoop(ctx context.Context) {
+	t := time.NewTicker(e.cfg.RetryPeriod)
+	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-e.relist:
+		case <-t.C:
+			e.mu.Lock()
+			behind := e.watchBehindLocked(e.now())
+			if behind != e.watchLagging {
+				e.watchLagging = behind
+				if behind {
+					e.log.Warn("the watch on Leases is behind: reading them directly every retry period until it catches up")
+				} else {
+					e.log.Info("the watch on Leases caught up")
+				}
+			}
+			e.mu.Unlock()
+			if !behind {
+				continue
+			}
 		}
 		for failures := 1; ; failures++ {
 			start := e.now()
@@ -185,6 +203,7 @@ func (e *Elector) renewOnce(ctx context.Context, start time.Time) error {
 	e.lastRenew = start
 	e.apiBackAt = time.Time{}
 	e.refusedOut = refused
+	e.written, e.writtenAt = out, e.now()
 	e.mu.Unlock()
 	e.record(out)
 	return nil
@@ -265,7 +284,9 @@ func (e *Elector) do(ctx context.Context, j job) error {
 	switch j.op {
 	case opAcquire:
 		prev := holder(j.base)
+		e.noteTaking(j.name, prev, j.why)
 		out, err := e.writeLease(ctx, j.name, KindClaim, j.base, nil, nil)
+		e.noteTaken(j.name, out, err)
 		if err != nil {
 			if isRace(err) {
 				log.Debug("claim changed before we could take it", "err", err)
@@ -273,7 +294,8 @@ func (e *Elector) do(ctx context.Context, j job) error {
 			return err
 		}
 		e.record(out)
-		log.Info("took claim", "previous_holder", prev)
+		// The agent logs the decision, with the VIPs, when it acts on it.
+		log.Debug("took claim", "previous_holder", prev, "reason", j.why)
 	case opRelease:
 		l := j.base.DeepCopy()
 		empty := ""
@@ -282,15 +304,17 @@ func (e *Elector) do(ctx context.Context, j job) error {
 		if err != nil {
 			return err
 		}
-		e.record(out)
 		e.mu.Lock()
 		reason, refused := e.refused[j.name]
 		e.mu.Unlock()
+		why := LostNotCandidate
 		if refused {
-			log.Info("released claim: this node cannot hold it", "reason", reason)
-		} else {
-			log.Info("released claim: this node is no longer a candidate")
+			why = LostRefused
 		}
+		e.noteLost(j.name, why)
+		e.record(out)
+		// The agent logs the decision, with the VIPs.
+		log.Debug("released claim", "reason", why, "refused_because", reason)
 	case opDelete:
 		rv := j.base.ResourceVersion
 		err := leases.Delete(ctx, j.name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &rv}})

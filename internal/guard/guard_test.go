@@ -165,15 +165,16 @@ func TestOutputRules(t *testing.T) {
 
 	// vipd's gratuitous ARP goes through a packet socket, past the ARP
 	// hooks; its neighbour advertisements go through the ip6 output hook.
-	var ann *announce.Announcer
+	var ifi *net.Interface
 	if err := lab.InNetns(p.a, func() error {
-		ifi, err := net.InterfaceByName("a0")
-		if err != nil {
-			return err
-		}
-		ann, err = announce.New(ifi, announce.Options{Interval: 50 * time.Millisecond, Burst: 1}, nil)
+		var err error
+		ifi, err = net.InterfaceByName("a0")
 		return err
 	}); err != nil {
+		t.Fatal(err)
+	}
+	ann, err := announce.New(ifi, announce.Options{Interval: 50 * time.Millisecond, Burst: 1, Netns: p.a}, nil)
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ann.Close() })

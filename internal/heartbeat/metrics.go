@@ -11,6 +11,7 @@ import (
 type metrics struct {
 	sentTotal       prometheus.Counter
 	sendErrorsTotal prometheus.Counter
+	droppedTotal    prometheus.Counter
 	receivedTotal   *prometheus.CounterVec
 	silencesTotal   *prometheus.CounterVec
 }
@@ -28,9 +29,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "vipd_heartbeat_send_errors_total",
 			Help: "Heartbeats that could not be sent.",
 		}),
+		droppedTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vipd_heartbeat_send_dropped_total",
+			Help: "Heartbeats not sent because the socket buffer was full; sending never waits.",
+		}),
 		receivedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vipd_heartbeat_received_total",
-			Help: "Datagrams received on the heartbeat socket, by result: accepted, stale (older sequence number), malformed, cluster (another cluster), unknown (not a peer).",
+			Help: "Datagrams received on the heartbeat socket, by result: accepted, unverified (authentic but not fresh), stale (older sequence number or run), auth (bad MAC or unknown key), nokey, malformed, cluster (another cluster), misrouted (for another node), unknown (not a peer).",
 		}, []string{"result"}),
 		silencesTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vipd_heartbeat_silences_total",
@@ -42,6 +47,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, err
 	}
 	if m.sendErrorsTotal, err = register(reg, m.sendErrorsTotal); err != nil {
+		return nil, err
+	}
+	if m.droppedTotal, err = register(reg, m.droppedTotal); err != nil {
 		return nil, err
 	}
 	if m.receivedTotal, err = register(reg, m.receivedTotal); err != nil {
@@ -69,10 +77,11 @@ func register[T prometheus.Collector](reg prometheus.Registerer, c T) (T, error)
 	return c, fmt.Errorf("registering heartbeat metrics: %w", err)
 }
 
-func (m *metrics) sent(ok, failed uint64) {
+func (m *metrics) sent(ok, failed, dropped uint64) {
 	if m != nil {
 		m.sentTotal.Add(float64(ok))
 		m.sendErrorsTotal.Add(float64(failed))
+		m.droppedTotal.Add(float64(dropped))
 	}
 }
 

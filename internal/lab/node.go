@@ -133,3 +133,36 @@ func answerName(ln net.Listener, name string) {
 		}()
 	}
 }
+
+// udpTable is the nftables table DropUDP owns in a node's namespace.
+const udpTable = "vipdlab_udp"
+
+// DropUDP makes the node drop every UDP datagram to and from the given
+// nodes (both address families), as a host firewall rule between a pair of
+// nodes would; heartbeats stop, everything else (ARP, the API server's TCP)
+// still flows. No nodes removes the drop.
+func (n *Node) DropUDP(peers ...*Node) error {
+	script := fmt.Sprintf("table inet %[1]s\ndelete table inet %[1]s\n", udpTable)
+	if len(peers) > 0 {
+		var v4, v6 []string
+		for _, p := range peers {
+			v4 = append(v4, p.IPv4.String())
+			v6 = append(v6, p.IPv6.String())
+		}
+		set := func(addrs []string) string { return "{ " + strings.Join(addrs, ", ") + " }" }
+		script += "table inet " + udpTable + " {\n" +
+			"  chain input { type filter hook input priority 0; policy accept;\n" +
+			"    ip saddr " + set(v4) + " meta l4proto udp drop\n" +
+			"    ip6 saddr " + set(v6) + " meta l4proto udp drop\n  }\n" +
+			"  chain output { type filter hook output priority 0; policy accept;\n" +
+			"    ip daddr " + set(v4) + " meta l4proto udp drop\n" +
+			"    ip6 daddr " + set(v6) + " meta l4proto udp drop\n  }\n" +
+			"}\n"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := execIn(ctx, n.Netns, strings.NewReader(script), "nft", "-f", "-"); err != nil {
+		return fmt.Errorf("dropping UDP between %s and %d nodes: %w", n.Name, len(peers), err)
+	}
+	return nil
+}

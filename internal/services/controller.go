@@ -51,8 +51,17 @@ type Config struct {
 	PoolNamespace, PoolConfigMap string
 	// NodeName is this agent's node, named in status annotations and Events.
 	NodeName string
-	// Log receives the controller's logs; nil discards them.
+	// Log receives the controller's logs; nil discards them. It is the
+	// agent's logger, which names the node already.
 	Log *slog.Logger
+	// Reporter names the node that records Warning Events about a Service
+	// with the given addresses, "" while unknown (see FlushEvents). Nil:
+	// this node records them all.
+	Reporter func(addrs []netip.Addr) string
+	// ReporterGrace is how long a Warning that another node is to record
+	// is kept, in case this node becomes the reporter meanwhile (the other
+	// turned out to be gone): about a Lease duration.
+	ReporterGrace time.Duration
 }
 
 // Address is one service VIP and everything that shares it.
@@ -112,7 +121,9 @@ type Controller struct {
 	plan     plan
 	planned  bool
 	held     map[netip.Addr]bool
+	heldInfo []Held
 	warned   map[types.UID]map[warning]bool
+	pending  []pendingEvent
 	assigned map[types.NamespacedName]map[netip.Addr]bool // takeovers already reported
 	rejected map[netip.Addr]*rejection
 }
@@ -134,7 +145,7 @@ func New(cfg Config) (*Controller, error) {
 	}
 	return &Controller{
 		cfg:    cfg,
-		log:    log.With("node", cfg.NodeName),
+		log:    log, // the agent's: it names the node already
 		filter: filter{namespace: cfg.Namespace, class: cfg.Class, onlyOwnClass: cfg.OnlyOwnClass},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[item](),
 			workqueue.TypedRateLimitingQueueConfig[item]{Name: "services"}),
@@ -278,7 +289,7 @@ func (c *Controller) processNext(ctx context.Context) bool {
 		err = c.syncStatus(ctx, it.svc)
 	}
 	if err != nil && ctx.Err() == nil {
-		c.log.Warn("will retry", "svc", it.svc.String(), "err", err)
+		c.log.Warn("will retry", "service", it.svc.String(), "err", err)
 		c.queue.AddRateLimited(it)
 		return true
 	}
@@ -327,12 +338,13 @@ func (c *Controller) Changes() <-chan struct{} {
 // SetHeld tells the controller which service addresses this node holds now.
 // The Services of addresses that changed hands get their status brought up
 // to date in the background.
-func (c *Controller) SetHeld(ips []netip.Addr) {
-	next := make(map[netip.Addr]bool, len(ips))
-	for _, a := range ips {
-		next[a] = true
+func (c *Controller) SetHeld(held []Held) {
+	next := make(map[netip.Addr]bool, len(held))
+	for _, h := range held {
+		next[h.IP] = true
 	}
 	c.mu.Lock()
+	c.heldInfo = held
 	var todo []types.NamespacedName
 	for a := range next {
 		if !c.held[a] {
@@ -353,7 +365,7 @@ func (c *Controller) SetHeld(ips []netip.Addr) {
 
 // Reject records a Warning Event on every Service of ip saying why this
 // node will not hold it. The same reason for the same address is reported
-// once per Service.
+// once per Service, by the reporter only.
 func (c *Controller) Reject(ip netip.Addr, reason string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -373,10 +385,11 @@ func (c *Controller) Reject(ip netip.Addr, reason string) {
 		if err != nil {
 			continue
 		}
-		c.recorder.Eventf(svc, corev1.EventTypeWarning, reasonRejected, "%s rejected by node %s: %s", ip, c.cfg.NodeName, reason)
-		c.log.Warn("service address rejected", "svc", nn.String(), "vip", ip, "reason", reason)
+		c.pending = append(c.pending, pendingEvent{svc: nn, uid: svc.UID, addrs: []netip.Addr{ip}, rejected: true,
+			warning: warning{reason: reasonRejected, message: reasonRejectedMessage(ip, reason)}})
 		r.told[nn] = true
 	}
+	c.flushLocked()
 }
 
 // replan recomputes the addresses from the informer caches.
@@ -402,10 +415,6 @@ func (c *Controller) replan() {
 		}
 	}
 	next := computePlan(svcs, eps, p, c.filter)
-	byName := make(map[types.NamespacedName]*corev1.Service, len(svcs))
-	for _, s := range svcs {
-		byName[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = s
-	}
 
 	c.mu.Lock()
 	prev, first := c.plan, !c.planned
@@ -418,8 +427,7 @@ func (c *Controller) replan() {
 	for nn, sp := range next.services {
 		for _, w := range sp.warnings {
 			if !c.warned[sp.uid][w] {
-				c.recorder.Event(byName[nn], corev1.EventTypeWarning, w.reason, w.message)
-				c.log.Warn("service problem", "svc", nn.String(), "reason", w.reason, "msg", w.message)
+				c.pending = append(c.pending, pendingEvent{svc: nn, uid: sp.uid, addrs: sp.addrs, warning: w})
 			}
 			if warned[sp.uid] == nil {
 				warned[sp.uid] = map[warning]bool{}
@@ -428,6 +436,7 @@ func (c *Controller) replan() {
 		}
 	}
 	c.warned = warned
+	c.flushLocked()
 	for ip := range c.rejected {
 		if len(next.servicesAt(ip)) == 0 {
 			delete(c.rejected, ip)
@@ -490,16 +499,16 @@ func (c *Controller) allocate(ctx context.Context, nn types.NamespacedName) erro
 	_, err = c.setAnnotations(ctx, svc, set, sp.writeRV)
 	switch {
 	case apierrors.IsConflict(err) || apierrors.IsNotFound(err):
-		c.log.Debug("pool allocation lost a race", "svc", nn.String(), "vip", value)
+		c.log.Debug("pool allocation lost a race", "service", nn.String(), "vip", value)
 		return nil
 	case err != nil:
 		return fmt.Errorf("writing pool allocation %q to Service %s: %w", value, nn, err)
 	}
 	if value == "" {
-		c.log.Info("removed an allocation that lost a race; no other address is free", "svc", nn.String(), "vip", svc.Annotations[AnnotationLoadBalancerIPs])
+		c.log.Info("removed an allocation that lost a race; no other address is free", "service", nn.String(), "vip", svc.Annotations[AnnotationLoadBalancerIPs])
 		return nil
 	}
-	c.log.Info("allocated service address from the pool", "svc", nn.String(), "vip", value)
+	c.log.Info("allocated service address from the pool", "service", nn.String(), "vip", value)
 	c.mu.Lock()
 	c.recorder.Eventf(svc, corev1.EventTypeNormal, reasonAllocated, "%s allocated from the address pool (ConfigMap %s/%s) by node %s",
 		value, c.cfg.PoolNamespace, c.cfg.PoolConfigMap, c.cfg.NodeName)

@@ -254,6 +254,55 @@ func TestBadAnnotation(t *testing.T) {
 	waitFor(t, "the fixed address", func() bool { return equalAddresses(c.Addresses(), want) })
 }
 
+// TestOneReporter runs two controllers that agree that n1 reports: a bad
+// annotation gets one Warning, from n1.
+func TestOneReporter(t *testing.T) {
+	needAPI(t)
+	client := newClient(t)
+	ns := namespace(t, "svc-reporter")
+	known := make(chan struct{})
+	reporter := func([]netip.Addr) string {
+		select {
+		case <-known:
+			return "n1"
+		default:
+			return "" // not known yet: the Warning waits
+		}
+	}
+	c1 := start(t, "n1", Config{Namespace: ns, Reporter: reporter})
+	c2 := start(t, "n2", Config{Namespace: ns, Reporter: reporter})
+	create(t, client, ns, "bad", ann("not-an-ip"))
+	create(t, client, ns, "good", ann("192.0.2.24"))
+	want := []Address{addr("192.0.2.24", ns+"/good")}
+	for _, c := range []*Controller{c1, c2} {
+		waitFor(t, "the good Service", func() bool { return equalAddresses(c.Addresses(), want) })
+	}
+	if evs := events(t, client, ns, "bad", reasonInvalidIPs); len(evs) != 0 {
+		t.Fatalf("Events recorded before the reporter is known: %+v", evs)
+	}
+	close(known)
+	c1.FlushEvents()
+	c2.FlushEvents()
+	waitFor(t, "the Warning", func() bool { return len(events(t, client, ns, "bad", reasonInvalidIPs)) > 0 })
+	// Events are sent in the background: give a wrong second one time to
+	// arrive, by waiting for a later Warning.
+	create(t, client, ns, "bad2", ann("not-an-ip-either"))
+	waitFor(t, "the second Warning", func() bool { return len(events(t, client, ns, "bad2", reasonInvalidIPs)) > 0 })
+	evs := events(t, client, ns, "bad", reasonInvalidIPs)
+	if len(evs) != 1 || evs[0].Count != 1 || evs[0].ReportingInstance != "n1" {
+		t.Errorf("Warnings on bad: %+v, want one from n1", evs)
+	}
+}
+
+// held is SetHeld's argument for addresses taken with no holder before.
+func held(ips ...string) []Held {
+	var out []Held
+	for _, a := range addrs(ips...) {
+		out = append(out, Held{IP: a, Reason: "new"})
+	}
+	return out
+}
+
 // pool creates the pool ConfigMap.
 func createPool(t *testing.T, client kubernetes.Interface, ns string, data map[string]string) {
 	t.Helper()
@@ -548,26 +597,34 @@ func TestSetHeldWritesStatus(t *testing.T) {
 	ip := netip.MustParseAddr("192.0.2.60")
 	create(t, client, ns, "web", ann("192.0.2.60"))
 
-	c1.SetHeld([]netip.Addr{ip})
+	c1.SetHeld([]Held{{IP: ip, Reason: "new"}})
 	waitFor(t, "ingress 192.0.2.60 (VIP) and vipHost n1", func() bool {
 		s := get(t, client, ns, "web")
 		return ingressIs(s, "192.0.2.60") && s.Annotations[AnnotationVIPHost] == "n1"
 	})
 	waitFor(t, "a VIPAssigned Event from n1", func() bool {
 		return hasEvent(t, client, ns, "web", reasonAssigned, func(e corev1.Event) bool {
-			return e.ReportingController == "vipd" && e.Message == "192.0.2.60 held by node n1"
+			return e.ReportingController == "vipd" && e.Message == "192.0.2.60 held by node n1 (no holder before: new)"
 		})
 	})
 
 	// Resyncs are not takeovers.
-	c1.SetHeld([]netip.Addr{ip})
+	c1.SetHeld([]Held{{IP: ip, Reason: "new"}})
 	update(t, client, ns, "web", func(s *corev1.Service) { s.Labels = map[string]string{"touched": "1"} })
 
 	// Another node takes over.
 	c1.SetHeld(nil)
-	c2.SetHeld([]netip.Addr{ip})
+	c2.SetHeld([]Held{{IP: ip, Previous: "n1", Reason: "holder-silent"}})
 	waitFor(t, "vipHost n2", func() bool { return get(t, client, ns, "web").Annotations[AnnotationVIPHost] == "n2" })
-	waitFor(t, "a VIPAssigned Event from n2", func() bool { return assignedBy(t, client, ns, "web", "n2") == 1 })
+	waitFor(t, "a VIPAssigned Event from n2 naming n1", func() bool {
+		return hasEvent(t, client, ns, "web", reasonAssigned, func(e corev1.Event) bool {
+			return e.Message == "192.0.2.60 held by node n2 (was n1: holder-silent)"
+		})
+	})
+	// A restart that finds the address held already is no takeover.
+	c2.SetHeld(nil)
+	c2.SetHeld([]Held{{IP: ip, Previous: "n2", Reason: "already-holder"}})
+	update(t, client, ns, "web", func(s *corev1.Service) { s.Labels = map[string]string{"touched": "2"} })
 	if s := get(t, client, ns, "web"); !ingressIs(s, "192.0.2.60") {
 		t.Errorf("ingress after takeover: %+v", s.Status.LoadBalancer.Ingress)
 	}
@@ -584,7 +641,7 @@ func TestReleaseAfterAddressChange(t *testing.T) {
 	create(t, client, ns, "web", ann("192.0.2.70"))
 	create(t, client, ns, "dual", ann("192.0.2.71,2001:db8::71"))
 
-	c.SetHeld(addrs("192.0.2.70", "192.0.2.71", "2001:db8::71"))
+	c.SetHeld(held("192.0.2.70", "192.0.2.71", "2001:db8::71"))
 	waitFor(t, "status of both Services", func() bool {
 		return ingressIs(get(t, client, ns, "web"), "192.0.2.70") && ingressIs(get(t, client, ns, "dual"), "192.0.2.71", "2001:db8::71")
 	})
@@ -636,7 +693,7 @@ func TestRejectOnce(t *testing.T) {
 			}
 		}
 		if len(first) != 1 || first[0].Count != 1 || first[0].Type != corev1.EventTypeWarning ||
-			first[0].Message != "192.0.2.80 rejected by node n1: it is node n1's own address" {
+			first[0].Message != "192.0.2.80 rejected: it is node n1's own address" {
 			t.Errorf("%s: first-reason Events %+v, want one Warning with count 1", name, first)
 		}
 	}

@@ -84,9 +84,14 @@ func (c *Controller) claim(ctx context.Context, svc *corev1.Service, sp *service
 	defer c.mu.Unlock()
 	seen := c.assigned[nn]
 	for _, a := range sp.addrs {
-		if held[a] && !seen[a] {
-			c.recorder.Eventf(svc, corev1.EventTypeNormal, reasonAssigned, "%s held by node %s", a, node)
-			c.log.Info("service address held", "svc", nn.String(), "vip", a)
+		if !held[a] || seen[a] {
+			continue
+		}
+		// The agent logged the takeover; a restart that finds the address
+		// held already is no takeover.
+		if h, ok := c.heldInfoLocked(a); ok && h.Previous != node {
+			c.recorder.Eventf(svc, corev1.EventTypeNormal, reasonAssigned, "%s held by node %s (%s)", a, node,
+				TakeoverNote(h.Previous, h.Reason))
 		}
 	}
 	c.assigned[nn] = held

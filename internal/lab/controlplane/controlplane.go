@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
 
@@ -170,7 +172,29 @@ func (c *ControlPlane) Config() *rest.Config {
 // front of Addr). The serving certificate is checked against TLSServerName,
 // since it is not issued for the proxy's address.
 func (c *ControlPlane) Kubeconfig(server string) ([]byte, error) {
-	return kubeconfig(server, AgentUser, c.agent.CAData, c.agent.CertData, c.agent.KeyData)
+	return kubeconfig(server, AgentUser, c.agent)
+}
+
+// kubeconfig renders a kubeconfig for user, whose credentials rc holds.
+func kubeconfig(server, user string, rc *rest.Config) ([]byte, error) {
+	const name = "vipd-lab"
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters[name] = &clientcmdapi.Cluster{
+		Server:                   server,
+		TLSServerName:            TLSServerName,
+		CertificateAuthorityData: rc.CAData,
+	}
+	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{
+		ClientCertificateData: rc.CertData,
+		ClientKeyData:         rc.KeyData,
+	}
+	cfg.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: user}
+	cfg.CurrentContext = name
+	out, err := clientcmd.Write(*cfg)
+	if err != nil {
+		return nil, fmt.Errorf("writing kubeconfig for %s: %w", server, err)
+	}
+	return out, nil
 }
 
 // Stop terminates kube-apiserver and etcd and removes their data. Calling it

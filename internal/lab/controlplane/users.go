@@ -4,10 +4,19 @@ import (
 	"fmt"
 
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
+
+// UserKubeconfig adds a user with the given groups (a client certificate;
+// RBAC decides what it may do) and renders a kubeconfig for it that reaches
+// the API server at server, as Kubeconfig does.
+func (c *ControlPlane) UserKubeconfig(server, user string, groups ...string) ([]byte, error) {
+	u, err := c.AddUser(user, groups...)
+	if err != nil {
+		return nil, err
+	}
+	return c.KubeconfigFor(u, server)
+}
 
 // User is an identity the API server authenticates by client certificate:
 // the certificate's CN is the user name, its O entries the groups. Unlike
@@ -30,7 +39,7 @@ func ServiceAccountUser(namespace, name string) (string, []string) {
 func (c *ControlPlane) AddUser(name string, groups ...string) (*User, error) {
 	u, err := c.env.AddUser(envtest.User{Name: name, Groups: groups}, &rest.Config{})
 	if err != nil {
-		return nil, fmt.Errorf("adding user %s to the control plane: %w", name, err)
+		return nil, fmt.Errorf("adding user %s to control plane: %w", name, err)
 	}
 	return &User{Name: name, Groups: groups, cfg: u.Config()}, nil
 }
@@ -39,26 +48,8 @@ func (c *ControlPlane) AddUser(name string, groups ...string) (*User, error) {
 // fresh copy.
 func (u *User) Config() *rest.Config { return rest.CopyConfig(u.cfg) }
 
-// Kubeconfig renders a kubeconfig for the user whose cluster is reached at
-// server, like ControlPlane.Kubeconfig does for the agent user.
+// KubeconfigFor renders a kubeconfig for the user whose cluster is reached
+// at server, like Kubeconfig does for the agent user.
 func (c *ControlPlane) KubeconfigFor(u *User, server string) ([]byte, error) {
-	return kubeconfig(server, u.Name, c.agent.CAData, u.cfg.CertData, u.cfg.KeyData)
-}
-
-func kubeconfig(server, user string, ca, cert, key []byte) ([]byte, error) {
-	const name = "vipd-lab"
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters[name] = &clientcmdapi.Cluster{
-		Server:                   server,
-		TLSServerName:            TLSServerName,
-		CertificateAuthorityData: ca,
-	}
-	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificateData: cert, ClientKeyData: key}
-	cfg.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: user}
-	cfg.CurrentContext = name
-	out, err := clientcmd.Write(*cfg)
-	if err != nil {
-		return nil, fmt.Errorf("writing kubeconfig for %s at %s: %w", user, server, err)
-	}
-	return out, nil
+	return kubeconfig(server, u.Name, u.cfg)
 }

@@ -1,0 +1,58 @@
+package agent
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/vipd/vipd/internal/election"
+	"github.com/vipd/vipd/internal/services"
+)
+
+// reasonAssigned is the Event reason of a takeover, as on Services.
+const reasonAssigned = "VIPAssigned"
+
+// leaseEvents records the takeovers of the control-plane VIP as Events on
+// its claim Lease: the control plane has no Service to carry them. Only the
+// new holder records one, so each takeover is told once.
+type leaseEvents struct {
+	namespace, lease string
+	recorder         record.EventRecorder
+}
+
+// newLeaseEvents starts an Event broadcaster that lives as long as ctx.
+func newLeaseEvents(ctx context.Context, client kubernetes.Interface, node, namespace, lease string) *leaseEvents {
+	b := record.NewBroadcaster(record.WithContext(ctx))
+	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events(namespace)})
+	go func() {
+		<-ctx.Done()
+		b.Shutdown()
+	}()
+	return &leaseEvents{namespace: namespace, lease: lease,
+		recorder: b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "vipd", Host: node})}
+}
+
+// concerns reports whether contest is the control-plane election.
+func (l *leaseEvents) concerns(contest string) bool { return contest == l.lease }
+
+// took records that node took vips, as r says.
+func (l *leaseEvents) took(vips []netip.Addr, node string, r election.Report) {
+	ref := &corev1.ObjectReference{Kind: "Lease", APIVersion: "coordination.k8s.io/v1",
+		Namespace: l.namespace, Name: l.lease, UID: r.LeaseUID}
+	l.recorder.Eventf(ref, corev1.EventTypeNormal, reasonAssigned, "%s held by node %s (%s)",
+		joinVIPs(vips), node, services.TakeoverNote(r.Previous, string(r.Reason)))
+}
+
+func joinVIPs(vips []netip.Addr) string {
+	s := make([]string, len(vips))
+	for i, v := range vips {
+		s[i] = v.String()
+	}
+	return strings.Join(s, ",")
+}

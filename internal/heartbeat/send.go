@@ -1,0 +1,140 @@
+package heartbeat
+
+import (
+	"fmt"
+	"net/netip"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// round sends one beat to every peer, each echoing what this agent last
+// heard from that peer and answering its asks.
+func (m *Monitor) round() {
+	now := time.Now()
+	m.mu.Lock()
+	if m.keys == nil || m.cluster == "" {
+		m.mu.Unlock()
+		return
+	}
+	key, id := m.keys.sign, m.keys.signID
+	m.seq++
+	m.sent[m.seq%ringSize] = sentRound{seq: m.seq, at: now}
+	b := beat{
+		KeyID:       id,
+		Incarnation: m.inc,
+		Seq:         m.seq,
+		State:       m.self,
+		Cluster:     m.cluster,
+		From:        m.cfg.Node,
+		Asks:        m.asks,
+	}
+	for name, p := range m.peers {
+		if m.heardLocked(p, now) && len(b.Hears) < maxList {
+			b.Hears = append(b.Hears, nameHash(name))
+		}
+	}
+	m.targets = m.targets[:0]
+	for name, p := range m.peers {
+		heard := m.heardLocked(p, now)
+		t := target{
+			name:  name,
+			addr:  p.addr,
+			heard: heard,
+			// Only what we just heard from that very address vouches for
+			// the kernel's neighbour entry.
+			confirm: heard && p.from.Addr() == p.addr.Addr(),
+		}
+		if p.echo {
+			t.echoInc, t.echoSeq = p.inc, p.seq
+		}
+		if p.ever {
+			for _, a := range p.asks {
+				if m.holding[a] {
+					t.holds = append(t.holds, a)
+				}
+			}
+		}
+		m.targets = append(m.targets, t)
+	}
+	m.mu.Unlock()
+
+	var sent, failed, dropped uint64
+	for _, t := range m.targets {
+		b.To, b.EchoInc, b.EchoSeq, b.Holds = t.name, t.echoInc, t.echoSeq, t.holds
+		m.buf = appendBeat(m.buf[:0], b, key)
+		raw := m.raw
+		if !t.heard {
+			raw = m.probeRaw
+		}
+		err := m.send(raw, m.buf, t.addr, t.confirm)
+		switch {
+		case err == nil:
+			sent++
+		case err == unix.EAGAIN || err == unix.EWOULDBLOCK:
+			// The socket buffer is full, typically of beats waiting for a
+			// dead peer's address to resolve: drop, never block the beats
+			// to live peers.
+			dropped++
+		default:
+			failed++
+			if ok, n := m.limit.allow("send "+t.name, now); ok {
+				m.log.Debug("sending heartbeat", "peer", t.name, "addr", t.addr, "err", err, "suppressed", n)
+			}
+		}
+	}
+	m.mu.Lock()
+	m.stats.Sent += sent
+	m.stats.SendErrors += failed
+	m.stats.Dropped += dropped
+	m.mu.Unlock()
+	m.metrics.sent(sent, failed, dropped)
+}
+
+// send writes one datagram on raw without ever waiting for buffer space
+// (MSG_DONTWAIT). With confirm it passes MSG_CONFIRM, which tells the
+// kernel the neighbour is reachable: beats are the only traffic to a peer,
+// and without upper-layer confirmation Linux re-probes the neighbour every
+// ~30 s. Under heavy loss those probes can fail, and a peer whose entry
+// turned FAILED gets no beats until ARP or neighbour discovery resolves it
+// again, seconds later, which would make it suspect us.
+func (m *Monitor) send(raw syscall.RawConn, b []byte, to netip.AddrPort, confirm bool) error {
+	var sa unix.Sockaddr
+	switch {
+	case m.v6sock:
+		// IPv4 as ::ffff:a.b.c.d on a dual-stack socket.
+		sa6 := &unix.SockaddrInet6{Port: int(to.Port()), Addr: to.Addr().As16()}
+		if z := to.Addr().Zone(); z != "" {
+			ifi, err := netInterfaceIndex(z)
+			if err != nil {
+				return err
+			}
+			sa6.ZoneId = uint32(ifi)
+		}
+		sa = sa6
+	case to.Addr().Is4():
+		sa = &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()}
+	default:
+		return fmt.Errorf("sendto %s: an IPv6 peer on an IPv4 socket", to)
+	}
+	flags := unix.MSG_DONTWAIT
+	if confirm {
+		flags |= unix.MSG_CONFIRM
+	}
+	var serr error
+	err := raw.Write(func(fd uintptr) bool {
+		serr = unix.Sendto(int(fd), b, flags, sa)
+		return true // never wait for the socket to become writable
+	})
+	if err != nil {
+		return err
+	}
+	if serr == unix.EAGAIN || serr == unix.EWOULDBLOCK {
+		return serr
+	}
+	if serr != nil {
+		return fmt.Errorf("sendto %s: %w", to, serr)
+	}
+	return nil
+}
