@@ -94,7 +94,7 @@ func TestKubeVIPRBAC(t *testing.T) {
 
 	// One line per missing capability, per agent; no client-go retry loop.
 	for name, proc := range procs {
-		waitLog(t, proc, 0, 10*time.Second, "may not create events", "no Events are recorded")
+		waitLog(t, proc, 0, 10*time.Second, "may not create events", "no Events are recorded (on Services, on the control-plane Lease)")
 		log := proc.Log()
 		for _, want := range []string{
 			"may not create events",
@@ -107,7 +107,7 @@ func TestKubeVIPRBAC(t *testing.T) {
 			}
 		}
 		for _, line := range strings.Split(log, "\n") {
-			if strings.Contains(line, "Failed to watch") || strings.Contains(line, "Failed to list") {
+			if strings.Contains(line, "Failed to watch") || strings.Contains(line, "Failed to list") || strings.Contains(line, "rejected event") {
 				t.Errorf("%s: %s", name, line)
 			}
 		}

@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"fmt"
 	"net/netip"
 	"os"
@@ -129,15 +127,15 @@ func TestLeastPrivilege(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	key := make([]byte, 32)
-	rand.Read(key)
-	for _, name := range []string{o.HeartbeatSecret, "other"} {
-		if _, err := pkg.admin.CoreV1().Secrets(own).Create(ctx, &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: own},
-			Data:       map[string][]byte{"key": []byte(base64.StdEncoding.EncodeToString(key))},
-		}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+	// The harness made the heartbeat key; this is another Secret beside it.
+	if _, err := pkg.admin.CoreV1().Secrets(own).Get(ctx, o.HeartbeatSecret, metav1.GetOptions{}); err != nil {
+		t.Fatalf("the heartbeat key: %v", err)
+	}
+	if _, err := pkg.admin.CoreV1().Secrets(own).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "other", Namespace: own},
+		StringData: map[string]string{"password": "not for vipd"},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
 	}
 
 	extra := []string{"--namespace", kv, "--agent-namespace", own, "--pool-namespace", kv, "--kubeconfig", id.kubeconfig}

@@ -43,6 +43,8 @@ func permissions(cfg config.Config) []permission {
 			leases("watch", cfg.Namespace, cfg.ServiceLeaseName, "the agent cannot see who holds the Service VIPs"),
 			leases("update", cfg.Namespace, cfg.ServiceLeaseName, "the agent cannot take the Service VIPs"))
 	}
+	ps = append(ps, permission{verb: "create", resource: "events",
+		without: "no Events are recorded (on Services, on the control-plane Lease)"})
 	if cfg.HeartbeatKeyFile == "" && !cfg.HeartbeatInsecure && cfg.HeartbeatPort != 0 {
 		ps = append(ps, permission{verb: "get", resource: "secrets", namespace: cfg.AgentNamespace, name: cfg.HeartbeatSecret,
 			without: "no heartbeat key: heartbeats stay off and failures are detected by Lease expiry"})
@@ -65,7 +67,11 @@ func reportAccess(ctx context.Context, client kubernetes.Interface, cfg config.C
 			if p.name != "" {
 				what += " " + p.name
 			}
-			log.Warn(fmt.Sprintf("this identity may not %s %s in namespace %s: %s", p.verb, what, p.namespace, p.without))
+			where := " in namespace " + p.namespace
+			if p.namespace == "" {
+				where = ""
+			}
+			log.Warn(fmt.Sprintf("this identity may not %s %s%s: %s", p.verb, what, where, p.without))
 		}
 	}
 }
