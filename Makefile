@@ -24,7 +24,7 @@ LDFLAGS := -X main.version=$(VERSION)
 DEB_PACKAGES := etcd-server iproute2 nftables iputils-ping arping ca-certificates \
 	containerd runc buildah util-linux
 
-.PHONY: build deps kube-assets test demo bench bench-failover bench-services vet fmt clean root image manifests
+.PHONY: build deps kube-assets test demo bench bench-failover bench-services bench-migration vet fmt clean root image manifests
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/vipd ./cmd/vipd
@@ -90,10 +90,14 @@ test: deps
 demo: deps bin/vipd-lab
 	bin/vipd-lab demo --vipd bin/vipd
 
-bench: bench-failover bench-services
+bench: bench-failover bench-services bench-migration
 
 bench-failover: deps
 	$(GO) test ./e2e -run '^$$' -bench 'BenchmarkFailover|BenchmarkAPIOutage' -benchtime 10x -timeout 60m
+
+# Moving the control-plane VIP from kube-vip to vipd (docs/migration.md), ~3 min.
+bench-migration: deps
+	$(GO) test ./e2e -run '^$$' -bench BenchmarkMigration -benchtime 5x -timeout 30m
 
 bench-services: deps
 	$(GO) test ./e2e -run '^$$' -bench BenchmarkServices -benchtime 1x -timeout 60m
