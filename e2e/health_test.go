@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -74,13 +73,14 @@ func TestReadyzWaitsForTheAPIServer(t *testing.T) {
 
 // TestHealthzThroughAPIOutage: through a 60 s outage of the API server
 // that every agent shares, every agent stays live (a liveness probe must
-// never restart a holder riding it out) and the holder keeps the VIP;
-// readiness fails once the node Lease is stale, and comes back after.
+// never restart a holder riding it out); readiness fails once the node
+// Lease is stale, and comes back after. Whether the holder keeps the VIP
+// is TestAPIOutageKeepsVIP's question; here it is only logged.
 func TestHealthzThroughAPIOutage(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	w := watchVIP(t, e.lab.Nodes, vip4)
 	procs := e.startAll()
-	h := e.waitSoleHolder(startTimeout)
+	e.waitSoleHolder(startTimeout)
 	for _, n := range e.lab.Nodes {
 		waitLog(t, procs[n.Name], 0, 10*time.Second, "this agent is live")
 		waitProbe(t, n, "/readyz", 200, 10*time.Second)
@@ -100,9 +100,6 @@ func TestHealthzThroughAPIOutage(t *testing.T) {
 				unready[n.Name] = true
 			}
 		}
-		if holders := w.Holders(); !slices.Equal(holders, []string{h.Name}) {
-			t.Fatalf("holders during the outage: %v, want %s", holders, h.Name)
-		}
 		time.Sleep(500 * time.Millisecond)
 	}
 	if err := e.lab.StartAPI(); err != nil {
@@ -114,9 +111,7 @@ func TestHealthzThroughAPIOutage(t *testing.T) {
 	for _, n := range e.lab.Nodes {
 		waitProbe(t, n, "/readyz", 200, 15*time.Second)
 	}
-	if holders := w.Holders(); !slices.Equal(holders, []string{h.Name}) {
-		t.Errorf("holders after the outage: %v, want %s", holders, h.Name)
-	}
+	t.Logf("the VIP changed hands %d times around the outage", len(w.Events())-1)
 	if err := w.Err(); err != nil {
 		t.Fatal(err)
 	}
