@@ -153,6 +153,13 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			return err
 		}
 	}
+	every := loopEvery(cfg)
+	h := newHealth(el, svc, every, cfg.LeaseDuration)
+	if cfg.HealthAddr != "" {
+		if err := serveHealth(ctx, cfg.HealthAddr, h, log); err != nil {
+			return err
+		}
+	}
 
 	var ann announcer = noAnnouncer{}
 	if cfg.ARP {
@@ -187,6 +194,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	}
 	done := make(chan error, 6)
 	go func() { done <- wrap("election", el.Run(bg)) }()
+	go reportAccess(bg, client, cfg, log)
 	if hb != nil {
 		go func() { done <- wrap("heartbeats", hb.Run(bg)) }()
 		go func() { done <- wrap("heartbeat key", runFastPath(bg, cfg, client, hb, log)) }()
@@ -208,19 +216,17 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	log.Info("agent started", "vips", cfg.VIPs, "services", cfg.Services, "namespace", cfg.Namespace,
 		"agent_namespace", cfg.AgentNamespace)
 
-	// With a VIP lifetime the reconciler renews the VIPs it holds well
-	// before they expire; with the guard it shows it is not stuck.
-	every := resyncInterval
-	if cfg.VIPLifetime > 0 {
-		every = min(every, cfg.VIPLifetime/4)
-	}
-	if r.guard != nil {
-		every = min(every, guardResync)
-	}
 	resync := time.NewTicker(every)
 	defer resync.Stop()
+	stuck := wedge()
 	for {
+		h.beat()
 		select {
+		case <-stuck:
+			log.Warn("test hook: the main loop stops until the agent is stopped")
+			<-ctx.Done()
+			r.shutdown()
+			return nil
 		case <-ctx.Done():
 			r.shutdown()
 			return nil

@@ -112,6 +112,7 @@ type Controller struct {
 	running atomic.Bool
 
 	// Set by Run before any worker starts.
+	access     access
 	services   corelisters.ServiceLister
 	configMaps corelisters.ConfigMapLister // nil without a pool
 	slices     discoverylisters.EndpointSliceLister
@@ -170,10 +171,22 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	defer c.queue.ShutDown()
 
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	defer broadcaster.Shutdown()
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.cfg.Client.CoreV1().Events("")})
-	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: reportingController, Host: c.cfg.NodeName})
+	acc, err := c.waitAccess(ctx)
+	if errors.Is(err, errNoServices) {
+		return c.serveNothing(ctx, err)
+	}
+	if err != nil {
+		return nil // ctx ended
+	}
+	c.access = acc
+
+	var recorder record.EventRecorder = &record.FakeRecorder{} // drops Events
+	if acc.events {
+		broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+		defer broadcaster.Shutdown()
+		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.cfg.Client.CoreV1().Events("")})
+		recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: reportingController, Host: c.cfg.NodeName})
+	}
 
 	factory := informers.NewSharedInformerFactoryWithOptions(c.cfg.Client, 0, informers.WithNamespace(c.cfg.Namespace),
 		// Nothing here reads managedFields; dropping them keeps the cache
@@ -188,8 +201,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	svcInf := factory.Core().V1().Services()
 	epInf := factory.Discovery().V1().EndpointSlices()
 	c.services = svcInf.Lister()
-	c.slices = epInf.Lister()
-	synced := []cache.InformerSynced{svcInf.Informer().HasSynced, epInf.Informer().HasSynced}
+	synced := []cache.InformerSynced{svcInf.Informer().HasSynced}
 
 	replan := func(any) { c.queue.Add(item{kind: kindPlan}) }
 	onService := func(obj any) {
@@ -213,13 +225,20 @@ func (c *Controller) Run(ctx context.Context) error {
 			replan(obj)
 		}
 	}
-	if _, err := epInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: onSlice, UpdateFunc: func(_, obj any) { onSlice(obj) }, DeleteFunc: onSlice,
-	}); err != nil {
-		return fmt.Errorf("watching EndpointSlices: %w", err)
+	if acc.slices {
+		c.slices = epInf.Lister()
+		synced = append(synced, epInf.Informer().HasSynced)
+		if _, err := epInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: onSlice, UpdateFunc: func(_, obj any) { onSlice(obj) }, DeleteFunc: onSlice,
+		}); err != nil {
+			return fmt.Errorf("watching EndpointSlices: %w", err)
+		}
+	} else {
+		// Never filled: Local Services see no ready endpoint anywhere.
+		c.slices = discoverylisters.NewEndpointSliceLister(cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}))
 	}
 	other := cache.ResourceEventHandlerFuncs{AddFunc: replan, UpdateFunc: func(_, obj any) { replan(obj) }, DeleteFunc: replan}
-	if c.cfg.PoolConfigMap != "" {
+	if acc.pool {
 		// The pool lives in its own namespace and is one object, so it gets
 		// an informer of its own, still run by the shared factory.
 		cmInf := factory.InformerFor(&corev1.ConfigMap{}, func(client kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
@@ -485,14 +504,14 @@ func equalAddresses(a, b []Address) bool {
 }
 
 // allocate writes the pool allocation the plan made for a Service. The
-// Update carries the resourceVersion the plan was computed from, so when
-// agents race only one write lands; the others see a conflict and
+// write is conditional on the resourceVersion the plan was computed from,
+// so when agents race only one write lands; the others see a conflict and
 // recompute from what it wrote.
 func (c *Controller) allocate(ctx context.Context, nn types.NamespacedName) error {
 	c.mu.Lock()
 	sp := c.plan.services[nn]
 	c.mu.Unlock()
-	if sp == nil || !sp.write {
+	if sp == nil || !sp.write || !c.access.annotate() {
 		return nil
 	}
 	svc, err := c.services.Services(nn.Namespace).Get(nn.Name)
@@ -500,18 +519,11 @@ func (c *Controller) allocate(ctx context.Context, nn types.NamespacedName) erro
 		return nil // gone or changed: a newer plan is on its way
 	}
 	value := joinAddrs(sp.alloc)
-	upd := svc.DeepCopy()
-	if upd.Annotations == nil {
-		upd.Annotations = map[string]string{}
+	set := map[string]*string{AnnotationLoadBalancerIPs: nil, AnnotationPoolAllocated: nil}
+	if value != "" {
+		set = map[string]*string{AnnotationLoadBalancerIPs: &value, AnnotationPoolAllocated: &value}
 	}
-	if value == "" {
-		delete(upd.Annotations, AnnotationLoadBalancerIPs)
-		delete(upd.Annotations, AnnotationPoolAllocated)
-	} else {
-		upd.Annotations[AnnotationLoadBalancerIPs] = value
-		upd.Annotations[AnnotationPoolAllocated] = value
-	}
-	_, err = c.cfg.Client.CoreV1().Services(nn.Namespace).Update(ctx, upd, metav1.UpdateOptions{FieldManager: fieldManager})
+	_, err = c.setAnnotations(ctx, svc, set, sp.writeRV)
 	switch {
 	case apierrors.IsConflict(err) || apierrors.IsNotFound(err):
 		c.log.Debug("pool allocation lost a race", "service", nn.String(), "vip", value)

@@ -60,7 +60,7 @@ type filter struct {
 }
 
 func (f filter) serves(s *corev1.Service) bool {
-	if s.Spec.Type != corev1.ServiceTypeLoadBalancer {
+	if s.Spec.Type != corev1.ServiceTypeLoadBalancer || ignored(s) {
 		return false
 	}
 	if f.namespace != "" && s.Namespace != f.namespace {
@@ -148,6 +148,7 @@ func computePlan(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, p poo
 		c := &candidate{svc: s, name: types.NamespacedName{Namespace: s.Namespace, Name: s.Name},
 			sp: &servicePlan{uid: s.UID, source: sourceOf(s)}}
 		c.requested, c.fromPool, c.needPool, c.sp.warnings = requestedAddrs(s)
+		c.sp.warnings = append(c.sp.warnings, unsupported(s)...)
 		cands = append(cands, c)
 	}
 	// One order for every decision that has a winner: oldest first, then
