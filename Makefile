@@ -7,7 +7,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
 GO      ?= go
-VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+# The release this tree is (VERSION file): the image tag, and the tag the
+# manifests in deploy/ name.
+VERSION ?= $(shell cat VERSION)
 LDFLAGS := -X main.version=$(VERSION)
 
 # Debian packages the tests and the lab use: etcd for the test control plane,
@@ -15,9 +17,14 @@ LDFLAGS := -X main.version=$(VERSION)
 # packet drops, `ping` and `arping` in the lab's own tests, and CA
 # certificates for Go's module downloads. Packet sockets need no package;
 # tcpdump is handy by hand but nothing runs it.
-DEB_PACKAGES := etcd-server iproute2 nftables iputils-ping arping ca-certificates
+# containerd and runc run vipd's image under a real kubelet in the lab
+# (e2e/kubelet_test.go); buildah builds the image (make image) without a
+# registry or a daemon; nsenter (util-linux) starts them in a node's
+# network namespace.
+DEB_PACKAGES := etcd-server iproute2 nftables iputils-ping arping ca-certificates \
+	containerd runc buildah util-linux
 
-.PHONY: build deps kube-assets test demo bench bench-failover bench-services vet fmt clean root
+.PHONY: build deps kube-assets test demo bench bench-failover bench-services bench-migration vet fmt clean root image manifests
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/vipd ./cmd/vipd
@@ -52,7 +59,7 @@ deps: root
 			fi; \
 		fi; \
 	else \
-		for c in etcd ip nft ping arping; do command -v "$$c" >/dev/null || missing+=("$$c"); done; \
+		for c in etcd ip nft ping arping containerd runc buildah nsenter; do command -v "$$c" >/dev/null || missing+=("$$c"); done; \
 		if [ $${#missing[@]} -gt 0 ]; then \
 			echo "deps: not a Debian system; install these commands yourself: $${missing[*]}" >&2; exit 1; \
 		fi; \
@@ -64,16 +71,33 @@ deps: root
 kube-assets:
 	hack/kube-assets.sh
 
+# The container image localhost/vipd:$(VERSION), built with buildah from the
+# Dockerfile, also written to bin/vipd-$(VERSION).tar for
+# `ctr -n k8s.io images import` on the nodes. Needs root (buildah).
+image: root
+	@command -v buildah >/dev/null || $(MAKE) deps
+	@mkdir -p bin
+	hack/image.sh $(VERSION) bin/vipd-$(VERSION).tar
+
+# Regenerates deploy/*.yaml with `vipd manifest` (deploy/manifests_test.go
+# holds the arguments and checks the files match).
+manifests:
+	$(GO) test ./deploy -run TestGenerated -update
+
 test: deps
 	$(GO) test -p 1 -count=1 -timeout 30m ./...
 
 demo: deps bin/vipd-lab
 	bin/vipd-lab demo --vipd bin/vipd
 
-bench: bench-failover bench-services
+bench: bench-failover bench-services bench-migration
 
 bench-failover: deps
 	$(GO) test ./e2e -run '^$$' -bench 'BenchmarkFailover|BenchmarkAPIOutage' -benchtime 10x -timeout 60m
+
+# Moving the control-plane VIP from kube-vip to vipd (docs/migration.md), ~3 min.
+bench-migration: deps
+	$(GO) test ./e2e -run '^$$' -bench BenchmarkMigration -benchtime 5x -timeout 30m
 
 bench-services: deps
 	$(GO) test ./e2e -run '^$$' -bench BenchmarkServices -benchtime 1x -timeout 60m

@@ -25,8 +25,7 @@ import (
 )
 
 // BenchmarkServices measures LoadBalancer Services at scale, at vipd's
-// default timings (docs/testing.md, ../shared/MEASURE.md "Services at
-// scale"). Each sub-benchmark is one run; use
+// default timings (docs/benchmarks.md, "Services at scale"). Each sub-benchmark is one run; use
 //
 //	go test ./e2e -run '^$' -bench BenchmarkServices -benchtime 1x
 //

@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -137,6 +139,14 @@ func TestGracefulHandover(t *testing.T) {
 	if got := e.mustHolding(); got.has(h.Name, vip4) {
 		t.Errorf("the VIP is still on %s after its agent stopped: %v", h.Name, got)
 	}
+	// A clean stop leaves nothing of the ARP/NDP guard behind.
+	out, err := e.lab.Exec(t.Context(), h.Netns, "nft", "list", "ruleset")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out, "table arp vipd") || strings.Contains(out, "table ip6 vipd") {
+		t.Errorf("the guard's tables are still on %s after a clean stop:\n%s", h.Name, out)
+	}
 	e.waitLeaseHolder(5*time.Second, next)
 	e.mustReach(vip4, e.node(next))
 	if d := w.Overlap(stop.Add(-time.Second), time.Now(), nil); d > 0 {
@@ -147,13 +157,22 @@ func TestGracefulHandover(t *testing.T) {
 // TestHolderCrash: the holder's agent is killed; its node stays up, so its
 // kernel would answer ARP for the VIP it still carries. The heartbeats show
 // the agent dead within about 200 ms and another node takes over at once;
-// the VIP's lifetime, no longer renewed, makes the kernel drop the stale
-// address, so two nodes do not keep answering.
+// the guard's dead-man switch lapses within 200 ms, so the crashed node's
+// kernel stops answering ARP for the VIP long before the address expires.
 func TestHolderCrash(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	procs := e.startAll()
 	h := e.waitSoleHolder(startTimeout)
+	// The fast path needs the others to hear the holder first.
+	e.waitHeard(procs)
 	e.mustReach(vip4, h)
+	a := watchARP(t, e, vip4, 20*time.Millisecond)
+	waitFor(t, time.Second, "ARP answers from "+h.Name, func() error {
+		if a.LastFrom(h.Name).IsZero() {
+			return errors.New("none yet")
+		}
+		return nil
+	})
 
 	kill := time.Now()
 	if err := procs[h.Name].Kill(); err != nil {
@@ -163,12 +182,24 @@ func TestHolderCrash(t *testing.T) {
 	took := at.Sub(kill)
 	t.Logf("%s took over %v after %s's agent was killed", next.Name, took.Round(time.Millisecond), h.Name)
 	// Heartbeats time out after 200 ms; the Lease would take 2 s.
-	if took > e.timing.lease/2 {
+	if took > lossBound {
 		t.Errorf("%s took over %v after the kill; the failure detector should beat Lease expiry (%v)", next.Name, took, e.timing.lease)
 	}
 	e.waitLeaseHolder(5*time.Second, next.Name)
 	e.waitNeighbor(2*time.Second, vip4, next)
 	e.mustReach(vip4, next)
+
+	// The old MAC falls silent within the guard's timeout (200 ms, plus up
+	// to one 50 ms refresh); the request interval adds 20 ms.
+	holdFor(t, time.Second, "ARP probes to go on after the kill", func() error { return a.Err() })
+	last := a.LastFrom(h.Name)
+	t.Logf("%s's kernel last answered ARP for %s %v after the kill", h.Name, vip4, last.Sub(kill).Round(time.Millisecond))
+	if silent := last.Sub(kill); silent > 300*time.Millisecond {
+		t.Errorf("%s still answered ARP for %s %v after its agent was killed, want at most 300ms", h.Name, vip4, silent)
+	}
+	if who := e.mustAnswerers(vip4); !slices.Equal(who, []string{next.Name}) {
+		t.Errorf("ARP for %s answered by %v, want only %s", vip4, who, next.Name)
+	}
 
 	// The crashed agent no longer renews its VIP: the kernel removes it
 	// within its lifetime (2 s, checked on whole seconds).
@@ -183,16 +214,17 @@ func TestHolderCrash(t *testing.T) {
 		return nil
 	})
 	t.Logf("the stale VIP on %s expired %v after the kill", h.Name, gone.Sub(kill).Round(time.Millisecond))
-	if who := e.mustAnswerers(vip4); !slices.Equal(who, []string{next.Name}) {
-		t.Errorf("ARP for %s answered by %v, want only %s", vip4, who, next.Name)
-	}
 
-	// The restarted agent follows the new holder and does not take the VIP back.
+	// The restarted agent follows the new holder and does not take the
+	// VIP back; the guard it finds holds nothing for an address it lacks.
 	procs[h.Name] = e.start(h)
 	waitLog(t, procs[h.Name], 0, 10*time.Second, " holder="+next.Name)
 	if got, err := e.leaseHolder(); err != nil || got != next.Name {
 		t.Errorf("after the restart the Lease names %q (%v), want %s", got, err, next.Name)
 	}
+	waitFor(t, 5*time.Second, "the restarted agent's guard to hold no VIP", func() error {
+		return guardHolds(t.Context(), e, h)
+	})
 }
 
 // TestHolderCrashSlowPath: without heartbeats and VIP lifetimes, Lease
@@ -204,6 +236,15 @@ func TestHolderCrashSlowPath(t *testing.T) {
 	procs := e.startAll(slow...)
 	h := e.waitSoleHolder(startTimeout)
 	e.mustReach(vip4, h)
+	// Without a VIP lifetime to renew, the holder must still show its guard
+	// it is running: its node keeps answering ARP for the VIP.
+	a := watchARP(t, e, vip4, 20*time.Millisecond)
+	from := time.Now()
+	holdFor(t, 5*time.Second, h.Name+" to keep answering ARP for the VIP", func() error { return a.Err() })
+	if quiet := a.Unanswered(from, time.Now()); quiet > 100*time.Millisecond {
+		t.Errorf("the holder %s left ARP requests for the VIP unanswered for %v in 5 s", h.Name, quiet)
+	}
+	a.Stop()
 
 	kill := time.Now()
 	if err := procs[h.Name].Kill(); err != nil {
@@ -245,12 +286,14 @@ func TestHolderCrashSlowPath(t *testing.T) {
 }
 
 // TestNodeLoss: the holder's agent is killed and its link goes down at the
-// same moment (power loss); another node takes over after the Lease expires
-// and the client reaches the VIP there.
+// same moment (power loss); the others notice its heartbeats stopped and
+// another node takes over within the node-loss bound, long before its Lease
+// would expire; the client reaches the VIP there.
 func TestNodeLoss(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	procs := e.startAll()
 	h := e.waitSoleHolder(startTimeout)
+	e.waitHeard(procs)
 	e.mustReach(vip4, h)
 
 	lost := time.Now()
@@ -261,7 +304,11 @@ func TestNodeLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	next, at := e.waitNewHolder(e.timing.lease+2*time.Second, h)
-	t.Logf("%s took over %v after %s was lost", next.Name, at.Sub(lost).Round(time.Millisecond), h.Name)
+	took := at.Sub(lost)
+	t.Logf("%s took over %v after %s was lost", next.Name, took.Round(time.Millisecond), h.Name)
+	if took > lossBound {
+		t.Errorf("%s took over %v after %s was lost, want within %v", next.Name, took, h.Name, lossBound)
+	}
 	e.waitLeaseHolder(5*time.Second, next.Name)
 	e.waitNeighbor(2*time.Second, vip4, next)
 	e.mustReach(vip4, next)

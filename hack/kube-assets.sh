@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # kube-assets.sh makes sure the test control plane binaries are in one folder:
-#   kube-apiserver  built from the k8s.io/kubernetes version pinned in tools/kube-apiserver
+#   kube-apiserver  built from the k8s.io/kubernetes version pinned in tools/kubernetes
+#   kubelet         the same release's kubelet, for the test that runs vipd's manifests
 #   etcd            a link to Debian's /usr/bin/etcd (package etcd-server)
 # envtest (internal/lab/controlplane) runs them from there. Safe to run again:
 # it only builds or installs what is missing or stale.
@@ -11,20 +12,25 @@ set -euo pipefail
 log() { printf 'kube-assets: %s\n' "$*" >&2; }
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-tools_dir="$repo_root/tools/kube-apiserver"
+tools_dir="$repo_root/tools/kubernetes"
 assets_dir="${VIPD_KUBE_ASSETS:-$HOME/.cache/vipd/kube-assets}"
 
 mkdir -p "$assets_dir"
 assets_dir=$(cd "$assets_dir" && pwd)
 
-# --- kube-apiserver -----------------------------------------------------------
-apiserver="$assets_dir/kube-apiserver"
-if [[ -x "$apiserver" && "$apiserver" -nt "$tools_dir/go.mod" && "$apiserver" -nt "$tools_dir/go.sum" ]]; then
-	log "kube-apiserver is up to date: $apiserver"
-else
+# --- kube-apiserver and kubelet ----------------------------------------------
+# build NAME: k8s.io/kubernetes/cmd/NAME at the pinned version, unless the
+# binary is newer than the pin.
+build() {
+	local name=$1 bin="$assets_dir/$1"
+	if [[ -x "$bin" && "$bin" -nt "$tools_dir/go.mod" && "$bin" -nt "$tools_dir/go.sum" ]]; then
+		log "$name is up to date: $bin"
+		return
+	fi
+	local version major minor pkg ldflags tmp
 	version=$(cd "$tools_dir" && go list -m -f '{{.Version}}' k8s.io/kubernetes)
-	log "building kube-apiserver $version into $apiserver (first build takes ~5 min on 2 cores, later ones hit the Go build cache)"
-	# Stamp the version so `kube-apiserver --version` tells which release runs;
+	log "building $name $version into $bin (a first build takes minutes on 2 cores, later ones hit the Go build cache)"
+	# Stamp the version so `NAME --version` tells which release runs;
 	# -X only changes the link step, so cached compiles are still reused.
 	major=${version#v}
 	major=${major%%.*}
@@ -33,13 +39,16 @@ else
 	pkg=k8s.io/component-base/version
 	ldflags="-X $pkg.gitVersion=$version -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
 	# Build to a temporary name so an interrupted build never looks up to date.
-	tmp="$apiserver.tmp.$$"
+	tmp="$bin.tmp.$$"
 	trap 'rm -f "$tmp"' EXIT
-	(cd "$tools_dir" && go build -ldflags "$ldflags" -o "$tmp" k8s.io/kubernetes/cmd/kube-apiserver)
-	mv -f "$tmp" "$apiserver"
+	(cd "$tools_dir" && go build -ldflags "$ldflags" -o "$tmp" "k8s.io/kubernetes/cmd/$name")
+	mv -f "$tmp" "$bin"
 	trap - EXIT
-	log "built $("$apiserver" --version)"
-fi
+	log "built $("$bin" --version)"
+}
+build kube-apiserver
+# The kubelet runs vipd's manifests in e2e/kubelet_test.go.
+build kubelet
 
 # --- etcd -----------------------------------------------------------------------
 if [[ ! -x /usr/bin/etcd ]]; then

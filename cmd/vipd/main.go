@@ -18,6 +18,7 @@ import (
 	"github.com/vipd/vipd/internal/agent"
 	"github.com/vipd/vipd/internal/config"
 	"github.com/vipd/vipd/internal/logging"
+	"github.com/vipd/vipd/internal/manifest"
 )
 
 // version is set at build time: go build -ldflags "-X main.version=v1.2.3".
@@ -31,13 +32,15 @@ const (
 )
 
 func main() {
-	a := app{getenv: os.Getenv, stdout: os.Stdout, stderr: os.Stderr, runAgent: agent.Run}
+	a := app{getenv: os.Getenv, environ: os.Environ, stdout: os.Stdout, stderr: os.Stderr, runAgent: agent.Run}
 	os.Exit(a.execute(context.Background(), os.Args[1:]))
 }
 
 // app is vipd with its surroundings passed in, so tests can run it in-process.
 type app struct {
 	getenv         func(string) string
+	environ        func() []string // nil: no environment to check
+	args           []string        // the command line, for manifest headers
 	stdout, stderr io.Writer
 	runAgent       func(ctx context.Context, cfg config.Config, version string, log *slog.Logger) error
 }
@@ -51,6 +54,7 @@ func (e agentError) Unwrap() error { return e.err }
 
 // execute runs vipd with args and returns the process exit code.
 func (a app) execute(ctx context.Context, args []string) int {
+	a.args = args
 	root := a.command()
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
@@ -95,7 +99,7 @@ func (a app) command() *cobra.Command {
 		},
 	}
 
-	root.AddCommand(run, ver, a.statusCommand())
+	root.AddCommand(run, ver, a.statusCommand(), manifest.Command(version, a.args))
 	return root
 }
 
@@ -115,6 +119,14 @@ func (a app) run(ctx context.Context, cmd *cobra.Command) error {
 	defer stop()
 
 	log.Info("starting vipd", "version", version, "config", cfg)
+	for _, w := range cfg.Warnings {
+		log.Warn(w)
+	}
+	if a.environ != nil {
+		for _, w := range config.CheckEnvironment(a.environ()) {
+			log.Warn(w)
+		}
+	}
 	if err := a.runAgent(ctx, cfg, version, log); err != nil {
 		log.Error("agent failed", "err", err)
 		return agentError{err}

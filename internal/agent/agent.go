@@ -38,10 +38,12 @@ const releaseTimeout = 2 * time.Second
 // The guard's dead-man switch: renewed every guardRefresh while the
 // reconciler has run within guardStuck, it lapses guard.DefaultAnswerTimeout
 // (200 ms) after the agent dies or gets stuck, and the node stops answering
-// ARP and NDP for its VIPs.
+// ARP and NDP for its VIPs. The reconciler runs at least every
+// guardResync, so a healthy agent always has.
 const (
 	guardRefresh = 50 * time.Millisecond
-	guardStuck   = 2 * time.Second
+	guardResync  = time.Second
+	guardStuck   = 4 * guardResync
 )
 
 // newGuard sets up the ARP/NDP guard. Its entries for the VIPs outlive
@@ -155,6 +157,13 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			return err
 		}
 	}
+	every := loopEvery(cfg)
+	h := newHealth(el, svc, every, cfg.LeaseDuration)
+	if cfg.HealthAddr != "" {
+		if err := serveHealth(ctx, cfg.HealthAddr, h, log); err != nil {
+			return err
+		}
+	}
 
 	if !cfg.ARP {
 		log.Warn("vip_arp is off: VIPs are added but never announced; clients learn the new holder only when their neighbour entries expire")
@@ -206,6 +215,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	}
 	go func() { done <- wrap("election", el.Run(bg)) }()
 	go func() { done <- wrap("watching the interfaces", links.watch(bg)) }()
+	go reportAccess(bg, client, cfg, log)
 	if hb != nil {
 		go func() { done <- wrap("heartbeats", hb.Run(bg)) }()
 		go func() { done <- wrap("heartbeat key", runFastPath(bg, cfg, client, hb, log)) }()
@@ -227,16 +237,17 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	log.Info("agent started", "vips", cfg.VIPs, "iface", iface.Name, "services", cfg.Services, "services_iface", links.svc,
 		"namespace", cfg.Namespace, "agent_namespace", cfg.AgentNamespace)
 
-	// With a VIP lifetime the reconciler renews the VIPs it holds well
-	// before they expire.
-	every := resyncInterval
-	if cfg.VIPLifetime > 0 {
-		every = min(every, cfg.VIPLifetime/4)
-	}
 	resync := time.NewTicker(every)
 	defer resync.Stop()
+	stuck := wedge()
 	for {
+		h.beat()
 		select {
+		case <-stuck:
+			log.Warn("test hook: the main loop stops until the agent is stopped")
+			<-ctx.Done()
+			r.shutdown()
+			return nil
 		case <-ctx.Done():
 			r.shutdown()
 			return nil

@@ -58,6 +58,7 @@ func newClient(cfg config.Config, log *slog.Logger, wrap transport.WrapperFunc) 
 		rc  *rest.Config
 		err error
 	)
+	cfg.Kubeconfig = defaultKubeconfig(cfg.Kubeconfig, log)
 	if cfg.Kubeconfig != "" {
 		rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
 		if err != nil {

@@ -29,7 +29,7 @@ type leaseEvents struct {
 // newLeaseEvents starts an Event broadcaster that lives as long as ctx.
 func newLeaseEvents(ctx context.Context, client kubernetes.Interface, node, namespace, lease string) *leaseEvents {
 	b := record.NewBroadcaster(record.WithContext(ctx))
-	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events(namespace)})
+	b.StartRecordingToSink(&refusedSink{sink: &typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events(namespace)}})
 	go func() {
 		<-ctx.Done()
 		b.Shutdown()

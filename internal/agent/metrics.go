@@ -2,12 +2,8 @@ package agent
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -44,26 +40,10 @@ func newMetrics() *metrics {
 	return m
 }
 
-// serve exposes /metrics and /healthz on addr until ctx ends. The listener
-// is opened before it returns, so a bad or busy address fails start-up.
+// serve exposes /metrics on addr until ctx ends; a bad or busy address
+// fails start-up. Health has an address of its own (health.go).
 func (m *metrics) serve(ctx context.Context, addr string, log *slog.Logger) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("prometheus_server %q: %w", addr, err)
-	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server stopped", "err", err)
-		}
-	}()
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
-	log.Info("serving metrics", "addr", ln.Addr().String())
-	return nil
+	return serveHTTP(ctx, "prometheus_server", addr, "metrics", mux, log)
 }

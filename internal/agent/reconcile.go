@@ -294,7 +294,7 @@ func (r *reconciler) refuse(vip netip.Addr, err error, now time.Time) {
 		r.log.Warn("cannot hold VIP here: releasing it to another node", "vip", vip, "contest", b.contest,
 			"reason", reason, "retry_in", d.Round(time.Second))
 		if r.svc != nil {
-			r.svc.Reject(vip, reason)
+			r.svc.RefusedHere(vip, reason)
 		}
 		r.publishRefusals()
 		return
@@ -463,19 +463,21 @@ func (r *reconciler) refreshGuard(ctx context.Context, interval, stuck time.Dura
 }
 
 // shutdown steps down in the order that keeps one holder: silence, remove
-// the addresses, then release so the next holders start at once.
+// the addresses, then release so the next holders start at once. The guard
+// goes last: with the addresses gone it has nothing left to guard, and
+// removing it must not delay the release.
 func (r *reconciler) shutdown() {
 	r.log.Info("shutting down: stepping down")
 	r.apply(plan{})
-	if r.guard != nil {
-		if err := r.guard.Close(); err != nil {
-			r.log.Warn("removing the ARP/NDP guard", "err", err)
-		}
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
 	if err := r.el.Release(ctx); err != nil {
 		r.log.Warn("could not release; others take over when this node's lease expires", "err", err)
+	}
+	if r.guard != nil {
+		if err := r.guard.Close(); err != nil {
+			r.log.Warn("removing the ARP/NDP guard", "err", err)
+		}
 	}
 }
 

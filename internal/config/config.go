@@ -109,12 +109,24 @@ type Config struct {
 	// Only an explicit setting turns authentication off.
 	HeartbeatInsecure bool
 
+	// HealthAddr is where /healthz and /readyz are served (host:port;
+	// empty: off). kube-vip's health_check_port N means ":N".
+	HealthAddr string
+
+	// Warnings are kube-vip settings that change nothing in ARP mode, one
+	// line each, for the agent to log at start.
+	Warnings []string
+
 	// LogLevel is debug, info, warn or error (vip_loglevel, which also
 	// takes kube-vip's numeric levels).
 	LogLevel string
 	// LogFormat is text (logfmt-style key=value) or json, one object a line.
 	LogFormat string
 }
+
+// DefaultHealthAddr serves /healthz and /readyz to the node itself: probes
+// of a pod on the host network can name 127.0.0.1.
+const DefaultHealthAddr = "127.0.0.1:7948"
 
 // Defaults returns the settings used when neither a flag nor an environment
 // variable says otherwise. NodeName is left empty: Load fills in the host name.
@@ -134,6 +146,7 @@ func Defaults() Config {
 		HeartbeatPort:     7947,
 		HeartbeatSecret:   "vipd-heartbeat-key",
 		VIPLifetime:       2 * time.Second,
+		HealthAddr:        DefaultHealthAddr,
 		LogLevel:          "info",
 		LogFormat:         "text",
 	}
@@ -190,6 +203,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("heartbeat_key_file", c.HeartbeatKeyFile),
 		slog.String("heartbeat_key_secret", c.HeartbeatSecret),
 		slog.Bool("heartbeat_insecure", c.HeartbeatInsecure),
+		slog.String("health_addr", c.HealthAddr),
 		slog.String("log_level", c.LogLevel),
 		slog.String("log_format", c.LogFormat),
 	)

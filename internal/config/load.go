@@ -45,6 +45,7 @@ const (
 	flagHeartbeatKeyFile = "heartbeat-key-file"
 	flagHeartbeatSecret  = "heartbeat-key-secret"
 	flagHeartbeatNoAuth  = "heartbeat-insecure"
+	flagHealthAddr       = "health-addr"
 	flagServicesIface    = "services-interface"
 	flagNodeSelector     = "node-selector"
 	flagExcludeCP        = "service-exclude-control-plane"
@@ -149,6 +150,7 @@ func AddFlags(fs *pflag.FlagSet) {
 	str(flagLogLevel, d.LogLevel, "debug, info, warn or error")
 	str(flagLogFormat, d.LogFormat, "text (key=value) or json (one object a line)")
 	str(flagHeartbeatPort, strconv.Itoa(d.HeartbeatPort), "UDP port of the heartbeats between agents that detect a dead holder fast (0: off, Lease expiry only)")
+	str(flagHealthAddr, d.HealthAddr, "host:port to serve /healthz and /readyz on (empty: off; kube-vip's health_check_port N means :N)")
 	str(flagVIPLifetime, d.VIPLifetime.String(), "valid lifetime of a VIP, renewed while held, so a crashed agent's VIP expires (Go duration, at least 1s; 0: never)")
 	str(flagHeartbeatKeyFile, "", "file with the heartbeat key (first line signs, further lines are also accepted), or a directory with files key and accept (a mounted Secret); wins over --heartbeat-key-secret")
 	str(flagHeartbeatSecret, d.HeartbeatSecret, "Secret in --agent-namespace holding the heartbeat key (data key signs, optional accept is also accepted); used when no key file is set")
@@ -167,6 +169,12 @@ func Load(flags *pflag.FlagSet, getenv func(string) string) (Config, error) {
 	l := loader{flags: flags, getenv: getenv}
 	c := Defaults()
 	var err error
+
+	// kube-vip settings vipd has no flag for: refused before anything else,
+	// so a manifest for another mode never starts half-right.
+	if c.Warnings, err = checkUnmapped(getenv); err != nil {
+		return Config{}, err
+	}
 
 	// Settings are read in the order they are documented, so the first
 	// error reported is the first one an operator reading the docs meets.
@@ -239,6 +247,9 @@ func Load(flags *pflag.FlagSet, getenv func(string) string) (Config, error) {
 	if c.LoadBalancerClassOnly, err = boolSetting(l.lookup(flagLBClassOnly), c.LoadBalancerClassOnly); err != nil {
 		return Config{}, err
 	}
+	if c.LoadBalancerClassOnly, err = l.legacyClassHandling(c.LoadBalancerClassOnly); err != nil {
+		return Config{}, err
+	}
 	svcIface := l.lookup(flagServicesIface)
 	if c.ServicesInterface, err = servicesInterface(svcIface); err != nil {
 		return Config{}, err
@@ -276,7 +287,10 @@ func Load(flags *pflag.FlagSet, getenv func(string) string) (Config, error) {
 	if c.HeartbeatInsecure, err = boolSetting(insecure, c.HeartbeatInsecure); err != nil {
 		return Config{}, err
 	}
-	if err = l.leaderElection(); err != nil {
+	if c.HealthAddr, err = l.healthAddr(c.HealthAddr); err != nil {
+		return Config{}, err
+	}
+	if err = l.leaderElection(c, cp, svc); err != nil {
 		return Config{}, err
 	}
 

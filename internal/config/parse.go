@@ -211,21 +211,3 @@ func logLevel(s source, def string) (string, error) {
 	}
 	return "", s.errorf("unknown log level (use debug, info, warn or error)")
 }
-
-// leaderElection accepts kube-vip's vip_leaderelection only when it asks
-// for what vipd always does.
-func (l loader) leaderElection() error {
-	s := source{name: envLeaderElection, raw: strings.TrimSpace(l.getenv(envLeaderElection))}
-	if s.raw == "" {
-		return nil
-	}
-	s.set = true
-	on, err := boolSetting(s, true)
-	if err != nil {
-		return err
-	}
-	if !on {
-		return fmt.Errorf("%s=false is not supported: vipd always elects the VIP holder through a Lease; without election every node would answer for the VIP", envLeaderElection)
-	}
-	return nil
-}

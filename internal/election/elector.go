@@ -228,6 +228,8 @@ type Elector struct {
 	writtenAt    time.Time
 	watched      string
 	watchLagging bool // as last logged
+	// foreignLogged: contests whose foreign holder was logged.
+	foreignLogged map[string]bool
 	// reports say why each contest was last taken or lost (report.go).
 	reports map[string]Report
 	synced  atomic.Bool
@@ -264,14 +266,15 @@ func New(cfg Config) (*Elector, error) {
 		done:    make(chan result, writeWorkers),
 		retries: backoff.Tracker[string]{Policy: backoff.Policy{Base: cfg.RetryPeriod / 4, Max: 30 * cfg.RetryPeriod}},
 
-		leases:      map[string]*observed{},
-		status:      map[string]Status{},
-		annotations: ann,
-		refused:     map[string]string{},
-		refusedOut:  map[string]string{},
-		lacking:     map[string]string{},
-		lackingOut:  map[string]string{},
-		reports:     map[string]Report{},
+		leases:        map[string]*observed{},
+		status:        map[string]Status{},
+		annotations:   ann,
+		refused:       map[string]string{},
+		foreignLogged: map[string]bool{},
+		refusedOut:    map[string]string{},
+		lacking:       map[string]string{},
+		lackingOut:    map[string]string{},
+		reports:       map[string]Report{},
 	}, nil
 }
 

@@ -237,7 +237,8 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 			lease = o.lease
 		}
 		h := holder(lease)
-		if h != "" && live[h] {
+		foreign := h != "" && !live[h] && e.foreignLiveLocked(name, h, now, soon)
+		if h != "" && (live[h] || foreign) {
 			held[name] = h
 			delete(freeSince, name)
 			status[name] = Status{Leader: h, Leading: h == me}
@@ -329,6 +330,34 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		}
 	}
 	return jobs, wakeAt
+}
+
+// foreignLiveLocked reports whether the claim of contest, held by h, which
+// has no node Lease at all — not a vipd agent, typically kube-vip during a
+// migration — is still being renewed: h counts as live while it renews the
+// claim itself within the lease duration (the shorter of the claim's and
+// ours), as kube-vip does. A leftover that nobody renews stops blocking a
+// lease duration after this agent first saw it.
+func (e *Elector) foreignLiveLocked(contest, h string, now time.Time, soon func(time.Time)) bool {
+	if _, ok := e.leases[NodeLeasePrefix+h]; ok {
+		return false // a vipd agent: its node Lease decides
+	}
+	o := e.leases[contest]
+	if o == nil {
+		return false
+	}
+	d := min(leaseDuration(o.lease, e.cfg.LeaseDuration), e.cfg.LeaseDuration)
+	until := o.seen.Add(d)
+	if !now.Before(until) {
+		return false
+	}
+	soon(until)
+	if !e.foreignLogged[contest] {
+		e.foreignLogged[contest] = true
+		e.log.Warn("a holder that is not a vipd agent renews this claim (kube-vip still running?); waiting until it stops renewing",
+			"contest", contest, "holder", h, "lease_duration", d)
+	}
+	return true
 }
 
 // warmLocked reports whether this agent, just started, may take claims:

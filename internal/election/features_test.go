@@ -205,3 +205,63 @@ func startAgentWith(t *testing.T, id string, cfg Config, contests ...Contest) *a
 	cfg.Log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", id)
 	return runAgent(t, id, cfg, d, contests)
 }
+
+// TestForeignHolderWhileItRenews: a claim held by something that is not a
+// vipd agent (no node Lease: kube-vip during a migration) is left alone
+// while that holder keeps renewing it, and taken once it stops; a leftover
+// nobody renews, whatever duration it declares, is taken a lease duration
+// after the agents first saw it.
+func TestForeignHolderWhileItRenews(t *testing.T) {
+	needAPI(t)
+	ns := newNamespace(t)
+	leases := newClient(t, nil).CoordinationV1().Leases(ns)
+	ctx := context.Background()
+	foreign := func(name string, secs int32) {
+		id := "kube-vip-node"
+		now := metav1.NewMicroTime(time.Now())
+		if _, err := leases.Create(ctx, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: coordinationv1.LeaseSpec{HolderIdentity: &id, LeaseDurationSeconds: &secs, RenewTime: &now}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	foreign("renewed", 2)
+	foreign("ghost", 3600)
+	stop := make(chan struct{})
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(300 * time.Millisecond):
+			}
+			l, err := leases.Get(ctx, "renewed", metav1.GetOptions{})
+			if err != nil {
+				continue
+			}
+			now := metav1.NewMicroTime(time.Now())
+			l.Spec.RenewTime = &now
+			_, _ = leases.Update(ctx, l, metav1.UpdateOptions{})
+		}
+	}()
+	cs := []Contest{{Name: "renewed"}, {Name: "ghost"}}
+	started := time.Now()
+	a, b := startAgent(t, ns, "a", cs...), startAgent(t, ns, "b", cs...)
+	waitFor(t, 2*testLease, "the ghost's claim taken", func() bool { return len(holders("ghost", a, b)) == 1 })
+	t.Logf("the unrenewed leftover (3600 s) was taken %v after the agents started", time.Since(started).Round(time.Millisecond))
+	if got := claimHolder(t, ns, "renewed"); got != "kube-vip-node" || len(holders("renewed", a, b)) != 0 {
+		t.Fatalf("the claim renewed by its foreign holder was taken: names %q", got)
+	}
+	time.Sleep(2 * testLease) // the foreign holder renewing for a while is the point
+	if got := claimHolder(t, ns, "renewed"); got != "kube-vip-node" {
+		t.Fatalf("the claim renewed by its foreign holder was taken after %v: names %q", 2*testLease, got)
+	}
+	close(stop)
+	<-renewed
+	gone := time.Now()
+	waitFor(t, 2*testLease, "the claim taken once its foreign holder stopped renewing", func() bool {
+		return len(holders("renewed", a, b)) == 1
+	})
+	t.Logf("taken %v after the foreign holder stopped renewing", time.Since(gone).Round(time.Millisecond))
+}

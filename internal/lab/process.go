@@ -32,6 +32,22 @@ type Process struct {
 // line to Options.Logf prefixed with the node name. The process is killed
 // when ctx is done, when the process running the lab dies, or by Lab.Close.
 func (n *Node) Start(ctx context.Context, bin string, args []string, env []string) (*Process, error) {
+	// ip netns exec execs bin, so the pid is bin's.
+	return n.start(ctx, []string{"ip", "netns", "exec", n.Netns}, bin, args, env)
+}
+
+// StartHostMounts is Start for programs that must see the host's mounts:
+// only the network namespace is the node's. (ip netns exec also gives the
+// program a mount namespace of its own with a fresh /sys, which has no
+// cgroup mounts: a container runtime or kubelet cannot work there.)
+func (n *Node) StartHostMounts(ctx context.Context, bin string, args []string, env []string) (*Process, error) {
+	// nsenter execs bin, so the pid is bin's.
+	return n.start(ctx, []string{"nsenter", "--net=/run/netns/" + n.Netns, "--"}, bin, args, env)
+}
+
+// start runs bin with args through enter, a command that enters the
+// node's namespace and then execs bin.
+func (n *Node) start(ctx context.Context, enter []string, bin string, args []string, env []string) (*Process, error) {
 	l := n.lab
 	l.mu.Lock()
 	if l.closed {
@@ -52,8 +68,8 @@ func (n *Node) Start(ctx context.Context, bin string, args []string, env []strin
 		out:     &logSink{file: f, prefix: n.Name, logf: l.logf},
 		done:    make(chan struct{}),
 	}
-	// ip netns exec execs bin, so the pid is bin's.
-	p.cmd = exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Netns, bin}, args...)...)
+	argv := append(append(append([]string{}, enter...), bin), args...)
+	p.cmd = exec.CommandContext(ctx, argv[0], argv[1:]...)
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout = p.out
 	p.cmd.Stderr = p.out

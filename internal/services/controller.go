@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vipd/vipd/internal/backoff"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -118,6 +119,7 @@ type Controller struct {
 	running atomic.Bool
 
 	// Set by Run before any worker starts.
+	access     access
 	services   corelisters.ServiceLister
 	configMaps corelisters.ConfigMapLister // nil without a pool
 	slices     discoverylisters.EndpointSliceLister
@@ -153,7 +155,11 @@ func New(cfg Config) (*Controller, error) {
 		cfg:    cfg,
 		log:    log, // the agent's: it names the node already
 		filter: filter{namespace: cfg.Namespace, class: cfg.Class, onlyOwnClass: cfg.OnlyOwnClass},
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[item](),
+		// A write that keeps failing (RBAC, a webhook, a conflict storm)
+		// is retried with a growing, jittered delay, capped at 30 s: never
+		// a tight loop, never so late that a repaired cause goes unnoticed.
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig[item](
+			backoff.NewRateLimiter[item](backoff.Policy{Base: 100 * time.Millisecond, Max: 30 * time.Second}),
 			workqueue.TypedRateLimitingQueueConfig[item]{Name: "services"}),
 		changes:  make(chan struct{}, 1),
 		held:     map[netip.Addr]bool{},
@@ -172,10 +178,22 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	defer c.queue.ShutDown()
 
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	defer broadcaster.Shutdown()
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.cfg.Client.CoreV1().Events("")})
-	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: reportingController, Host: c.cfg.NodeName})
+	acc, err := c.waitAccess(ctx)
+	if errors.Is(err, errNoServices) {
+		return c.serveNothing(ctx, err)
+	}
+	if err != nil {
+		return nil // ctx ended
+	}
+	c.access = acc
+
+	var recorder record.EventRecorder = &record.FakeRecorder{} // drops Events
+	if acc.events {
+		broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+		defer broadcaster.Shutdown()
+		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.cfg.Client.CoreV1().Events("")})
+		recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: reportingController, Host: c.cfg.NodeName})
+	}
 
 	factory := informers.NewSharedInformerFactoryWithOptions(c.cfg.Client, 0, informers.WithNamespace(c.cfg.Namespace),
 		// Nothing here reads managedFields; dropping them keeps the cache
@@ -190,8 +208,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	svcInf := factory.Core().V1().Services()
 	epInf := factory.Discovery().V1().EndpointSlices()
 	c.services = svcInf.Lister()
-	c.slices = epInf.Lister()
-	synced := []cache.InformerSynced{svcInf.Informer().HasSynced, epInf.Informer().HasSynced}
+	synced := []cache.InformerSynced{svcInf.Informer().HasSynced}
 
 	replan := func(any) { c.queue.Add(item{kind: kindPlan}) }
 	onService := func(obj any) {
@@ -215,13 +232,20 @@ func (c *Controller) Run(ctx context.Context) error {
 			replan(obj)
 		}
 	}
-	if _, err := epInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: onSlice, UpdateFunc: func(_, obj any) { onSlice(obj) }, DeleteFunc: onSlice,
-	}); err != nil {
-		return fmt.Errorf("watching EndpointSlices: %w", err)
+	if acc.slices {
+		c.slices = epInf.Lister()
+		synced = append(synced, epInf.Informer().HasSynced)
+		if _, err := epInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: onSlice, UpdateFunc: func(_, obj any) { onSlice(obj) }, DeleteFunc: onSlice,
+		}); err != nil {
+			return fmt.Errorf("watching EndpointSlices: %w", err)
+		}
+	} else {
+		// Never filled: Local Services see no ready endpoint anywhere.
+		c.slices = discoverylisters.NewEndpointSliceLister(cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}))
 	}
 	other := cache.ResourceEventHandlerFuncs{AddFunc: replan, UpdateFunc: func(_, obj any) { replan(obj) }, DeleteFunc: replan}
-	if c.cfg.PoolConfigMap != "" {
+	if acc.pool {
 		// The pool lives in its own namespace and is one object, so it gets
 		// an informer of its own, still run by the shared factory.
 		cmInf := factory.InformerFor(&corev1.ConfigMap{}, func(client kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
@@ -381,6 +405,28 @@ func (c *Controller) Reject(ip netip.Addr, reason string) {
 	c.flushLocked()
 }
 
+// RefusedHere records a Warning Event on every Service of ip saying that
+// this node cannot hold it, and why (its interface refused the address).
+// Unlike Reject, only this node sees the problem, so it records the Event
+// itself, once per Service and reason.
+func (c *Controller) RefusedHere(ip netip.Addr, reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.recorder == nil {
+		return
+	}
+	msg := fmt.Sprintf("%s cannot be held by node %s: %s", ip, c.cfg.NodeName, reason)
+	for _, nn := range c.plan.servicesAt(ip) {
+		svc, err := c.services.Services(nn.Namespace).Get(nn.Name)
+		if err != nil {
+			continue
+		}
+		c.pending = append(c.pending, pendingEvent{svc: nn, uid: svc.UID, addrs: []netip.Addr{ip}, here: true,
+			warning: warning{reason: reasonRefusedHere, message: msg}})
+	}
+	c.flushLocked()
+}
+
 // replan recomputes the addresses from the informer caches.
 func (c *Controller) replan() {
 	svcs, err := c.services.List(labels.Everything())
@@ -473,14 +519,14 @@ func equalAddresses(a, b []Address) bool {
 }
 
 // allocate writes the pool allocation the plan made for a Service. The
-// Update carries the resourceVersion the plan was computed from, so when
-// agents race only one write lands; the others see a conflict and
+// write is conditional on the resourceVersion the plan was computed from,
+// so when agents race only one write lands; the others see a conflict and
 // recompute from what it wrote.
 func (c *Controller) allocate(ctx context.Context, nn types.NamespacedName) error {
 	c.mu.Lock()
 	sp := c.plan.services[nn]
 	c.mu.Unlock()
-	if sp == nil || !sp.write {
+	if sp == nil || !sp.write || !c.access.annotate() {
 		return nil
 	}
 	svc, err := c.services.Services(nn.Namespace).Get(nn.Name)
@@ -488,18 +534,11 @@ func (c *Controller) allocate(ctx context.Context, nn types.NamespacedName) erro
 		return nil // gone or changed: a newer plan is on its way
 	}
 	value := joinAddrs(sp.alloc)
-	upd := svc.DeepCopy()
-	if upd.Annotations == nil {
-		upd.Annotations = map[string]string{}
+	set := map[string]*string{AnnotationLoadBalancerIPs: nil, AnnotationPoolAllocated: nil}
+	if value != "" {
+		set = map[string]*string{AnnotationLoadBalancerIPs: &value, AnnotationPoolAllocated: &value}
 	}
-	if value == "" {
-		delete(upd.Annotations, AnnotationLoadBalancerIPs)
-		delete(upd.Annotations, AnnotationPoolAllocated)
-	} else {
-		upd.Annotations[AnnotationLoadBalancerIPs] = value
-		upd.Annotations[AnnotationPoolAllocated] = value
-	}
-	_, err = c.cfg.Client.CoreV1().Services(nn.Namespace).Update(ctx, upd, metav1.UpdateOptions{FieldManager: fieldManager})
+	_, err = c.setAnnotations(ctx, svc, set, sp.writeRV)
 	switch {
 	case apierrors.IsConflict(err) || apierrors.IsNotFound(err):
 		c.log.Debug("pool allocation lost a race", "service", nn.String(), "vip", value)

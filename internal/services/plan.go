@@ -38,6 +38,9 @@ const (
 	reasonAllocated     = "AddressAllocated"
 	reasonAssigned      = "VIPAssigned"
 	reasonRejected      = "VIPRejected"
+	// reasonRefusedHere: one node cannot hold the address (its interface
+	// refused it); the others can.
+	reasonRefusedHere = "VIPRefusedByNode"
 )
 
 // reportingController names vipd in Events; fieldManager in its writes.
@@ -54,7 +57,7 @@ type filter struct {
 }
 
 func (f filter) serves(s *corev1.Service) bool {
-	if s.Spec.Type != corev1.ServiceTypeLoadBalancer {
+	if s.Spec.Type != corev1.ServiceTypeLoadBalancer || ignored(s) {
 		return false
 	}
 	if f.namespace != "" && s.Namespace != f.namespace {
@@ -180,6 +183,7 @@ func computePlan(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, p poo
 		c := &candidate{svc: s, name: types.NamespacedName{Namespace: s.Namespace, Name: s.Name},
 			sp: &servicePlan{uid: s.UID, source: sourceOf(s)}, req: readRequest(s), where: map[netip.Addr]where{}}
 		c.check(ps)
+		c.sp.warnings = append(c.sp.warnings, unsupported(s)...)
 		cands = append(cands, c)
 	}
 	// One order for every decision that has a winner: oldest first, then

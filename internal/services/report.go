@@ -23,6 +23,9 @@ type pendingEvent struct {
 	// rejected for the same reason; otherwise a plan warning, valid while
 	// the plan has it.
 	rejected bool
+	// here: only this node sees the problem (its own interface refused
+	// the address), so it records the Warning itself.
+	here bool
 	// othersSince is when another node was first named to record it; it
 	// is kept until ReporterGrace has passed, in case that node turns out
 	// to be gone and this one becomes the reporter.
@@ -75,7 +78,7 @@ func (c *Controller) flushLocked() {
 			continue
 		}
 		reporter := c.cfg.NodeName
-		if c.cfg.Reporter != nil {
+		if c.cfg.Reporter != nil && !p.here {
 			reporter = c.cfg.Reporter(p.addrs)
 		}
 		if reporter == "" {
@@ -111,6 +114,9 @@ func (c *Controller) flushLocked() {
 // stillValidLocked reports whether a pending Warning still describes the
 // cluster.
 func (c *Controller) stillValidLocked(p pendingEvent) bool {
+	if p.here {
+		return true
+	}
 	if p.rejected {
 		r := c.rejected[p.addrs[0]]
 		return r != nil && reasonRejectedMessage(p.addrs[0], r.reason) == p.warning.message

@@ -58,13 +58,8 @@ func (c *Controller) syncStatus(ctx context.Context, nn types.NamespacedName) er
 // claim writes this node as the holder of held.
 func (c *Controller) claim(ctx context.Context, svc *corev1.Service, sp *servicePlan, held map[netip.Addr]bool) error {
 	node := c.cfg.NodeName
-	if claimsHost(svc.Annotations[AnnotationVIPHost], node, sp.addrs, held) {
-		patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{AnnotationVIPHost: node}}})
-		if err != nil {
-			return fmt.Errorf("encoding %s patch: %w", AnnotationVIPHost, err)
-		}
-		patched, err := c.cfg.Client.CoreV1().Services(svc.Namespace).Patch(ctx, svc.Name, types.MergePatchType, patch,
-			metav1.PatchOptions{FieldManager: fieldManager})
+	if c.access.annotate() && claimsHost(svc.Annotations[AnnotationVIPHost], node, sp.addrs, held) {
+		patched, err := c.setAnnotations(ctx, svc, map[string]*string{AnnotationVIPHost: &node}, "")
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
@@ -109,7 +104,7 @@ func (c *Controller) claim(ctx context.Context, svc *corev1.Service, sp *service
 // left for their holder to overwrite.
 func (c *Controller) release(ctx context.Context, svc *corev1.Service, sp *servicePlan) error {
 	node := c.cfg.NodeName
-	if svc.Annotations[AnnotationVIPHost] != node {
+	if svc.Annotations[AnnotationVIPHost] != node || !c.access.annotate() {
 		return nil
 	}
 	err := c.updateIngress(ctx, svc, func(cur *corev1.Service) ([]corev1.LoadBalancerIngress, bool) {
@@ -120,6 +115,9 @@ func (c *Controller) release(ctx context.Context, svc *corev1.Service, sp *servi
 	})
 	if err != nil || len(sp.addrs) > 0 {
 		return err
+	}
+	if !c.access.patch {
+		return c.releaseByUpdate(ctx, svc)
 	}
 	// The test makes the removal conditional: if another node has taken
 	// over meanwhile, its annotation stays.
@@ -147,6 +145,9 @@ func (c *Controller) release(ctx context.Context, svc *corev1.Service, sp *servi
 // differs, re-reading the Service from the API on conflict. want returns
 // false to leave the Service alone.
 func (c *Controller) updateIngress(ctx context.Context, svc *corev1.Service, want func(*corev1.Service) ([]corev1.LoadBalancerIngress, bool)) error {
+	if !c.access.status {
+		return nil // said once at start
+	}
 	services := c.cfg.Client.CoreV1().Services(svc.Namespace)
 	cur := svc
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
@@ -221,4 +222,20 @@ func ingressEqual(a, b []corev1.LoadBalancerIngress) bool {
 // jsonPointerEscape escapes a map key for a JSON Patch path (RFC 6901).
 func jsonPointerEscape(s string) string {
 	return strings.ReplaceAll(strings.ReplaceAll(s, "~", "~0"), "/", "~1")
+}
+
+// releaseByUpdate removes this node's vipHost annotation with an update
+// conditional on the version read, for identities that may not patch.
+func (c *Controller) releaseByUpdate(ctx context.Context, svc *corev1.Service) error {
+	fresh, err := c.cfg.Client.CoreV1().Services(svc.Namespace).Get(ctx, svc.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) || (err == nil && fresh.Annotations[AnnotationVIPHost] != c.cfg.NodeName) {
+		return nil
+	}
+	if err == nil {
+		_, err = c.setAnnotations(ctx, fresh, map[string]*string{AnnotationVIPHost: nil}, fresh.ResourceVersion)
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("removing %s from Service %s/%s: %w", AnnotationVIPHost, svc.Namespace, svc.Name, err)
+	}
+	return nil
 }
