@@ -57,14 +57,15 @@ func TestMetalLBAnnotations(t *testing.T) {
 	s.waitStatus(10*time.Second, s.ns, "web", []netip.Addr{shared}, p[shared])
 	s.waitStatus(10*time.Second, s.ns, "dns", []netip.Addr{shared}, p[shared])
 
-	// Created after the sharers, so they are the younger ones.
-	s.create(s.withAnnotations(s.ns, "clash", svcPort,
+	// Created after the sharers, so they are the younger ones: by creation
+	// time, which counts whole seconds, then by name.
+	s.create(s.withAnnotations(s.ns, "x-clash", svcPort,
 		"metallb.io/loadBalancerIPs", shared.String(), "metallb.io/allow-shared-ip", "front"))
-	s.create(s.withAnnotations(s.ns, "stranger", 8443,
+	s.create(s.withAnnotations(s.ns, "y-stranger", 8443,
 		"metallb.io/loadBalancerIPs", shared.String(), "metallb.io/allow-shared-ip", "other"))
 	for _, c := range []struct{ name, reason, says string }{
-		{"clash", "PortConflict", "port 80/TCP on 192.0.2.32 is already used by Service " + s.ns + "/web"},
-		{"stranger", "SharingKeyConflict", `whose metallb.io/allow-shared-ip is "front", and this Service's is "other"`},
+		{"x-clash", "PortConflict", "port 80/TCP on 192.0.2.32 is already used by Service " + s.ns + "/web"},
+		{"y-stranger", "SharingKeyConflict", `whose metallb.io/allow-shared-ip is "front", and this Service's is "other"`},
 	} {
 		ev := waitEvent(t, 15*time.Second, s.ns, c.name, corev1.EventTypeWarning, c.reason, c.says)
 		// Events are sent in the background: a second one would arrive
