@@ -110,7 +110,8 @@ func TestNodeSelector(t *testing.T) {
 	}
 	s.reachAll(after)
 	neverHeldBy(t, ws, "n3")
-	// The old holder kept each VIP, silent, only until it saw the new one.
+	// The old holder kept each VIP, silent, only until shortly after it
+	// saw the new one.
 	for _, v := range moving {
 		w := ws[v]
 		if d := w.Overlap(time.Time{}, time.Now(), nil); d > s.timing.retry {

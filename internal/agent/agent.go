@@ -31,6 +31,11 @@ import (
 // when nothing changed, to repair an address someone else removed.
 const resyncInterval = 5 * time.Second
 
+// handoverLinger is how long a node keeps a VIP it handed over after it
+// sees the new holder (handovers): longer than the new holder takes from
+// its claim write to its announcement.
+const handoverLinger = 100 * time.Millisecond
+
 // releaseTimeout bounds the final Lease release on shutdown, so a dead API
 // server cannot hold up a node drain.
 const releaseTimeout = 2 * time.Second
@@ -187,8 +192,8 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	done := make(chan error, 8)
 	r := &reconciler{links: links, ann: &timedAnnouncer{announcer: links, obs: obs}, el: el, svc: svc, hb: hb,
 		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs, node: cfg.NodeName,
-		handovers: handovers{max: cfg.LeaseDuration},
-		refused:   map[string]refusal{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()},
+		handovers: handovers{max: cfg.LeaseDuration, linger: handoverLinger}, wake: make(chan struct{}, 1),
+		refused: map[string]refusal{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()},
 		settings: contestSettings{cpLease: cfg.LeaseName, cpVIPs: cpVIPs, svcLease: cfg.ServiceLeaseName, perAddress: cfg.ServiceElection,
 			iface: iface.Name, svcIface: links.svc},
 		place: place,
@@ -267,6 +272,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 				r.updateLacking(r.bindings)
 			}
 		case <-el.Changes():
+		case <-r.wake:
 		case <-resync.C:
 		}
 		if svc != nil && r.synced && !maps.Equal(r.peerAddrs, el.NodeAnnotation(AnnotationNodeAddrs)) {

@@ -71,12 +71,7 @@ func (l *links) ifaceFor(named string) string {
 // watch signals Changes whenever any interface appears, goes, or loses or
 // regains its link, until ctx ends.
 func (l *links) watch(ctx context.Context) error {
-	return l.ns.WatchLinks(ctx, func(string, address.LinkState) {
-		select {
-		case l.changes <- struct{}{}:
-		default:
-		}
-	})
+	return l.ns.WatchLinks(ctx, func(string, address.LinkState) { signal(l.changes) })
 }
 
 // Changes receives a value (coalesced) when an interface may have changed.

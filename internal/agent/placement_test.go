@@ -103,15 +103,22 @@ func TestHandovers(t *testing.T) {
 	free := election.Status{}
 	taken := election.Status{Leader: "n2"}
 	b := binding{contest: "c"}
-	h := handovers{max: 5 * time.Second}
+	h := handovers{max: 5 * time.Second, linger: 100 * time.Millisecond}
 	if !h.keep(b, "n1", held, free, election.LostNotCandidate, t0) {
 		t.Fatal("not kept after a release as no longer a candidate")
 	}
 	if !h.keep(b, "n1", free, free, election.LostNotCandidate, t0.Add(time.Second)) {
 		t.Error("not kept while no new holder is seen")
 	}
-	if h.keep(b, "n1", free, taken, election.LostNotCandidate, t0.Add(2*time.Second)) {
-		t.Error("kept after the new holder was seen")
+	// The new holder announces right after its write: a moment more.
+	if !h.keep(b, "n1", free, taken, election.LostNotCandidate, t0.Add(2*time.Second)) {
+		t.Error("not kept for a moment after the new holder was seen")
+	}
+	if at := h.next(); !at.Equal(t0.Add(2*time.Second + 100*time.Millisecond)) {
+		t.Errorf("next look at %v, want the new holder's sighting + 100ms", at.Sub(t0))
+	}
+	if h.keep(b, "n1", taken, taken, election.LostNotCandidate, t0.Add(2200*time.Millisecond)) {
+		t.Error("kept past the moment after the new holder was seen")
 	}
 	if !h.keep(b, "n1", held, free, election.LostNotCandidate, t0) || h.keep(b, "n1", free, free, election.LostNotCandidate, t0.Add(6*time.Second)) {
 		t.Error("not kept at first, or kept past max")

@@ -56,6 +56,9 @@ type reconciler struct {
 	bindings  []binding
 	preserve  bool
 	handovers handovers
+	// wake makes the agent reconcile again, at wakeAt.
+	wake      chan struct{}
+	wakeAt    time.Time
 	node      string
 	log       *slog.Logger
 	metrics   *metrics
@@ -259,6 +262,11 @@ func (r *reconciler) reconcile() {
 	}
 	r.last, r.lastBound = seen, bound
 	r.handovers.forget(seen)
+	if at := r.handovers.next(); !at.IsZero() && !at.Equal(r.wakeAt) {
+		// Look again when a kept VIP is to go.
+		r.wakeAt = at
+		time.AfterFunc(time.Until(at)+time.Millisecond, func() { signal(r.wake) })
+	}
 	if r.hb != nil {
 		r.hb.SetAsks(asks)
 		r.hb.SetHolding(holding)
