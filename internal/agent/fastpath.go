@@ -32,10 +32,12 @@ func newHeartbeat(cfg config.Config, iface *address.Interface, m *metrics, log *
 		return nil, fmt.Errorf("heartbeats need the node's address on %s (set --heartbeat-port=0 to turn them off): %w", iface.Name, err)
 	}
 	hb, err := heartbeat.New(heartbeat.Config{
-		Node:       cfg.NodeName,
-		Listen:     netip.AddrPortFrom(ip, uint16(cfg.HeartbeatPort)),
-		Log:        log,
-		Registerer: m.reg,
+		Node:   cfg.NodeName,
+		Listen: netip.AddrPortFrom(ip, uint16(cfg.HeartbeatPort)),
+		// The election says what this agent is before it says anything.
+		WaitForState: true,
+		Log:          log,
+		Registerer:   m.reg,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat-port %d: %w", cfg.HeartbeatPort, err)

@@ -221,6 +221,11 @@ type Elector struct {
 	writtenAt    time.Time
 	watched      string
 	watchLagging bool // as last logged
+	// contradicted: agents heard saying they renew whose Leases look
+	// expired here, since when (peerLiveLocked).
+	contradicted map[string]time.Time
+	// selfSent: the detector was told about this agent at least once.
+	selfSent bool
 	// foreignLogged: contests whose foreign holder was logged.
 	foreignLogged map[string]bool
 	// reports say why each contest was last taken or lost (report.go).
@@ -264,6 +269,7 @@ func New(cfg Config) (*Elector, error) {
 		annotations:   ann,
 		refused:       map[string]string{},
 		foreignLogged: map[string]bool{},
+		contradicted:  map[string]time.Time{},
 		refusedOut:    map[string]string{},
 		reports:       map[string]Report{},
 	}, nil

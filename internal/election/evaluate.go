@@ -419,8 +419,8 @@ func (e *Elector) reportSelfLocked(now time.Time) {
 		return
 	}
 	self := PeerReport{APIOK: e.apiOK, Live: e.liveLocked(now)}
-	if self != e.lastSelf {
-		e.lastSelf = self
+	if self != e.lastSelf || !e.selfSent {
+		e.lastSelf, e.selfSent = self, true
 		e.cfg.Peers.SetSelf(self)
 	}
 	addrs := map[string]string{}
