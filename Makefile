@@ -17,7 +17,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # tcpdump is handy by hand but nothing runs it.
 DEB_PACKAGES := etcd-server iproute2 nftables iputils-ping arping ca-certificates
 
-.PHONY: build deps kube-assets test demo bench bench-failover bench-services vet fmt clean root
+.PHONY: build deps kube-assets test demo bench bench-failover bench-services soak vet fmt clean root
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/vipd ./cmd/vipd
@@ -77,6 +77,13 @@ bench-failover: deps
 
 bench-services: deps
 	$(GO) test ./e2e -run '^$$' -bench BenchmarkServices -benchtime 1x -timeout 60m
+
+# The chaos soak (docs/faults.md): 100 faults drawn at random, with the
+# invariant checked after each; `make test` runs a short one (10 faults).
+# SEED=<n> replays a run; FAULTS=<n> changes the count. About 25 minutes.
+FAULTS ?= 100
+soak: deps
+	VIPD_SOAK_FAULTS=$(FAULTS) $(if $(SEED),VIPD_SOAK_SEED=$(SEED)) $(GO) test ./e2e -run '^TestSoak$$' -count=1 -v -timeout 90m
 
 vet:
 	$(GO) vet ./...

@@ -1,0 +1,294 @@
+package lab
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/mdlayher/arp"
+	"github.com/mdlayher/ethernet"
+	"github.com/mdlayher/ndp"
+	"github.com/mdlayher/packet"
+	"golang.org/x/net/bpf"
+	"golang.org/x/sys/unix"
+)
+
+// Source addresses of the client's probes. No station has them, so the
+// answers are not for the client's kernel: an NA to ProbeIPv6 is dropped by
+// its IP layer, and an ARP reply to ProbeIPv4 creates no entry.
+var (
+	ProbeIPv4 = netip.MustParseAddr("198.51.100.250")
+	ProbeIPv6 = netip.MustParseAddr("2001:db8:100::250")
+)
+
+// AnswerRound is one question "who has this address?" and the MACs that
+// answered it.
+type AnswerRound struct {
+	At   time.Time
+	MACs []string
+}
+
+// Answers asks, from the client, who has each of a set of addresses every
+// interval (ARP requests for IPv4, neighbour solicitations for IPv6) and
+// records who answers: which stations' kernels answer for a VIP, as a
+// client resolving it would see.
+type Answers struct {
+	arp, nd *packet.Conn
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+	once    sync.Once
+
+	mu     sync.Mutex
+	rounds map[netip.Addr][]AnswerRound
+	err    error
+}
+
+// WatchAnswers starts asking about ips every interval until ctx is done,
+// Close is called or the lab closes.
+func (c *Client) WatchAnswers(ctx context.Context, ips []netip.Addr, interval time.Duration) (*Answers, error) {
+	a := &Answers{rounds: map[netip.Addr][]AnswerRound{}}
+	for _, ip := range ips {
+		a.rounds[ip] = nil
+	}
+	// Only neighbour advertisements reach the IPv6 socket: the client's
+	// pings must not be copied to it.
+	naOnly, err := bpf.Assemble([]bpf.Instruction{
+		bpf.LoadAbsolute{Off: 6, Size: 1}, // next header
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: unix.IPPROTO_ICMPV6, SkipTrue: 3},
+		bpf.LoadAbsolute{Off: 40, Size: 1}, // ICMPv6 type
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: 136, SkipTrue: 1},
+		bpf.RetConstant{Val: 0xffff},
+		bpf.RetConstant{Val: 0},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("assembling BPF filter: %w", err)
+	}
+	err = InNetns(c.Netns, func() error {
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		if a.arp, err = packet.Listen(ifi, packet.Datagram, unix.ETH_P_ARP, nil); err != nil {
+			return err
+		}
+		a.nd, err = packet.Listen(ifi, packet.Datagram, unix.ETH_P_IPV6, &packet.Config{Filter: naOnly})
+		return err
+	})
+	if err != nil {
+		a.closeConns()
+		return nil, fmt.Errorf("opening probe sockets on %s: %w", c.Name, err)
+	}
+	var frames []probeFrame
+	for _, ip := range ips {
+		f, err := probeFor(c.MAC, ip)
+		if err != nil {
+			a.closeConns()
+			return nil, err
+		}
+		frames = append(frames, f)
+	}
+	if err := c.lab.track(a); err != nil {
+		a.closeConns()
+		return nil, err
+	}
+	ctx, a.stop = context.WithCancel(ctx)
+	a.wg.Add(3)
+	go a.readARP()
+	go a.readNA()
+	go a.ask(ctx, frames, interval)
+	return a, nil
+}
+
+type probeFrame struct {
+	ip   netip.Addr
+	b    []byte
+	dst  net.HardwareAddr
+	conn func(*Answers) *packet.Conn
+}
+
+// probeFor builds the question about ip: a broadcast ARP request from
+// ProbeIPv4, or a neighbour solicitation from ProbeIPv6 to ip's
+// solicited-node group.
+func probeFor(mac net.HardwareAddr, ip netip.Addr) (probeFrame, error) {
+	if ip.Is4() {
+		p, err := arp.NewPacket(arp.OperationRequest, mac, ProbeIPv4, ethernet.Broadcast, ip)
+		if err != nil {
+			return probeFrame{}, err
+		}
+		b, err := p.MarshalBinary()
+		return probeFrame{ip: ip, b: b, dst: ethernet.Broadcast, conn: func(a *Answers) *packet.Conn { return a.arp }}, err
+	}
+	group, err := ndp.SolicitedNodeMulticast(ip)
+	if err != nil {
+		return probeFrame{}, err
+	}
+	ns := &ndp.NeighborSolicitation{TargetAddress: ip,
+		Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Source, Addr: mac}}}
+	icmp, err := ndp.MarshalMessageChecksum(ns, ProbeIPv6, group)
+	if err != nil {
+		return probeFrame{}, err
+	}
+	b := ipv6Packet(ProbeIPv6, group, icmp)
+	g := group.As16()
+	dst := net.HardwareAddr{0x33, 0x33, g[12], g[13], g[14], g[15]}
+	return probeFrame{ip: ip, b: b, dst: dst, conn: func(a *Answers) *packet.Conn { return a.nd }}, nil
+}
+
+// ipv6Packet wraps an ICMPv6 message in an IPv6 header with hop limit 255,
+// as neighbour discovery requires.
+func ipv6Packet(src, dst netip.Addr, icmp []byte) []byte {
+	b := make([]byte, 40, 40+len(icmp))
+	b[0] = 6 << 4
+	binary.BigEndian.PutUint16(b[4:6], uint16(len(icmp)))
+	b[6] = unix.IPPROTO_ICMPV6
+	b[7] = 255
+	s, d := src.As16(), dst.As16()
+	copy(b[8:24], s[:])
+	copy(b[24:40], d[:])
+	return append(b, icmp...)
+}
+
+func (a *Answers) ask(ctx context.Context, frames []probeFrame, interval time.Duration) {
+	defer a.wg.Done()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		now := time.Now()
+		a.mu.Lock()
+		for _, f := range frames {
+			a.rounds[f.ip] = append(a.rounds[f.ip], AnswerRound{At: now})
+		}
+		a.mu.Unlock()
+		for _, f := range frames {
+			if _, err := f.conn(a).WriteTo(f.b, &packet.Addr{HardwareAddr: f.dst}); err != nil && ctx.Err() == nil {
+				a.fail(fmt.Errorf("asking who has %s: %w", f.ip, err))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Answers) readARP() {
+	defer a.wg.Done()
+	buf := make([]byte, 1500)
+	for {
+		n, _, err := a.arp.ReadFrom(buf)
+		if err != nil {
+			a.readFailed(err)
+			return
+		}
+		var p arp.Packet
+		if p.UnmarshalBinary(buf[:n]) != nil || p.Operation != arp.OperationReply || p.TargetIP != ProbeIPv4 {
+			continue
+		}
+		a.answered(p.SenderIP, p.SenderHardwareAddr)
+	}
+}
+
+func (a *Answers) readNA() {
+	defer a.wg.Done()
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := a.nd.ReadFrom(buf)
+		if err != nil {
+			a.readFailed(err)
+			return
+		}
+		if n < 40 || netip.AddrFrom16([16]byte(buf[24:40])) != ProbeIPv6 {
+			continue
+		}
+		m, err := ndp.ParseMessage(buf[40:n])
+		if err != nil {
+			continue
+		}
+		na, ok := m.(*ndp.NeighborAdvertisement)
+		if !ok {
+			continue
+		}
+		mac := from.(*packet.Addr).HardwareAddr
+		for _, o := range na.Options {
+			if l, ok := o.(*ndp.LinkLayerAddress); ok && l.Direction == ndp.Target {
+				mac = l.Addr
+			}
+		}
+		a.answered(na.TargetAddress, mac)
+	}
+}
+
+// answered adds mac to the latest round about ip.
+func (a *Answers) answered(ip netip.Addr, mac net.HardwareAddr) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	rs := a.rounds[ip]
+	if len(rs) == 0 {
+		return
+	}
+	r := &rs[len(rs)-1]
+	if s := mac.String(); !slices.Contains(r.MACs, s) {
+		r.MACs = append(r.MACs, s)
+	}
+}
+
+func (a *Answers) readFailed(err error) {
+	if !errors.Is(err, net.ErrClosed) && !errors.Is(err, os.ErrClosed) {
+		a.fail(fmt.Errorf("reading answers: %w", err))
+	}
+}
+
+func (a *Answers) fail(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.err == nil {
+		a.err = err
+	}
+}
+
+// Rounds returns the questions about ip so far, oldest first. The last one
+// may still be waiting for its answers.
+func (a *Answers) Rounds(ip netip.Addr) []AnswerRound {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]AnswerRound, len(a.rounds[ip]))
+	for i, r := range a.rounds[ip] {
+		out[i] = AnswerRound{At: r.At, MACs: slices.Clone(r.MACs)}
+	}
+	return out
+}
+
+// Err is the first error met while asking or reading.
+func (a *Answers) Err() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.err
+}
+
+// Close stops asking; what was recorded stays readable.
+func (a *Answers) Close() error {
+	a.once.Do(func() {
+		if a.stop != nil {
+			a.stop()
+		}
+		a.closeConns()
+		a.wg.Wait()
+	})
+	return nil
+}
+
+func (a *Answers) closeConns() {
+	for _, c := range []*packet.Conn{a.arp, a.nd} {
+		if c != nil {
+			c.Close()
+		}
+	}
+}
