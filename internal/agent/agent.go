@@ -169,7 +169,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	// earlier run that crashed is not ours to hold until we win its
 	// election again.
 	r := &reconciler{iface: iface, ann: &timedAnnouncer{announcer: ann, obs: obs}, el: el, svc: svc, hb: hb,
-		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs,
+		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs, linkUp: true,
 		refused: map[string]refusal{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()}}
 	if g, err := newGuard(cfg, iface, log); err != nil {
 		log.Error("no ARP/NDP guard: if this agent dies, its node may answer for its VIPs beside the new holder until they expire",
@@ -188,11 +188,11 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	if hb != nil {
 		go func() { done <- wrap("heartbeats", hb.Run(bg)) }()
 		go func() { done <- wrap("heartbeat key", runFastPath(bg, cfg, client, hb, log)) }()
-		go func() { done <- wrap("watching the link", watchCarrier(bg, iface, hb, log)) }()
 	} else {
 		log.Warn("heartbeats are off (--heartbeat-port=0): failover waits for Lease expiry")
 	}
 	go r.refreshGuard(bg, guardRefresh, guardStuck)
+	ifaceEv := watchIface(bg, iface, hb, log)
 	var svcChanges <-chan struct{}
 	if svc != nil {
 		go func() { done <- wrap("watching Services", svc.Run(bg)) }()
@@ -230,6 +230,12 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			r.setBindings(cfg)
 		case <-el.Changes():
 		case <-resync.C:
+		case st := <-ifaceEv.link:
+			r.linkChanged(st)
+		case a := <-ifaceEv.gone:
+			if !r.lostHeld(a) {
+				continue
+			}
 		}
 		if svc != nil && r.synced && !maps.Equal(r.peerAddrs, el.NodeAnnotation(AnnotationNodeAddrs)) {
 			// A node joined or its addresses changed.

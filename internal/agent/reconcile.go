@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -21,11 +22,15 @@ import (
 // announcer is the part of announce.Announcer the reconciler uses.
 type announcer interface {
 	Set(vips []netip.Addr)
+	Reannounce()
+	SetInterface(ifi *net.Interface)
 }
 
 type noAnnouncer struct{}
 
-func (noAnnouncer) Set([]netip.Addr) {}
+func (noAnnouncer) Set([]netip.Addr)            {}
+func (noAnnouncer) Reannounce()                 {}
+func (noAnnouncer) SetInterface(*net.Interface) {}
 
 // arpGuard is the part of guard.Guard the reconciler uses.
 type arpGuard interface {
@@ -65,6 +70,10 @@ type reconciler struct {
 
 	// guarded and answered are what the guard was last set to.
 	guarded, answered []netip.Addr
+	// present are the VIPs apply last left on the interface; linkUp is
+	// whether the interface had carrier at the last link report.
+	present []netip.Addr
+	linkUp  bool
 	// refused are the contests this node cannot hold now, until when, and
 	// why; refusals counts the refusals of each, to space them out.
 	refused  map[string]refusal
@@ -304,7 +313,10 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 	}
 	var present, announce []netip.Addr
 	var refused map[netip.Addr]error
-	defer func() { r.metrics.held.Set(float64(len(present))) }()
+	defer func() {
+		r.present = present
+		r.metrics.held.Set(float64(len(present)))
+	}()
 	for _, vip := range p.present {
 		if slices.Contains(owned, vip) {
 			if err := r.iface.Refresh(vip); err != nil {
