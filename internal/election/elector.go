@@ -224,6 +224,9 @@ type Elector struct {
 	// reports say why each contest was last taken or lost (report.go).
 	reports map[string]Report
 	synced  atomic.Bool
+	// badAnnotations are node Lease annotations that did not parse, by
+	// Lease, as last logged.
+	badAnnotations map[string]string
 }
 
 // New returns an Elector; it starts once Run is called and contends only
@@ -263,6 +266,8 @@ func New(cfg Config) (*Elector, error) {
 		refused:     map[string]string{},
 		refusedOut:  map[string]string{},
 		reports:     map[string]Report{},
+
+		badAnnotations: map[string]string{},
 	}, nil
 }
 
