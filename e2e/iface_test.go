@@ -29,13 +29,23 @@ func TestVIPDeletedByHandRestored(t *testing.T) {
 	if _, err := e.lab.Exec(ctx, h.Netns, "ip", "addr", "del", vip4.String()+"/32", "dev", "eth0"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.Wait(5*time.Second, func(holders []string) bool { return len(holders) == 0 }); err != nil {
-		t.Fatal(err)
-	}
-	back, err := w.Wait(5*time.Second, func(holders []string) bool { return slices.Equal(holders, []string{h.Name}) })
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The removal and the repair may both come before a look at the
+	// holders: read them from the recorded notifications.
+	var back time.Time
+	waitFor(t, 5*time.Second, "the VIP to be removed and put back", func() error {
+		gone := false
+		for _, ev := range w.Events() {
+			switch {
+			case ev.At.Before(del) || ev.Node != h.Name:
+			case !ev.Held:
+				gone = true
+			case gone:
+				back = ev.At
+				return nil
+			}
+		}
+		return fmt.Errorf("events %+v", w.Events())
+	})
 	garp, err := cp.WaitFor(ctx, func(a lab.Announcement) bool { return a.Time.After(del) && gratuitousFrom(h, vip4)(a) })
 	if err != nil {
 		t.Fatal(err)
@@ -110,11 +120,23 @@ func TestInterfaceRecreated(t *testing.T) {
 	e.mustReach(vip4, h)
 	e.waitHeard(procs)
 
+	w := watchVIP(t, e.lab.Nodes, vip4)
 	from := len(procs[h.Name].Log())
 	if err := h.DeleteLink(); err != nil {
 		t.Fatal(err)
 	}
-	next, _ := e.waitNewHolder(5*time.Second, h)
+	var next *lab.Node
+	if _, err := w.Wait(5*time.Second, func(holders []string) bool {
+		for _, n := range holders {
+			if n != h.Name {
+				next = e.node(n)
+				return true
+			}
+		}
+		return false
+	}); err != nil {
+		t.Fatal(err)
+	}
 	e.mustReach(vip4, next)
 	if err := h.RecreateLink(); err != nil {
 		t.Fatal(err)

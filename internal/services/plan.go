@@ -255,7 +255,7 @@ func requestedAddrs(s *corev1.Service) (ips []netip.Addr, fromPool, needPool boo
 		}
 		if err != nil {
 			return nil, false, false, []warning{{reasonInvalidIP,
-				fmt.Sprintf("spec.loadBalancerIP %q: %v; the Service gets no address until it is fixed", s.Spec.LoadBalancerIP, err)}}
+				fmt.Sprintf("spec.loadBalancerIP %s: %v; the Service gets no address until it is fixed", quoteShort(s.Spec.LoadBalancerIP), err)}}
 		}
 		return []netip.Addr{a}, false, false, nil
 	}
@@ -279,7 +279,7 @@ func parseAddrList(raw string) ([]netip.Addr, error) {
 		part = strings.TrimSpace(part)
 		a, err := netip.ParseAddr(part)
 		if err != nil {
-			return nil, fmt.Errorf("%q is not an IP address", part)
+			return nil, fmt.Errorf("%s is not an IP address", quoteShort(part))
 		}
 		if problem := address.VIPProblem(a); problem != "" {
 			return nil, fmt.Errorf("%s is %s", a, problem)

@@ -191,6 +191,30 @@ func (p pool) allocate(s *corev1.Service, used map[netip.Addr]bool) (ips []netip
 	return ips, nil, note
 }
 
+// unusable are the blocks no VIP comes from; pastUnusable skips them
+// whole, so a range that spans one (224.0.0.0/4 has 2^28 addresses) costs
+// nothing to scan.
+func unusable() []netip.Prefix {
+	return []netip.Prefix{
+		netip.MustParsePrefix("0.0.0.0/32"), netip.MustParsePrefix("127.0.0.0/8"),
+		netip.MustParsePrefix("169.254.0.0/16"), netip.MustParsePrefix("224.0.0.0/4"),
+		netip.MustParsePrefix("255.255.255.255/32"), netip.MustParsePrefix("::/128"),
+		netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("::ffff:0:0/96"),
+		netip.MustParsePrefix("fe80::/10"), netip.MustParsePrefix("ff00::/8"),
+	}
+}
+
+// pastUnusable is the first address after the unusable block holding a,
+// or a's successor if a is unusable for another reason (a zone).
+func pastUnusable(a netip.Addr) netip.Addr {
+	for _, p := range unusable() {
+		if p.Contains(a) {
+			return lastAddr(p).Next()
+		}
+	}
+	return a.Next()
+}
+
 // firstFree scans the ranges in order. It steps over used (and the rare
 // unusable) addresses only, so the size of a range costs nothing.
 func firstFree(rs []ipRange, v6 bool, used map[netip.Addr]bool) (netip.Addr, bool) {
@@ -198,10 +222,15 @@ func firstFree(rs []ipRange, v6 bool, used map[netip.Addr]bool) (netip.Addr, boo
 		if r.first.Is6() != v6 {
 			continue
 		}
-		for a := r.first; a.IsValid() && !r.last.Less(a); a = a.Next() {
-			if !used[a] && address.VIPProblem(a) == "" {
+		for a := r.first; a.IsValid() && !r.last.Less(a); {
+			if address.VIPProblem(a) != "" {
+				a = pastUnusable(a)
+				continue
+			}
+			if !used[a] {
 				return a, true
 			}
+			a = a.Next()
 		}
 	}
 	return netip.Addr{}, false
