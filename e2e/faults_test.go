@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -11,6 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mdlayher/arp"
+	"github.com/mdlayher/ethernet"
+	"github.com/mdlayher/packet"
+	"golang.org/x/sys/unix"
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -404,4 +409,110 @@ func TestBadObjectsInTheAPI(t *testing.T) {
 			t.Errorf("%s is held by %v; its Service is invalid", bad, got)
 		}
 	}
+}
+
+// TestAddressConflict: a host on the segment that is not a vipd node
+// already uses a Service's address. vipd probes a newly assigned address
+// before adding it, so no node takes it: a Warning Event on the Service,
+// vipd_address_conflicts_total, and vipd status say why. A host that
+// starts answering for a VIP vipd holds is reported the same way.
+func TestAddressConflict(t *testing.T) {
+	s := newSvcEnv(t, svcOptions{perService: true})
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	taken := netip.MustParseAddr("192.0.2.130")
+	c := s.lab.Client
+	if _, err := s.lab.Exec(ctx, c.Netns, "ip", "addr", "add", taken.String()+"/32", "dev", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	procs := s.startAll("--metrics-addr", fmt.Sprintf("127.0.0.1:%d", metricsPort))
+	s.waitLive(30 * time.Second)
+	s.waitHeard(procs)
+	s.create(s.service(s.ns, "taken", taken.String(), svcPort))
+	waitEvent(t, 10*time.Second, s.ns, "taken", corev1.EventTypeWarning, "VIPRejected", "in use by another host", c.MAC.String())
+	checkFor(t, 3*time.Second, "no node to take an address another host uses", func() error {
+		if got := s.mustHoldersOf(taken); len(got) > 0 {
+			return fmt.Errorf("%s is held by %v", taken, got)
+		}
+		return nil
+	})
+	var total float64
+	for _, n := range s.lab.Nodes {
+		v, _, err := metricValue(n, "vipd_address_conflicts_total", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += v
+	}
+	if total < 1 {
+		t.Errorf("vipd_address_conflicts_total is %v on all nodes together", total)
+	}
+	waitFor(t, 10*time.Second, "vipd status to show the conflict", func() error {
+		r, err := vipdStatus(s.kubeconfig, s.ns)
+		if err != nil {
+			return err
+		}
+		row, err := statusRow(r, taken.String())
+		if err != nil {
+			return err
+		}
+		for _, p := range row.Problems {
+			if strings.Contains(p, "address conflict") && strings.Contains(p, c.MAC.String()) {
+				return nil
+			}
+		}
+		return fmt.Errorf("problems %q", row.Problems)
+	})
+
+	// A free address is served as usual, after its probe.
+	free := netip.MustParseAddr("192.0.2.131")
+	created := time.Now()
+	s.create(s.service(s.ns, "free", free.String(), svcPort))
+	p := s.waitPlaced(10*time.Second, []netip.Addr{free})
+	t.Logf("a new address held %v after its Service was created (probe included)", time.Since(created).Round(time.Millisecond))
+	h := s.node(p[free])
+	s.mustReach(free, h)
+
+	// The client starts claiming the held address (a misconfigured host):
+	// its gratuitous ARP is seen and reported.
+	if _, err := s.lab.Exec(ctx, c.Netns, "ip", "addr", "add", free.String()+"/32", "dev", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sendGratuitousARP(c, free); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, procs[h.Name], 0, 10*time.Second, "another host answers for a VIP held here", "vip="+free.String(), c.MAC.String())
+	waitEvent(t, 10*time.Second, s.ns, "free", corev1.EventTypeWarning, "VIPRejected", "also claimed by another host", c.MAC.String())
+}
+
+// sendGratuitousARP broadcasts a gratuitous ARP for ip from the client:
+// "ip is at my MAC".
+func sendGratuitousARP(c *lab.Client, ip netip.Addr) error {
+	var conn *packet.Conn
+	err := lab.InNetns(c.Netns, func() error {
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		conn, err = packet.Listen(ifi, packet.Datagram, unix.ETH_P_ARP, nil)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("opening an ARP socket on %s: %w", c.Name, err)
+	}
+	defer conn.Close()
+	p, err := arp.NewPacket(arp.OperationRequest, c.MAC, ip, ethernet.Broadcast, ip)
+	if err != nil {
+		return err
+	}
+	b, err := p.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	for range 2 {
+		if _, err := conn.WriteTo(b, &packet.Addr{HardwareAddr: ethernet.Broadcast}); err != nil {
+			return fmt.Errorf("sending a gratuitous ARP for %s: %w", ip, err)
+		}
+	}
+	return nil
 }

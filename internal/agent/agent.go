@@ -97,7 +97,8 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		Log:             log,
 		OrphanPrefix:    ServiceLeasePrefix,
 	}
-	elCfg.NodeAnnotations = map[string]string{AnnotationVersion: version, AnnotationConfig: InfoFor(cfg).Encode()}
+	elCfg.NodeAnnotations = map[string]string{AnnotationVersion: version, AnnotationConfig: InfoFor(cfg).Encode(),
+		AnnotationMAC: iface.HardwareAddr.String()}
 	if own, err := nodeAddrList(); err == nil {
 		// Other agents refuse Service addresses that are this node's.
 		elCfg.NodeAnnotations[AnnotationNodeAddrs] = own
@@ -191,6 +192,8 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	} else {
 		log.Warn("heartbeats are off (--heartbeat-port=0): failover waits for Lease expiry")
 	}
+	r.conflicts = r.newConflicts(m.reg)
+	defer r.conflicts.close()
 	go r.refreshGuard(bg, guardRefresh, guardStuck)
 	ifaceEv := watchIface(bg, iface, hb, log)
 	var svcChanges <-chan struct{}
@@ -236,16 +239,26 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			if !r.lostHeld(a) {
 				continue
 			}
+		case res := <-r.conflicts.results:
+			r.probed(res, time.Now())
+		case a := <-r.conflicts.foreign:
+			r.foreignAnswer(a)
+			continue
 		}
 		if svc != nil && r.synced && !maps.Equal(r.peerAddrs, el.NodeAnnotation(AnnotationNodeAddrs)) {
 			// A node joined or its addresses changed.
 			r.setBindings(cfg)
 		}
 		r.reconcile()
+		// Published with the next renewal, for vipd status and the others.
+		ann := map[string]string{}
 		if hb != nil {
-			// Published with the next renewal, for vipd status.
-			el.SetNodeAnnotations(map[string]string{AnnotationPeers: peersValue(hb.Peers())})
+			ann[AnnotationPeers] = peersValue(hb.Peers())
 		}
+		if v := r.conflictAnnotation(time.Now()); v != "" {
+			ann[AnnotationConflicts] = v
+		}
+		el.SetNodeAnnotations(ann)
 	}
 }
 

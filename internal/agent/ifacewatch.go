@@ -94,6 +94,9 @@ func (r *reconciler) linkChanged(st address.LinkState) {
 		}
 		r.iface.Index, r.iface.MTU, r.iface.Flags, r.iface.HardwareAddr = fresh.Index, fresh.MTU, fresh.Flags, fresh.HardwareAddr
 		r.ann.SetInterface(r.iface.Net())
+		if r.conflicts != nil {
+			r.openDetector()
+		}
 		r.log.Info("the VIP interface was made again; VIPs go on it from now on", "index", fresh.Index, "mac", fresh.HardwareAddr)
 		now := time.Now()
 		for c, f := range r.refused {

@@ -74,6 +74,8 @@ type reconciler struct {
 	// whether the interface had carrier at the last link report.
 	present []netip.Addr
 	linkUp  bool
+	// conflicts probes new VIPs and watches held ones for foreign hosts.
+	conflicts *conflicts
 	// refused are the contests this node cannot hold now, until when, and
 	// why; refusals counts the refusals of each, to space them out.
 	refused  map[string]refusal
@@ -191,6 +193,7 @@ func (r *reconciler) reconcile() {
 			holding = append(holding, b.contest)
 		}
 	}
+	want = r.screen(want, seen, now)
 	for contest, prev := range r.last {
 		if _, ok := seen[contest]; !ok && prev.Leading {
 			r.obs.lost(r.lastBound[contest], "", election.LostRemoved) // its Services went away

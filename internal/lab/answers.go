@@ -2,7 +2,6 @@ package lab
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -18,6 +17,8 @@ import (
 	"github.com/mdlayher/packet"
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/vipd/vipd/internal/conflict"
 )
 
 // Source addresses of the client's probes. No station has them, so the
@@ -135,24 +136,10 @@ func probeFor(mac net.HardwareAddr, ip netip.Addr) (probeFrame, error) {
 	if err != nil {
 		return probeFrame{}, err
 	}
-	b := ipv6Packet(ProbeIPv6, group, icmp)
+	b := conflict.IPv6Packet(ProbeIPv6, group, icmp)
 	g := group.As16()
 	dst := net.HardwareAddr{0x33, 0x33, g[12], g[13], g[14], g[15]}
 	return probeFrame{ip: ip, b: b, dst: dst, conn: func(a *Answers) *packet.Conn { return a.nd }}, nil
-}
-
-// ipv6Packet wraps an ICMPv6 message in an IPv6 header with hop limit 255,
-// as neighbour discovery requires.
-func ipv6Packet(src, dst netip.Addr, icmp []byte) []byte {
-	b := make([]byte, 40, 40+len(icmp))
-	b[0] = 6 << 4
-	binary.BigEndian.PutUint16(b[4:6], uint16(len(icmp)))
-	b[6] = unix.IPPROTO_ICMPV6
-	b[7] = 255
-	s, d := src.As16(), dst.As16()
-	copy(b[8:24], s[:])
-	copy(b[24:40], d[:])
-	return append(b, icmp...)
 }
 
 func (a *Answers) ask(ctx context.Context, frames []probeFrame, interval time.Duration) {
