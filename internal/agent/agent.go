@@ -171,7 +171,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	// election again.
 	r := &reconciler{iface: iface, ann: &timedAnnouncer{announcer: ann, obs: obs}, el: el, svc: svc, hb: hb,
 		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs, linkUp: true,
-		refused: map[string]refusal{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()}}
+		refused: map[string]refusal{}, badAddrs: map[string]string{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()}}
 	if g, err := newGuard(cfg, iface, log); err != nil {
 		log.Error("no ARP/NDP guard: if this agent dies, its node may answer for its VIPs beside the new holder until they expire",
 			"err", err, "vip_lifetime", cfg.VIPLifetime)

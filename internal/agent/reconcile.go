@@ -67,6 +67,9 @@ type reconciler struct {
 	lastBound map[string]binding // the bindings of last
 	// rejected are the service addresses refused as node addresses, and why.
 	rejected map[netip.Addr]string
+	// badAddrs are other agents' AnnotationNodeAddrs that did not parse,
+	// as last logged.
+	badAddrs map[string]string
 
 	// guarded and answered are what the guard was last set to.
 	guarded, answered []netip.Addr
@@ -120,9 +123,19 @@ func (r *reconciler) setBindings(cfg config.Config) {
 	owner := map[netip.Addr]string{}
 	for node, list := range r.peerAddrs {
 		for _, s := range strings.Split(list, ",") {
-			if a, err := netip.ParseAddr(s); err == nil {
-				owner[a] = "node " + node
+			if s == "" {
+				continue
 			}
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				if r.badAddrs[node] != list {
+					r.log.Warn("ignoring an address another agent published that does not parse",
+						"peer", node, "annotation", AnnotationNodeAddrs, "value", s)
+					r.badAddrs[node] = list
+				}
+				continue
+			}
+			owner[a] = "node " + node
 		}
 	}
 	if len(r.addrs) > 0 {
