@@ -110,10 +110,14 @@ func TestServicesThroughAPIOutage(t *testing.T) {
 			up := time.Now()
 			checkFor(t, 2*s.timing.lease, "no VIP to move once the API server is back", unchanged)
 			o := c.judge(down, time.Now())
-			t.Logf("API server down %v: longest gap %v, two answerers %v, none %v",
-				up.Sub(down).Round(time.Millisecond), o.gap, o.twoTotal, o.noAnswerTotal)
-			if o.gap > 100*time.Millisecond || o.twoTotal > 0 || o.noAnswerer > 0 {
-				t.Errorf("the client saw the outage: %+v", o)
+			t.Logf("API server down %v: longest gap %v, two answerers %v, nobody answering %v in all (%v in a row)",
+				up.Sub(down).Round(time.Millisecond), o.gap.Round(time.Millisecond), o.twoTotal, o.noAnswerTotal, o.noAnswerer)
+			// No failover happened: the client sees what a loaded machine
+			// shows anyway (a late ping or ARP reply), far below the
+			// smallest failover.
+			if o.gap > 200*time.Millisecond || o.twoTotal > 0 || o.noAnswerer > 3*sampleInterval {
+				t.Errorf("the client saw the outage: longest gap %v, two answerers %v, nobody answering for %v in a row",
+					o.gap, o.twoTotal, o.noAnswerer)
 			}
 		})
 	}
@@ -447,8 +451,9 @@ func TestAddressConflict(t *testing.T) {
 	if total < 1 {
 		t.Errorf("vipd_address_conflicts_total is %v on all nodes together", total)
 	}
+	reader := statusReader(t, s.ns)
 	waitFor(t, 10*time.Second, "vipd status to show the conflict", func() error {
-		r, err := vipdStatus(s.kubeconfig, s.ns)
+		r, err := vipdStatus(reader, s.ns)
 		if err != nil {
 			return err
 		}
