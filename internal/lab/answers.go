@@ -21,13 +21,17 @@ import (
 	"github.com/vipd/vipd/internal/conflict"
 )
 
-// Source addresses of the client's probes. No station has them, so the
-// answers are not for the client's kernel: an NA to ProbeIPv6 is dropped by
-// its IP layer, and an ARP reply to ProbeIPv4 creates no entry.
-var (
-	ProbeIPv4 = netip.MustParseAddr("198.51.100.250")
-	ProbeIPv6 = netip.MustParseAddr("2001:db8:100::250")
-)
+// Source addresses of the client's probes, one per round in turn: an
+// answer names the address it answers, so a late answer is counted in
+// the round that asked, not the next one. No station has them, so the
+// answers are not for the client's kernel: an NA to them is dropped by
+// its IP layer, and an ARP reply creates no entry.
+func probeSources() [2][2]netip.Addr {
+	return [2][2]netip.Addr{
+		{netip.MustParseAddr("198.51.100.250"), netip.MustParseAddr("198.51.100.251")},
+		{netip.MustParseAddr("2001:db8:100::250"), netip.MustParseAddr("2001:db8:100::251")},
+	}
+}
 
 // AnswerRound is one question "who has this address?" and the MACs that
 // answered it.
@@ -46,9 +50,10 @@ type Answers struct {
 	wg      sync.WaitGroup
 	once    sync.Once
 
-	mu     sync.Mutex
-	rounds map[netip.Addr][]AnswerRound
-	err    error
+	mu      sync.Mutex
+	rounds  map[netip.Addr][]AnswerRound
+	err     error
+	closing bool // errors from here on are the sockets closing
 }
 
 // WatchAnswers starts asking about ips every interval until ctx is done,
@@ -86,14 +91,16 @@ func (c *Client) WatchAnswers(ctx context.Context, ips []netip.Addr, interval ti
 		a.closeConns()
 		return nil, fmt.Errorf("opening probe sockets on %s: %w", c.Name, err)
 	}
-	var frames []probeFrame
-	for _, ip := range ips {
-		f, err := probeFor(c.MAC, ip)
-		if err != nil {
-			a.closeConns()
-			return nil, err
+	var frames [2][]probeFrame
+	for k := range 2 {
+		for _, ip := range ips {
+			f, err := probeFor(c.MAC, ip, k)
+			if err != nil {
+				a.closeConns()
+				return nil, err
+			}
+			frames[k] = append(frames[k], f)
 		}
-		frames = append(frames, f)
 	}
 	if err := c.lab.track(a); err != nil {
 		a.closeConns()
@@ -114,12 +121,13 @@ type probeFrame struct {
 	conn func(*Answers) *packet.Conn
 }
 
-// probeFor builds the question about ip: a broadcast ARP request from
-// ProbeIPv4, or a neighbour solicitation from ProbeIPv6 to ip's
-// solicited-node group.
-func probeFor(mac net.HardwareAddr, ip netip.Addr) (probeFrame, error) {
+// probeFor builds the question about ip in rounds of parity k: a
+// broadcast ARP request, or a neighbour solicitation to ip's
+// solicited-node group, from the round's probe source.
+func probeFor(mac net.HardwareAddr, ip netip.Addr, k int) (probeFrame, error) {
+	src := probeSources()
 	if ip.Is4() {
-		p, err := arp.NewPacket(arp.OperationRequest, mac, ProbeIPv4, ethernet.Broadcast, ip)
+		p, err := arp.NewPacket(arp.OperationRequest, mac, src[0][k], ethernet.Broadcast, ip)
 		if err != nil {
 			return probeFrame{}, err
 		}
@@ -132,28 +140,28 @@ func probeFor(mac net.HardwareAddr, ip netip.Addr) (probeFrame, error) {
 	}
 	ns := &ndp.NeighborSolicitation{TargetAddress: ip,
 		Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Source, Addr: mac}}}
-	icmp, err := ndp.MarshalMessageChecksum(ns, ProbeIPv6, group)
+	icmp, err := ndp.MarshalMessageChecksum(ns, src[1][k], group)
 	if err != nil {
 		return probeFrame{}, err
 	}
-	b := conflict.IPv6Packet(ProbeIPv6, group, icmp)
+	b := conflict.IPv6Packet(src[1][k], group, icmp)
 	g := group.As16()
 	dst := net.HardwareAddr{0x33, 0x33, g[12], g[13], g[14], g[15]}
 	return probeFrame{ip: ip, b: b, dst: dst, conn: func(a *Answers) *packet.Conn { return a.nd }}, nil
 }
 
-func (a *Answers) ask(ctx context.Context, frames []probeFrame, interval time.Duration) {
+func (a *Answers) ask(ctx context.Context, frames [2][]probeFrame, interval time.Duration) {
 	defer a.wg.Done()
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	for {
+	for round := 0; ; round++ {
 		now := time.Now()
 		a.mu.Lock()
-		for _, f := range frames {
+		for _, f := range frames[round%2] {
 			a.rounds[f.ip] = append(a.rounds[f.ip], AnswerRound{At: now})
 		}
 		a.mu.Unlock()
-		for _, f := range frames {
+		for _, f := range frames[round%2] {
 			if _, err := f.conn(a).WriteTo(f.b, &packet.Addr{HardwareAddr: f.dst}); err != nil && ctx.Err() == nil {
 				a.fail(fmt.Errorf("asking who has %s: %w", f.ip, err))
 			}
@@ -168,6 +176,7 @@ func (a *Answers) ask(ctx context.Context, frames []probeFrame, interval time.Du
 
 func (a *Answers) readARP() {
 	defer a.wg.Done()
+	src := probeSources()
 	buf := make([]byte, 1500)
 	for {
 		n, _, err := a.arp.ReadFrom(buf)
@@ -176,15 +185,18 @@ func (a *Answers) readARP() {
 			return
 		}
 		var p arp.Packet
-		if p.UnmarshalBinary(buf[:n]) != nil || p.Operation != arp.OperationReply || p.TargetIP != ProbeIPv4 {
+		if p.UnmarshalBinary(buf[:n]) != nil || p.Operation != arp.OperationReply {
 			continue
 		}
-		a.answered(p.SenderIP, p.SenderHardwareAddr)
+		if k := slices.Index(src[0][:], p.TargetIP); k >= 0 {
+			a.answered(p.SenderIP, p.SenderHardwareAddr, k)
+		}
 	}
 }
 
 func (a *Answers) readNA() {
 	defer a.wg.Done()
+	src := probeSources()
 	buf := make([]byte, 1500)
 	for {
 		n, from, err := a.nd.ReadFrom(buf)
@@ -192,7 +204,11 @@ func (a *Answers) readNA() {
 			a.readFailed(err)
 			return
 		}
-		if n < 40 || netip.AddrFrom16([16]byte(buf[24:40])) != ProbeIPv6 {
+		if n < 40 {
+			continue
+		}
+		k := slices.Index(src[1][:], netip.AddrFrom16([16]byte(buf[24:40])))
+		if k < 0 {
 			continue
 		}
 		m, err := ndp.ParseMessage(buf[40:n])
@@ -209,19 +225,24 @@ func (a *Answers) readNA() {
 				mac = l.Addr
 			}
 		}
-		a.answered(na.TargetAddress, mac)
+		a.answered(na.TargetAddress, mac, k)
 	}
 }
 
-// answered adds mac to the latest round about ip.
-func (a *Answers) answered(ip netip.Addr, mac net.HardwareAddr) {
+// answered adds mac to the latest round about ip of parity k: the round
+// that asked, even if the answer comes after the next one began.
+func (a *Answers) answered(ip netip.Addr, mac net.HardwareAddr, k int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	rs := a.rounds[ip]
-	if len(rs) == 0 {
+	i := len(rs) - 1
+	if i >= 0 && i%2 != k {
+		i--
+	}
+	if i < 0 {
 		return
 	}
-	r := &rs[len(rs)-1]
+	r := &rs[i]
 	if s := mac.String(); !slices.Contains(r.MACs, s) {
 		r.MACs = append(r.MACs, s)
 	}
@@ -236,7 +257,7 @@ func (a *Answers) readFailed(err error) {
 func (a *Answers) fail(err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.err == nil {
+	if a.err == nil && !a.closing {
 		a.err = err
 	}
 }
@@ -263,6 +284,9 @@ func (a *Answers) Err() error {
 // Close stops asking; what was recorded stays readable.
 func (a *Answers) Close() error {
 	a.once.Do(func() {
+		a.mu.Lock()
+		a.closing = true
+		a.mu.Unlock()
 		if a.stop != nil {
 			a.stop()
 		}
