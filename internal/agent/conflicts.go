@@ -180,8 +180,14 @@ func (r *reconciler) screen(p plan, seen map[string]election.Status, now time.Ti
 			c.results <- res
 		}()
 	}
-	c.det.SetHeld(r.present)
 	return p
+}
+
+// watchHeld has the detector watch the VIPs on the interface now.
+func (c *conflicts) watchHeld(present []netip.Addr) {
+	if c != nil && c.det != nil {
+		c.det.SetHeld(present)
+	}
 }
 
 // probed records the outcome of a probe: an address nobody else answered

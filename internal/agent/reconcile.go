@@ -332,6 +332,7 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 	defer func() {
 		r.present = present
 		r.metrics.held.Set(float64(len(present)))
+		r.conflicts.watchHeld(present)
 	}()
 	for _, vip := range p.present {
 		if slices.Contains(owned, vip) {
