@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"syscall"
@@ -65,7 +66,7 @@ func TestServicesThroughAPIOutage(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			s := newSvcEnv(t, svcOptions{perService: perService, quiet: true})
+			s := newSvcEnv(t, svcOptions{perService: perService, quiet: true, dir: keptLogs(t)})
 			procs := s.startAll()
 			s.waitLive(30 * time.Second)
 			vips := s.serviceVIPs(20, 80)
@@ -121,6 +122,23 @@ func TestServicesThroughAPIOutage(t *testing.T) {
 			}
 		})
 	}
+}
+
+// keptLogs is a directory for the agents' logs of a quiet test: removed
+// when the test passes, named when it fails.
+func keptLogs(t *testing.T) string {
+	dir, err := os.MkdirTemp("", "vipd-e2e-logs-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("agents' logs kept in %s", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	})
+	return dir
 }
 
 // checkFor is holdFor at a slower pace, for conditions that read every

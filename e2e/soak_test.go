@@ -90,24 +90,14 @@ type soakWorld struct {
 }
 
 func runSoak(t *testing.T, rng *rand.Rand, perService bool, faults int, full bool) []faultResult {
-	dir, err := os.MkdirTemp("", "vipd-soak-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := newSvcEnv(t, svcOptions{perService: perService, controlPlane: true, defaults: true, quiet: true, dir: dir})
+	s := newSvcEnv(t, svcOptions{perService: perService, controlPlane: true, defaults: true, quiet: true, dir: keptLogs(t)})
 	w := &soakWorld{t: t, s: s, rng: rng, full: full, members: slices.Clone(s.lab.Nodes), procs: map[string]*lab.Process{}}
-	defer func() {
-		if t.Failed() {
-			t.Logf("agents' logs kept in %s", dir)
-			return
-		}
-		os.RemoveAll(dir)
-	}()
 
 	w.vips = []netip.Addr{vip4, vip6}
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	var svcs = make([]string, 0, soakServices)
+	var err error
+	svcs := make([]string, 0, soakServices)
 	for i := range soakServices {
 		ip := netip.AddrFrom4([4]byte{192, 0, 2, byte(1 + i)})
 		if i >= 15 {
