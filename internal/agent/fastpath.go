@@ -112,15 +112,3 @@ func clusterID(ctx context.Context, client kubernetes.Interface, log *slog.Logge
 		}
 	}
 }
-
-// watchCarrier tells the failure detector when the interface loses or
-// regains its link, so that a node cut off judges nobody for it and stops
-// holding at once.
-func watchCarrier(ctx context.Context, iface *address.Interface, hb *heartbeat.Monitor, log *slog.Logger) error {
-	return iface.WatchLink(ctx, func(s address.LinkState) {
-		if !s.Up {
-			log.Warn("interface link is down", "exists", s.Exists)
-		}
-		hb.SetLinkUp(s.Up)
-	})
-}

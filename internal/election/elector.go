@@ -231,6 +231,9 @@ type Elector struct {
 	// reports say why each contest was last taken or lost (report.go).
 	reports map[string]Report
 	synced  atomic.Bool
+	// badAnnotations are node Lease annotations that did not parse, by
+	// Lease, as last logged.
+	badAnnotations map[string]string
 }
 
 // New returns an Elector; it starts once Run is called and contends only
@@ -264,14 +267,15 @@ func New(cfg Config) (*Elector, error) {
 		done:    make(chan result, writeWorkers),
 		retries: backoff.Tracker[string]{Policy: backoff.Policy{Base: cfg.RetryPeriod / 4, Max: 30 * cfg.RetryPeriod}},
 
-		leases:        map[string]*observed{},
-		status:        map[string]Status{},
-		annotations:   ann,
-		refused:       map[string]string{},
-		foreignLogged: map[string]bool{},
-		contradicted:  map[string]time.Time{},
-		refusedOut:    map[string]string{},
-		reports:       map[string]Report{},
+		leases:         map[string]*observed{},
+		status:         map[string]Status{},
+		annotations:    ann,
+		refused:        map[string]string{},
+		foreignLogged:  map[string]bool{},
+		contradicted:   map[string]time.Time{},
+		refusedOut:     map[string]string{},
+		reports:        map[string]Report{},
+		badAnnotations: map[string]string{},
 	}, nil
 }
 

@@ -174,7 +174,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		}
 		if alive {
 			live[h] = true
-			for c := range parseRefused(o.lease.Annotations[AnnotationRefused]) {
+			for c := range e.refusedOfLocked(o) {
 				refusedBy[c] = append(refusedBy[c], h)
 			}
 		}
