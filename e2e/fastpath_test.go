@@ -52,6 +52,28 @@ func moves(w *vipWatch, since time.Time) (int, []string) {
 	return len(seq), seq
 }
 
+// loseHolder takes the holder h off for good (its agent killed, its link
+// down, as a power cut does) and checks that another node holds the VIP
+// within the node-loss bound; while says what else was going on, for the
+// messages.
+func (e *env) loseHolder(t *testing.T, procs map[string]*lab.Process, h *lab.Node, while string) *lab.Node {
+	t.Helper()
+	lost := time.Now()
+	if err := procs[h.Name].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkDown(); err != nil {
+		t.Fatal(err)
+	}
+	next, at := e.waitNewHolder(e.timing.lease+2*time.Second, h)
+	took := at.Sub(lost)
+	t.Logf("%s lost%s; %s took over %v later", h.Name, while, next.Name, took.Round(time.Millisecond))
+	if took > lossBound {
+		t.Errorf("the VIP moved %v after %s was lost%s, want within %v", took, h.Name, while, lossBound)
+	}
+	return next
+}
+
 // TestForgedBeatsIgnored: a host on the segment that knows the wire format
 // and the cluster identity, but not the key, sends beats in the holder's
 // name: that it let go (the VIP must not move), then that it is alive
@@ -95,19 +117,7 @@ func TestForgedBeatsIgnored(t *testing.T) {
 	ctx, cancel = context.WithCancel(t.Context())
 	defer cancel()
 	go flood(ctx, forger, 5*time.Millisecond, forged(true))
-	lost := time.Now()
-	if err := procs[h.Name].Kill(); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkDown(); err != nil {
-		t.Fatal(err)
-	}
-	next, at := e.waitNewHolder(e.timing.lease+2*time.Second, h)
-	took := at.Sub(lost)
-	t.Logf("%s lost while a forger said it was alive; %s took over %v later", h.Name, next.Name, took.Round(time.Millisecond))
-	if took > lossBound {
-		t.Errorf("the VIP moved %v after %s was lost, want within %v: forged beats held it back", took, h.Name, lossBound)
-	}
+	next := e.loseHolder(t, procs, h, " while a forger said it was alive")
 	e.mustReach(vip4, next)
 }
 
@@ -163,19 +173,7 @@ func TestReplayedBeatsIgnored(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	go flood(ctx, replayer, 20*time.Millisecond, func(uint64) []tappedBeat { return captured })
-	lost := time.Now()
-	if err := procs[h.Name].Kill(); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkDown(); err != nil {
-		t.Fatal(err)
-	}
-	next, at := e.waitNewHolder(e.timing.lease+2*time.Second, h)
-	took := at.Sub(lost)
-	t.Logf("%s lost while its earlier run's beats were replayed; %s took over %v later", h.Name, next.Name, took.Round(time.Millisecond))
-	if took > lossBound {
-		t.Errorf("the VIP moved %v after %s was lost, want within %v: replayed beats held it back", took, h.Name, lossBound)
-	}
+	next := e.loseHolder(t, procs, h, " while its earlier run's beats were replayed")
 	e.mustReach(vip4, next)
 }
 

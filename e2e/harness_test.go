@@ -83,6 +83,8 @@ type envOptions struct {
 	quiet bool
 	// noKey creates no heartbeat key Secret: heartbeats stay off.
 	noKey bool
+	// dir keeps the lab's logs there, beyond the test; "" removes them.
+	dir string
 	// segment2 are the nodes (1-based) with an eth1 on a second segment.
 	segment2 []int
 }

@@ -87,6 +87,8 @@ type svcOptions struct {
 	defaults bool
 	// quiet keeps agent output out of the test log.
 	quiet bool
+	// dir keeps the agents' logs there, beyond the test; "" removes them.
+	dir string
 	// segment2 are the nodes (1-based) with an eth1 on a second segment.
 	segment2 []int
 }
@@ -98,7 +100,7 @@ func newSvcEnv(tb testing.TB, o svcOptions) *svcEnv {
 	if o.nodes == 0 {
 		o.nodes = 3
 	}
-	e := newEnvNodes(tb, envOptions{defaults: o.defaults, quiet: o.quiet, segment2: o.segment2}, o.nodes)
+	e := newEnvNodes(tb, envOptions{defaults: o.defaults, quiet: o.quiet, dir: o.dir, segment2: o.segment2}, o.nodes)
 	s := &svcEnv{env: e, o: o, class: "e2e.vipd.io/" + e.ns,
 		created: map[types.NamespacedName]bool{}, slices: map[types.NamespacedName]bool{}}
 	// Runs before the lab and the namespace go (clean-ups run last first).
@@ -130,7 +132,7 @@ func newEnvNodes(tb testing.TB, o envOptions, nodes int) *env {
 	if o.quiet {
 		logf = nil
 	}
-	l, err := lab.New(ctx, lab.Options{Nodes: nodes, Logf: logf, Segment2Nodes: o.segment2})
+	l, err := lab.New(ctx, lab.Options{Nodes: nodes, Logf: logf, Dir: o.dir, Segment2Nodes: o.segment2})
 	if err != nil {
 		tb.Fatalf("building the lab: %v", err)
 	}

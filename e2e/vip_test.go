@@ -296,19 +296,7 @@ func TestNodeLoss(t *testing.T) {
 	e.waitHeard(procs)
 	e.mustReach(vip4, h)
 
-	lost := time.Now()
-	if err := procs[h.Name].Kill(); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkDown(); err != nil {
-		t.Fatal(err)
-	}
-	next, at := e.waitNewHolder(e.timing.lease+2*time.Second, h)
-	took := at.Sub(lost)
-	t.Logf("%s took over %v after %s was lost", next.Name, took.Round(time.Millisecond), h.Name)
-	if took > lossBound {
-		t.Errorf("%s took over %v after %s was lost, want within %v", next.Name, took, h.Name, lossBound)
-	}
+	next := e.loseHolder(t, procs, h, "")
 	e.waitLeaseHolder(5*time.Second, next.Name)
 	e.waitNeighbor(2*time.Second, vip4, next)
 	e.mustReach(vip4, next)

@@ -108,7 +108,8 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		Log:             log,
 		OrphanPrefix:    ServiceLeasePrefix,
 	}
-	elCfg.NodeAnnotations = map[string]string{AnnotationVersion: version, AnnotationConfig: InfoFor(cfg).Encode()}
+	elCfg.NodeAnnotations = map[string]string{AnnotationVersion: version, AnnotationConfig: InfoFor(cfg).Encode(),
+		AnnotationMAC: iface.HardwareAddr.String()}
 	if own, err := nodeAddrList(); err == nil {
 		// Other agents refuse Service addresses that are this node's.
 		elCfg.NodeAnnotations[AnnotationNodeAddrs] = own
@@ -193,7 +194,8 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	r := &reconciler{links: links, ann: &timedAnnouncer{announcer: links, obs: obs}, el: el, svc: svc, hb: hb,
 		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs, node: cfg.NodeName,
 		handovers: handovers{max: cfg.LeaseDuration, linger: handoverLinger}, wake: make(chan struct{}, 1),
-		refused: map[string]refusal{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()},
+		refused: map[string]refusal{}, badAddrs: map[string]string{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()},
+		linksUp: map[string]bool{iface.Name: true},
 		settings: contestSettings{cpLease: cfg.LeaseName, cpVIPs: cpVIPs, svcLease: cfg.ServiceLeaseName, perAddress: cfg.ServiceElection,
 			iface: iface.Name, svcIface: links.svc},
 		place: place,
@@ -219,16 +221,17 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		return err
 	}
 	go func() { done <- wrap("election", el.Run(bg)) }()
-	go func() { done <- wrap("watching the interfaces", links.watch(bg)) }()
 	go reportAccess(bg, client, cfg, log)
 	if hb != nil {
 		go func() { done <- wrap("heartbeats", hb.Run(bg)) }()
 		go func() { done <- wrap("heartbeat key", runFastPath(bg, cfg, client, hb, log)) }()
-		go func() { done <- wrap("watching the link", watchCarrier(bg, iface, hb, log)) }()
 	} else {
 		log.Warn("heartbeats are off (--heartbeat-port=0): failover waits for Lease expiry")
 	}
+	r.conflicts = r.newConflicts(m.reg)
+	defer r.conflicts.close()
 	go r.refreshGuard(bg, guardRefresh, guardStuck)
+	ifaceEv := watchIface(bg, links, hb, log)
 	var svcChanges <-chan struct{}
 	if svc != nil {
 		go func() { done <- wrap("watching Services", svc.Run(bg)) }()
@@ -267,23 +270,35 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			r.setBindings(cfg)
 		case <-r.nodeChanges():
 			r.setBindings(cfg)
-		case <-links.Changes():
-			if r.synced {
-				r.updateLacking(r.bindings)
-			}
 		case <-el.Changes():
 		case <-r.wake:
 		case <-resync.C:
+		case l := <-ifaceEv.link:
+			r.linkChanged(l.name, l.st)
+		case a := <-ifaceEv.gone:
+			if !r.lostHeld(a) {
+				continue
+			}
+		case res := <-r.conflicts.results:
+			r.probed(res, time.Now())
+		case a := <-r.conflicts.foreign:
+			r.foreignAnswer(a)
+			continue
 		}
 		if svc != nil && r.synced && !maps.Equal(r.peerAddrs, el.NodeAnnotation(AnnotationNodeAddrs)) {
 			// A node joined or its addresses changed.
 			r.setBindings(cfg)
 		}
 		r.reconcile()
+		// Published with the next renewal, for vipd status and the others.
+		ann := map[string]string{}
 		if hb != nil {
-			// Published with the next renewal, for vipd status.
-			el.SetNodeAnnotations(map[string]string{AnnotationPeers: peersValue(hb.Peers())})
+			ann[AnnotationPeers] = peersValue(hb.Peers())
 		}
+		if v := r.conflictAnnotation(time.Now()); v != "" {
+			ann[AnnotationConflicts] = v
+		}
+		el.SetNodeAnnotations(ann)
 	}
 }
 

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -32,11 +31,12 @@ type links struct {
 	// arp: announce at all (vip_arp); opts for each announcer.
 	arp     bool
 	annOpts announce.Options
-	changes chan struct{}
 
 	mu     sync.Mutex
 	ifaces map[string]*address.Interface
 	anns   map[string]ifAnnouncer
+	// used are the interfaces VIPs go on now, besides main and svc.
+	used map[string]bool
 }
 
 // ifAnnouncer is the announcer of one interface, and the index it was made for.
@@ -53,7 +53,6 @@ func newLinks(main *address.Interface, svc string, lifetime time.Duration, arp b
 	return &links{
 		ns: address.Current(), main: main, svc: svc, lifetime: lifetime, log: log, arp: arp,
 		annOpts: announce.Options{Interval: rate, Registerer: reg},
-		changes: make(chan struct{}, 1),
 		ifaces:  map[string]*address.Interface{main.Name: main},
 		anns:    map[string]ifAnnouncer{},
 	}
@@ -67,15 +66,6 @@ func (l *links) ifaceFor(named string) string {
 	}
 	return named
 }
-
-// watch signals Changes whenever any interface appears, goes, or loses or
-// regains its link, until ctx ends.
-func (l *links) watch(ctx context.Context) error {
-	return l.ns.WatchLinks(ctx, func(string, address.LinkState) { signal(l.changes) })
-}
-
-// Changes receives a value (coalesced) when an interface may have changed.
-func (l *links) Changes() <-chan struct{} { return l.changes }
 
 // problem says why the named interface cannot carry VIPs now ("" if it can).
 func (l *links) problem(name string) string {
@@ -92,7 +82,8 @@ func (l *links) problem(name string) string {
 }
 
 // iface returns the named interface for address changes, looked up afresh
-// if it was made again since (its index changed).
+// if it was made again since (its index changed): the same object, updated,
+// so that holders of it (the main interface's) see the change.
 func (l *links) iface(name string) (*address.Interface, error) {
 	st, err := l.ns.LinkState(name)
 	if err != nil {
@@ -103,16 +94,49 @@ func (l *links) iface(name string) (*address.Interface, error) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if i := l.ifaces[name]; i != nil && i.Index == st.Index {
+	i := l.ifaces[name]
+	if i != nil && i.Index == st.Index {
 		return i, nil
 	}
-	i, err := l.ns.Lookup(name)
+	fresh, err := l.ns.Lookup(name)
 	if err != nil {
 		return nil, err
 	}
-	i.Lifetime = l.lifetime
-	l.ifaces[name] = i
+	fresh.Lifetime = l.lifetime
+	if i == nil {
+		l.ifaces[name] = fresh
+		return fresh, nil
+	}
+	*i = *fresh
 	return i, nil
+}
+
+// setUsed records the interfaces the bindings put VIPs on.
+func (l *links) setUsed(names []string) {
+	used := map[string]bool{}
+	for _, n := range names {
+		used[n] = true
+	}
+	l.mu.Lock()
+	l.used = used
+	l.mu.Unlock()
+}
+
+// matters reports whether changes of the named interface concern vipd: a
+// node may have hundreds of others (a veth per pod).
+func (l *links) matters(name string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return name == l.main.Name || name == l.svc || l.used[name]
+}
+
+// Reannounce announces every VIP of the named interface again at once.
+func (l *links) Reannounce(name string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if a, ok := l.anns[name]; ok {
+		a.Reannounce()
+	}
 }
 
 // owned lists the VIPs vipd put on any interface.

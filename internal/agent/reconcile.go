@@ -25,6 +25,8 @@ import (
 // interface).
 type announcer interface {
 	Set(on map[string][]netip.Addr)
+	// Reannounce announces every VIP of the named interface again at once.
+	Reannounce(iface string)
 }
 
 // arpGuard is the part of guard.Guard the reconciler uses.
@@ -76,9 +78,18 @@ type reconciler struct {
 	// lacking are the interfaces this node lacks of those the bindings
 	// need, with why, as given to the election.
 	lacking map[string]string
+	// badAddrs are other agents' AnnotationNodeAddrs that did not parse,
+	// as last logged.
+	badAddrs map[string]string
 
 	// guarded and answered are what the guard was last set to.
 	guarded, answered []netip.Addr
+	// present are the VIPs apply last left on the interfaces; linksUp
+	// says which interfaces had carrier at their last link report.
+	present []netip.Addr
+	linksUp map[string]bool
+	// conflicts probes new VIPs and watches held ones for foreign hosts.
+	conflicts *conflicts
 	// refused are the contests this node cannot hold now, until when, and
 	// why; refusals counts the refusals of each, to space them out.
 	refused  map[string]refusal
@@ -123,9 +134,19 @@ func (r *reconciler) setBindings(cfg config.Config) {
 	owner := map[netip.Addr]string{}
 	for node, list := range r.peerAddrs {
 		for _, s := range strings.Split(list, ",") {
-			if a, err := netip.ParseAddr(s); err == nil {
-				owner[a] = "node " + node
+			if s == "" {
+				continue
 			}
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				if r.badAddrs[node] != list {
+					r.log.Warn("ignoring an address another agent published that does not parse",
+						"peer", node, "annotation", AnnotationNodeAddrs, "value", s)
+					r.badAddrs[node] = list
+				}
+				continue
+			}
+			owner[a] = "node " + node
 		}
 	}
 	if len(r.addrs) > 0 {
@@ -173,6 +194,11 @@ func (r *reconciler) setBindings(cfg config.Config) {
 	// What this node lacks is published before the contests are set, so
 	// that it takes none of them in between.
 	r.updateLacking(bs)
+	var used []string
+	for _, b := range bs {
+		used = append(used, b.iface)
+	}
+	r.links.setUsed(used)
 	r.bindings = bs
 	r.el.SetContests(contests(r.bindings))
 }
@@ -255,6 +281,7 @@ func (r *reconciler) reconcile() {
 			holding = append(holding, b.contest)
 		}
 	}
+	want = r.screen(want, seen, now)
 	for contest, prev := range r.last {
 		if _, ok := seen[contest]; !ok && prev.Leading {
 			r.obs.lost(r.lastBound[contest], "", election.LostRemoved) // its Services went away
@@ -395,7 +422,11 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 	}
 	var present, announce []netip.Addr
 	var refused map[netip.Addr]error
-	defer func() { r.metrics.held.Set(float64(len(present))) }()
+	defer func() {
+		r.present = present
+		r.metrics.held.Set(float64(len(present)))
+		r.conflicts.watchHeld(present, p, r.links.main.Name)
+	}()
 	for _, vip := range p.present {
 		name := p.on[vip]
 		i, err := r.links.iface(name)

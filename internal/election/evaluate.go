@@ -175,7 +175,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		}
 		if alive {
 			live[h] = true
-			for c := range parseRefused(o.lease.Annotations[AnnotationRefused]) {
+			for c := range e.refusedOfLocked(o) {
 				refusedBy[c] = append(refusedBy[c], h)
 			}
 			for need := range ParseLacking(o.lease.Annotations[AnnotationLacking]) {
@@ -429,8 +429,8 @@ func (e *Elector) reportSelfLocked(now time.Time) {
 		return
 	}
 	self := PeerReport{APIOK: e.apiOK, Live: e.liveLocked(now)}
-	if self != e.lastSelf {
-		e.lastSelf = self
+	if self != e.lastSelf || !e.selfSent {
+		e.lastSelf, e.selfSent = self, true
 		e.cfg.Peers.SetSelf(self)
 	}
 	addrs := map[string]string{}

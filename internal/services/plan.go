@@ -34,6 +34,7 @@ const (
 	reasonInvalidIP     = "InvalidLoadBalancerIP"
 	reasonNoPool        = "NoAddressPool"
 	reasonInvalidPool   = "InvalidAddressPool"
+	reasonPoolOverlap   = "AddressPoolOverlap"
 	reasonPoolExhausted = "AddressPoolExhausted"
 	reasonAllocated     = "AddressAllocated"
 	reasonAssigned      = "VIPAssigned"
@@ -255,7 +256,10 @@ func computePlan(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, p poo
 		if c.pool != nil {
 			pools, name = []*addrPool{c.pool}, c.pool.name
 		}
-		ips, from, w := allocate(c.svc, p, pools, name, usable)
+		ips, from, w, note := allocate(c.svc, p, pools, name, usable)
+		if note != nil {
+			c.sp.warnings = append(c.sp.warnings, *note)
+		}
 		if w != nil {
 			c.sp.warnings = append(c.sp.warnings, *w)
 			c.sp.write, c.sp.writeRV = c.req.fromPool, c.svc.ResourceVersion

@@ -136,12 +136,39 @@ func families(s *corev1.Service) (fams []corev1.IPFamily, required bool) {
 	return fams[:1], true
 }
 
+// overlap describes the first two ranges of rs that share addresses, or
+// returns "". Overlapping ranges are harmless (an address is handed out
+// once whatever range it is found in) but usually a typo.
+func overlap(rs []ipRange) string {
+	for i, a := range rs {
+		for _, b := range rs[i+1:] {
+			if a.first.Is4() == b.first.Is4() && !a.last.Less(b.first) && !b.last.Less(a.first) {
+				return fmt.Sprintf("%s-%s overlaps %s-%s", a.first, a.last, b.first, b.last)
+			}
+		}
+	}
+	return ""
+}
+
 // allocate picks addresses for a Service from the first of pools that has
 // a usable address of every family the Service needs (for PreferDualStack,
 // if none has both, the first with one of the primary family), or says why
-// it cannot. poolName is what the Service named ("" for its namespace's
-// defaults), for messages.
-func allocate(s *corev1.Service, p pool, pools []*addrPool, poolName string, usable func(netip.Addr) bool) ([]netip.Addr, *addrPool, *warning) {
+// it cannot (fail). poolName is what the Service named ("" for its
+// namespace's defaults), for messages. note, when set, is a problem of a
+// pool that did not stop the allocation.
+func allocate(s *corev1.Service, p pool, pools []*addrPool, poolName string, usable func(netip.Addr) bool) (ips []netip.Addr, from *addrPool, fail, note *warning) {
+	ips, from, fail = allocateFrom(s, p, pools, poolName, usable)
+	for _, pl := range pools {
+		if o := overlap(pl.ranges); o != "" && pl.err == nil {
+			note = &warning{reasonPoolOverlap, fmt.Sprintf("address pool ConfigMap %s (%s): %s; each address is still handed out once",
+				p.name, pl.describe(), o)}
+			break
+		}
+	}
+	return ips, from, fail, note
+}
+
+func allocateFrom(s *corev1.Service, p pool, pools []*addrPool, poolName string, usable func(netip.Addr) bool) ([]netip.Addr, *addrPool, *warning) {
 	if len(pools) == 0 {
 		if p.data == nil {
 			why := "no address pool is configured"
@@ -206,6 +233,30 @@ func allocate(s *corev1.Service, p pool, pools []*addrPool, poolName string, usa
 	return nil, nil, &warning{reasonPoolExhausted, fmt.Sprintf("%s in the pool (ConfigMap %s, %s)", what, p.name, strings.Join(descs, "; "))}
 }
 
+// unusable are the blocks no VIP comes from; pastUnusable skips them
+// whole, so a range that spans one (224.0.0.0/4 has 2^28 addresses) costs
+// nothing to scan.
+func unusable() []netip.Prefix {
+	return []netip.Prefix{
+		netip.MustParsePrefix("0.0.0.0/32"), netip.MustParsePrefix("127.0.0.0/8"),
+		netip.MustParsePrefix("169.254.0.0/16"), netip.MustParsePrefix("224.0.0.0/4"),
+		netip.MustParsePrefix("255.255.255.255/32"), netip.MustParsePrefix("::/128"),
+		netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("::ffff:0:0/96"),
+		netip.MustParsePrefix("fe80::/10"), netip.MustParsePrefix("ff00::/8"),
+	}
+}
+
+// pastUnusable is the first address after the unusable block holding a,
+// or a's successor if a is unusable for another reason (a zone).
+func pastUnusable(a netip.Addr) netip.Addr {
+	for _, p := range unusable() {
+		if p.Contains(a) {
+			return lastAddr(p).Next()
+		}
+	}
+	return a.Next()
+}
+
 func familyNames(fams []corev1.IPFamily) []string {
 	out := make([]string, len(fams))
 	for i, f := range fams {
@@ -221,10 +272,15 @@ func firstFree(rs []ipRange, v6 bool, usable func(netip.Addr) bool) (netip.Addr,
 		if r.first.Is6() != v6 {
 			continue
 		}
-		for a := r.first; a.IsValid() && !r.last.Less(a); a = a.Next() {
-			if usable(a) && address.VIPProblem(a) == "" {
+		for a := r.first; a.IsValid() && !r.last.Less(a); {
+			if address.VIPProblem(a) != "" {
+				a = pastUnusable(a)
+				continue
+			}
+			if usable(a) {
 				return a, true
 			}
+			a = a.Next()
 		}
 	}
 	return netip.Addr{}, false

@@ -3,6 +3,7 @@ package services
 import (
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -116,19 +117,19 @@ func requestedAddrs(s *corev1.Service) (ips []netip.Addr, fromPool, needPool boo
 		var err error
 		if mlbIPs, err = parseAddrList(mlb); err != nil {
 			return nil, false, false, &warning{reasonInvalidIPs,
-				fmt.Sprintf("annotation %s %q: %v; the Service gets no address until it is fixed", mlbKey, s.Annotations[mlbKey], err)}
+				fmt.Sprintf("annotation %s %s: %v; the Service gets no address until it is fixed", mlbKey, quoteShort(s.Annotations[mlbKey]), err)}
 		}
 	}
 	if kv != "" {
 		ips, err := parseAddrList(kv)
 		if err != nil {
 			return nil, false, false, &warning{reasonInvalidIPs,
-				fmt.Sprintf("annotation %s %q: %v; the Service gets no address until it is fixed", AnnotationLoadBalancerIPs, s.Annotations[AnnotationLoadBalancerIPs], err)}
+				fmt.Sprintf("annotation %s %s: %v; the Service gets no address until it is fixed", AnnotationLoadBalancerIPs, quoteShort(s.Annotations[AnnotationLoadBalancerIPs]), err)}
 		}
 		if mlbIPs != nil && !sameAddrs(ips, mlbIPs) {
 			return nil, false, false, &warning{reasonInvalidIPs, fmt.Sprintf(
-				"annotations %s %q and %s %q ask for different addresses; the Service gets no address until they agree or one is removed",
-				AnnotationLoadBalancerIPs, kv, mlbKey, mlb)}
+				"annotations %s %s and %s %s ask for different addresses; the Service gets no address until they agree or one is removed",
+				AnnotationLoadBalancerIPs, quoteShort(kv), mlbKey, quoteShort(mlb))}
 		}
 		return ips, s.Annotations[AnnotationPoolAllocated] == s.Annotations[AnnotationLoadBalancerIPs], false, nil
 	}
@@ -146,11 +147,21 @@ func requestedAddrs(s *corev1.Service) (ips []netip.Addr, fromPool, needPool boo
 		}
 		if err != nil {
 			return nil, false, false, &warning{reasonInvalidIP,
-				fmt.Sprintf("spec.loadBalancerIP %q: %v; the Service gets no address until it is fixed", s.Spec.LoadBalancerIP, err)}
+				fmt.Sprintf("spec.loadBalancerIP %s: %v; the Service gets no address until it is fixed", quoteShort(s.Spec.LoadBalancerIP), err)}
 		}
 		return []netip.Addr{a}, false, false, nil
 	}
 	return nil, false, true, nil
+}
+
+// quoteShort quotes a value for a message, cut short when it is long (an
+// annotation listing a thousand addresses): Events and logs stay readable.
+func quoteShort(v string) string {
+	const max = 80
+	if len(v) <= max {
+		return strconv.Quote(v)
+	}
+	return fmt.Sprintf("%s… (%d characters)", strconv.Quote(v[:max]), len(v))
 }
 
 // sameAddrs compares two address lists regardless of order.
@@ -177,7 +188,7 @@ func parseAddrList(raw string) ([]netip.Addr, error) {
 		part = strings.TrimSpace(part)
 		a, err := netip.ParseAddr(part)
 		if err != nil {
-			return nil, fmt.Errorf("%q is not an IP address", part)
+			return nil, fmt.Errorf("%s is not an IP address", quoteShort(part))
 		}
 		if problem := address.VIPProblem(a); problem != "" {
 			return nil, fmt.Errorf("%s is %s", a, problem)
