@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"sync"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -72,22 +71,8 @@ func (n *Namespace) Remove(o OwnedVIP) error {
 func (n *Namespace) WatchLinks(ctx context.Context, report func(name string, st LinkState)) error {
 	updates := make(chan netlink.LinkUpdate, 64)
 	done := make(chan struct{})
-	var mu sync.Mutex
-	var lastErr error
-	opts := netlink.LinkSubscribeOptions{
-		Namespace:    n.nsh,
-		ListExisting: true,
-		// Not fatal: the subscription goes on, and ends (closing updates)
-		// only when it cannot receive. The netlink package sends its
-		// list request to the multicast group too, so every other
-		// subscriber in the namespace (another of ours, or another
-		// program's) reports a message from an unexpected sender here.
-		ErrorCallback: func(err error) {
-			mu.Lock()
-			lastErr = err
-			mu.Unlock()
-		},
-	}
+	var failed subscriptionErr
+	opts := netlink.LinkSubscribeOptions{Namespace: n.nsh, ListExisting: true, ErrorCallback: failed.set}
 	if err := netlink.LinkSubscribeWithOptions(updates, done, opts); err != nil {
 		return fmt.Errorf("watching links: %w", err)
 	}
@@ -99,9 +84,7 @@ func (n *Namespace) WatchLinks(ctx context.Context, report func(name string, st 
 			return nil
 		case u, ok := <-updates:
 			if !ok {
-				mu.Lock()
-				defer mu.Unlock()
-				return fmt.Errorf("watching links: subscription closed: %v", lastErr)
+				return failed.closed("watching links")
 			}
 			a := u.Attrs()
 			if a == nil {

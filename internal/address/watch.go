@@ -47,18 +47,8 @@ type AddrChange struct {
 func (i *Interface) WatchAddrs(ctx context.Context, report func(AddrChange)) error {
 	updates := make(chan netlink.AddrUpdate, 256)
 	done := make(chan struct{})
-	var last error
-	var mu sync.Mutex
-	opts := netlink.AddrSubscribeOptions{
-		Namespace: i.ns.nsh,
-		// Only a subscription that ends has failed: the package also
-		// reports messages it skips, such as another subscriber's dump.
-		ErrorCallback: func(err error) {
-			mu.Lock()
-			last = err
-			mu.Unlock()
-		},
-	}
+	var last subscriptionErr
+	opts := netlink.AddrSubscribeOptions{Namespace: i.ns.nsh, ErrorCallback: last.set}
 	if err := netlink.AddrSubscribeWithOptions(updates, done, opts); err != nil {
 		return fmt.Errorf("watching addresses of %s: %w", i.Name, err)
 	}
@@ -69,9 +59,7 @@ func (i *Interface) WatchAddrs(ctx context.Context, report func(AddrChange)) err
 			return nil
 		case u, ok := <-updates:
 			if !ok {
-				mu.Lock()
-				defer mu.Unlock()
-				return fmt.Errorf("watching addresses of %s: subscription closed: %v", i.Name, last)
+				return last.closed("watching addresses of " + i.Name)
 			}
 			a, ok := netip.AddrFromSlice(u.LinkAddress.IP)
 			if !ok {
@@ -80,4 +68,26 @@ func (i *Interface) WatchAddrs(ctx context.Context, report func(AddrChange)) err
 			report(AddrChange{Addr: a.Unmap(), Index: u.LinkIndex, Added: u.NewAddr})
 		}
 	}
+}
+
+// subscriptionErr keeps the last error a netlink subscription reported.
+// Only a subscription that ends has failed: the netlink package also
+// reports messages it skips, such as another subscriber's list request,
+// which it sends to the multicast group too.
+type subscriptionErr struct {
+	mu  sync.Mutex
+	err error
+}
+
+func (e *subscriptionErr) set(err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.err = err
+}
+
+// closed is the error of a subscription that ended.
+func (e *subscriptionErr) closed(what string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return fmt.Errorf("%s: subscription closed: %v", what, e.err)
 }
