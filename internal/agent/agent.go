@@ -153,6 +153,11 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			return err
 		}
 	}
+	if cfg.DebugAddr != "" {
+		if err := serveDebug(ctx, cfg.DebugAddr, log); err != nil {
+			return err
+		}
+	}
 	every := loopEvery(cfg)
 	h := newHealth(el, svc, every, cfg.LeaseDuration)
 	if cfg.HealthAddr != "" {
