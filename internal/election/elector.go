@@ -187,10 +187,14 @@ type Elector struct {
 	// retries spaces out writes that keep failing, per contest.
 	retries backoff.Tracker[string]
 
-	mu        sync.Mutex
-	contests  map[string]Contest // nil until the first SetContests
-	leases    map[string]*observed
-	status    map[string]Status
+	mu       sync.Mutex
+	contests map[string]Contest // nil until the first SetContests
+	leases   map[string]*observed
+	// nodeLeases are the node Leases among leases, by name.
+	nodeLeases map[string]*observed
+	status     map[string]Status
+	// eval is what evaluate keeps between runs (incremental.go).
+	eval      evalState
 	members   []string  // live agents as last evaluated
 	lastRenew time.Time // start of our last successful node Lease write
 	released  bool
@@ -260,7 +264,9 @@ func New(cfg Config) (*Elector, error) {
 		retries: backoff.Tracker[string]{Policy: backoff.Policy{Base: cfg.RetryPeriod / 4, Max: 30 * cfg.RetryPeriod}},
 
 		leases:        map[string]*observed{},
+		nodeLeases:    map[string]*observed{},
 		status:        map[string]Status{},
+		eval:          newEvalState(),
 		annotations:   ann,
 		refused:       map[string]string{},
 		foreignLogged: map[string]bool{},
@@ -278,6 +284,16 @@ func (e *Elector) SetContests(cs []Contest) {
 		m[c.Name] = c
 	}
 	e.mu.Lock()
+	for name, c := range m {
+		if old, ok := e.contests[name]; !ok || !slices.Equal(old.Candidates, c.Candidates) || (old.Candidates == nil) != (c.Candidates == nil) {
+			e.markDirtyLocked(name)
+		}
+	}
+	for name := range e.contests {
+		if _, ok := m[name]; !ok {
+			e.markDirtyLocked(name)
+		}
+	}
 	e.contests = m
 	e.mu.Unlock()
 	signal(e.wake)
