@@ -197,9 +197,13 @@ func (c *Controller) Run(ctx context.Context) error {
 
 	factory := informers.NewSharedInformerFactoryWithOptions(c.cfg.Client, 0, informers.WithNamespace(c.cfg.Namespace),
 		// Nothing here reads managedFields; dropping them keeps the cache
-		// of every Service and EndpointSlice small. Updates without them
-		// leave the server's copy as is.
+		// of every Service small. Updates without them leave the server's
+		// copy as is. EndpointSlices, never written, keep only what the
+		// plan reads (trimSlice).
 		informers.WithTransform(func(obj any) (any, error) {
+			if es, ok := obj.(*discoveryv1.EndpointSlice); ok {
+				return trimSlice(es), nil
+			}
 			if m, ok := obj.(metav1.Object); ok {
 				m.SetManagedFields(nil)
 			}

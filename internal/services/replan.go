@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 )
@@ -333,4 +334,24 @@ func sliceOwner(obj any) (types.NamespacedName, bool) {
 		return types.NamespacedName{}, false
 	}
 	return types.NamespacedName{Namespace: es.Namespace, Name: es.Labels[discoveryv1.LabelServiceName]}, true
+}
+
+// trimSlice keeps of an EndpointSlice what vipd reads — its Service, and
+// which nodes have a ready endpoint — so that the cache of every slice in
+// the cluster stays small. vipd never writes slices.
+func trimSlice(es *discoveryv1.EndpointSlice) *discoveryv1.EndpointSlice {
+	out := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{
+		Name: es.Name, Namespace: es.Namespace, UID: es.UID, ResourceVersion: es.ResourceVersion,
+	}}
+	if svc := es.Labels[discoveryv1.LabelServiceName]; svc != "" {
+		out.Labels = map[string]string{discoveryv1.LabelServiceName: svc}
+	}
+	for _, ep := range es.Endpoints {
+		if ep.NodeName == nil {
+			continue
+		}
+		out.Endpoints = append(out.Endpoints, discoveryv1.Endpoint{NodeName: ep.NodeName,
+			Conditions: discoveryv1.EndpointConditions{Ready: ep.Conditions.Ready}})
+	}
+	return out
 }
