@@ -183,7 +183,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	// earlier run that crashed is not ours to hold until we win its
 	// election again.
 	r := &reconciler{iface: iface, ann: &timedAnnouncer{announcer: ann, obs: obs}, el: el, svc: svc, hb: hb,
-		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs,
+		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs, refreshEvery: every / 2,
 		refused: map[string]refusal{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()}}
 	if g, err := newGuard(cfg, iface, log); err != nil {
 		log.Error("no ARP/NDP guard: if this agent dies, its node may answer for its VIPs beside the new holder until they expire",

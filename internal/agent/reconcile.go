@@ -72,6 +72,12 @@ type reconciler struct {
 	// passed is when reconcile last ran to the end (Unix nanoseconds): the
 	// guard is refreshed only while the agent is not stuck.
 	passed atomic.Int64
+	// refreshEvery is how often the VIPs' lifetimes are renewed, and
+	// refreshed when they last were: not on every reconciliation, which
+	// with hundreds of VIPs held would cost a netlink write each per
+	// Lease event.
+	refreshEvery time.Duration
+	refreshed    time.Time
 }
 
 type refusal struct {
@@ -277,23 +283,25 @@ func (r *reconciler) onIface(vip netip.Addr) bool {
 // address goes, and start only after it is in place. It returns the VIPs
 // the interface refused, with why.
 func (r *reconciler) apply(p plan) map[netip.Addr]error {
-	owned, err := r.iface.Owned()
+	ownedList, err := r.iface.Owned()
 	if err != nil {
 		r.log.Error("listing VIPs on the interface", "err", err)
 		return nil
 	}
+	owned := setOf(ownedList)
+	wanted, announced := setOf(p.present), setOf(p.announce)
 	var keep []netip.Addr
 	for _, vip := range p.announce {
-		if slices.Contains(owned, vip) {
+		if owned[vip] {
 			keep = append(keep, vip)
 		}
 	}
 	r.ann.Set(keep)
 	// Silence what goes and guard what comes, before either changes.
-	r.setGuard(union(owned, p.present), keep)
+	r.setGuard(union(ownedList, p.present), keep)
 
-	for _, vip := range owned {
-		if slices.Contains(p.present, vip) {
+	for _, vip := range ownedList {
+		if wanted[vip] {
 			continue
 		}
 		if err := r.iface.Remove(vip); err != nil {
@@ -305,10 +313,17 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 	var present, announce []netip.Addr
 	var refused map[netip.Addr]error
 	defer func() { r.metrics.held.Set(float64(len(present))) }()
+	now := time.Now()
+	refresh := now.Sub(r.refreshed) >= r.refreshEvery
+	if refresh {
+		r.refreshed = now
+	}
 	for _, vip := range p.present {
-		if slices.Contains(owned, vip) {
-			if err := r.iface.Refresh(vip); err != nil {
-				r.log.Error("renewing VIP lifetime", "vip", vip, "err", err)
+		if owned[vip] {
+			if refresh {
+				if err := r.iface.Refresh(vip); err != nil {
+					r.log.Error("renewing VIP lifetime", "vip", vip, "err", err)
+				}
 			}
 		} else {
 			if err := r.iface.Add(vip); err != nil {
@@ -322,7 +337,7 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 			r.log.Info("added VIP", "vip", vip)
 		}
 		present = append(present, vip)
-		if slices.Contains(p.announce, vip) {
+		if announced[vip] {
 			announce = append(announce, vip)
 		}
 	}
@@ -392,13 +407,15 @@ func (r *reconciler) shutdown() {
 }
 
 func union(a, b []netip.Addr) []netip.Addr {
-	out := slices.Clone(a)
-	for _, x := range b {
-		if !slices.Contains(out, x) {
-			out = append(out, x)
-		}
+	return slices.Concat(a, b) // setGuard sorts and compacts
+}
+
+func setOf(vips []netip.Addr) map[netip.Addr]bool {
+	m := make(map[netip.Addr]bool, len(vips))
+	for _, v := range vips {
+		m[v] = true
 	}
-	return out
+	return m
 }
 
 func sorted(a []netip.Addr) []netip.Addr {
