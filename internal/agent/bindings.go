@@ -23,7 +23,16 @@ func contestFor(ip netip.Addr) string {
 	if ip.Is6() {
 		s = ip.StringExpanded()
 	}
-	return ServiceLeasePrefix + strings.NewReplacer(".", "-", ":", "-").Replace(s)
+	b := make([]byte, 0, len(ServiceLeasePrefix)+len(s))
+	b = append(b, ServiceLeasePrefix...)
+	for i := range len(s) {
+		c := s[i]
+		if c == '.' || c == ':' {
+			c = '-'
+		}
+		b = append(b, c)
+	}
+	return string(b)
 }
 
 // bindingsFor decides which contest carries each VIP.
@@ -34,7 +43,14 @@ func contestFor(ip netip.Addr) string {
 // one-for-all mode they share svcLease, except addresses restricted to some
 // nodes (externalTrafficPolicy: Local), which need a contest of their own:
 // the one leader may have no endpoint for them.
-func bindingsFor(cpLease string, cpVIPs []netip.Addr, svcLease string, perAddress bool, addrs []services.Address) []binding {
+//
+// memo, if not nil, keeps the per-address bindings between calls: an
+// address whose Services and candidates did not change gets the binding
+// it had, so that setting the bindings costs what changed, not an
+// allocation per address.
+func bindingsFor(cpLease string, cpVIPs []netip.Addr, svcLease string, perAddress bool, addrs []services.Address, memo *bindingMemo) []binding {
+	memo.start()
+	defer memo.done()
 	var out []binding
 	if len(cpVIPs) > 0 {
 		out = append(out, binding{contest: cpLease, vips: cpVIPs, controlPlane: true})
@@ -45,9 +61,7 @@ func bindingsFor(cpLease string, cpVIPs []netip.Addr, svcLease string, perAddres
 		case slices.Contains(cpVIPs, a.IP):
 			out[0].addServices(a) // the control-plane binding
 		case perAddress || a.Candidates != nil:
-			b := binding{contest: contestFor(a.IP), vips: []netip.Addr{a.IP}, candidates: a.Candidates}
-			b.addServices(a)
-			out = append(out, b)
+			out = append(out, memo.own(a))
 		default:
 			shared.vips = append(shared.vips, a.IP)
 			shared.addServices(a)
@@ -86,3 +100,56 @@ func (b binding) allServices() []types.NamespacedName {
 
 // cpVIP reports whether v is a control-plane VIP of b.
 func (b binding) cpVIP(v netip.Addr) bool { return b.controlPlane && slices.Contains(b.vips, v) }
+
+// bindingMemo keeps the binding of each address that has a contest of its
+// own (bindingsFor).
+type bindingMemo struct {
+	gen     uint64
+	entries map[netip.Addr]memoEntry
+}
+
+type memoEntry struct {
+	addr services.Address
+	b    binding
+	gen  uint64
+}
+
+// own returns the binding of an address with a contest of its own.
+func (m *bindingMemo) own(a services.Address) binding {
+	if m != nil {
+		if e, ok := m.entries[a.IP]; ok && slices.Equal(e.addr.Services, a.Services) &&
+			(e.addr.Candidates == nil) == (a.Candidates == nil) && slices.Equal(e.addr.Candidates, a.Candidates) {
+			e.gen = m.gen
+			m.entries[a.IP] = e
+			return e.b
+		}
+	}
+	b := binding{contest: contestFor(a.IP), vips: []netip.Addr{a.IP}, candidates: a.Candidates}
+	b.addServices(a)
+	if m != nil {
+		if m.entries == nil {
+			m.entries = map[netip.Addr]memoEntry{}
+		}
+		m.entries[a.IP] = memoEntry{addr: a, b: b, gen: m.gen}
+	}
+	return b
+}
+
+// start begins a call of bindingsFor; done forgets the addresses it did
+// not ask for.
+func (m *bindingMemo) start() {
+	if m != nil {
+		m.gen++
+	}
+}
+
+func (m *bindingMemo) done() {
+	if m == nil {
+		return
+	}
+	for ip, e := range m.entries {
+		if e.gen != m.gen {
+			delete(m.entries, ip)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"net/netip"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -39,7 +40,7 @@ func TestBindingsFor(t *testing.T) {
 		}
 	}
 	t.Run("per address", func(t *testing.T) {
-		check(t, bindingsFor("plndr-cp-lock", []netip.Addr{cp}, "plndr-svcs-lock", true, addrs), []want{
+		check(t, bindingsFor("plndr-cp-lock", []netip.Addr{cp}, "plndr-svcs-lock", true, addrs, nil), []want{
 			{"plndr-cp-lock", []netip.Addr{cp}, nil},
 			{"vipd-svc-192-0-2-10", []netip.Addr{a}, nil},
 			{"vipd-svc-203-0-113-7", []netip.Addr{b}, []string{"n2"}},
@@ -47,14 +48,14 @@ func TestBindingsFor(t *testing.T) {
 		})
 	})
 	t.Run("one for all", func(t *testing.T) {
-		check(t, bindingsFor("plndr-cp-lock", []netip.Addr{cp}, "plndr-svcs-lock", false, addrs), []want{
+		check(t, bindingsFor("plndr-cp-lock", []netip.Addr{cp}, "plndr-svcs-lock", false, addrs, nil), []want{
 			{"plndr-cp-lock", []netip.Addr{cp}, nil},
 			{"vipd-svc-203-0-113-7", []netip.Addr{b}, []string{"n2"}},
 			{"plndr-svcs-lock", []netip.Addr{a, v6}, nil},
 		})
 	})
 	t.Run("Services are carried", func(t *testing.T) {
-		got := bindingsFor("plndr-cp-lock", []netip.Addr{cp}, "plndr-svcs-lock", false, addrs)
+		got := bindingsFor("plndr-cp-lock", []netip.Addr{cp}, "plndr-svcs-lock", false, addrs, nil)
 		if svcs := got[0].allServices(); len(svcs) != 1 || svcs[0].String() != "web/api" || !got[0].cpVIP(cp) {
 			t.Errorf("control-plane binding: Services %v, cpVIP %v; want [web/api], true", svcs, got[0].cpVIP(cp))
 		}
@@ -63,7 +64,32 @@ func TestBindingsFor(t *testing.T) {
 		}
 	})
 	t.Run("services only", func(t *testing.T) {
-		got := bindingsFor("plndr-cp-lock", nil, "plndr-svcs-lock", false, addrs[:1])
+		got := bindingsFor("plndr-cp-lock", nil, "plndr-svcs-lock", false, addrs[:1], nil)
 		check(t, got, []want{{"plndr-svcs-lock", []netip.Addr{a}, nil}})
 	})
+}
+
+// TestBindingMemo: with a memo, an unchanged address keeps its binding,
+// a changed one gets a new one, and the result is what no memo gives.
+func TestBindingMemo(t *testing.T) {
+	a, b := netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("2001:db8::10")
+	web := []types.NamespacedName{{Namespace: "x", Name: "web"}}
+	addrs := []services.Address{{IP: a, Services: web}, {IP: b, Services: web}}
+	var memo bindingMemo
+	first := bindingsFor("cp", nil, "svcs", true, addrs, &memo)
+	changed := []services.Address{{IP: a, Services: web}, {IP: b, Services: web, Candidates: []string{"n2"}}}
+	second := bindingsFor("cp", nil, "svcs", true, changed, &memo)
+	if !reflect.DeepEqual(second, bindingsFor("cp", nil, "svcs", true, changed, nil)) {
+		t.Fatalf("with a memo %+v, without %+v", second, bindingsFor("cp", nil, "svcs", true, changed, nil))
+	}
+	if reflect.ValueOf(first[0].services).Pointer() != reflect.ValueOf(second[0].services).Pointer() {
+		t.Error("an unchanged address got a new binding")
+	}
+	if !slices.Equal(second[1].candidates, []string{"n2"}) {
+		t.Errorf("a changed address kept its old binding: %+v", second[1])
+	}
+	bindingsFor("cp", nil, "svcs", true, changed[:1], &memo)
+	if _, ok := memo.entries[b]; ok || len(memo.entries) != 1 {
+		t.Errorf("the memo keeps an address that is gone: %v", memo.entries)
+	}
 }

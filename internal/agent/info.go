@@ -135,7 +135,7 @@ func ParsePeers(s string) map[string]string {
 // it (bindingsFor), for readers such as `vipd status`.
 func ContestsFor(cpLease string, cpVIPs []netip.Addr, svcLease string, perAddress bool, addrs []services.Address) map[netip.Addr]string {
 	out := map[netip.Addr]string{}
-	for _, b := range bindingsFor(cpLease, cpVIPs, svcLease, perAddress, addrs) {
+	for _, b := range bindingsFor(cpLease, cpVIPs, svcLease, perAddress, addrs, nil) {
 		for _, v := range b.vips {
 			out[v] = b.contest
 		}

@@ -54,6 +54,7 @@ type reconciler struct {
 	synced    bool
 	peerAddrs map[string]string
 	bindings  []binding
+	memo      bindingMemo
 	preserve  bool
 	log       *slog.Logger
 	metrics   *metrics
@@ -149,7 +150,7 @@ func (r *reconciler) setBindings(cfg config.Config) {
 	if cfg.ControlPlane {
 		cpVIPs = cfg.VIPs
 	}
-	r.bindings = bindingsFor(cfg.LeaseName, cpVIPs, cfg.ServiceLeaseName, cfg.ServiceElection, ok)
+	r.bindings = bindingsFor(cfg.LeaseName, cpVIPs, cfg.ServiceLeaseName, cfg.ServiceElection, ok, &r.memo)
 	r.el.SetContests(contests(r.bindings))
 }
 
