@@ -13,7 +13,7 @@ import (
 
 // benchElector is an Elector that has seen the node Leases of 10 agents
 // and n claims spread over them, as in e2e's BenchmarkServices.
-func benchElector(b *testing.B, n int) *Elector {
+func benchElector(b testing.TB, n int) *Elector {
 	e, err := New(Config{Client: fake.NewClientset(), Namespace: "ns", Identity: "n1",
 		LeaseDuration: 5 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: time.Second})
 	if err != nil {
@@ -26,7 +26,7 @@ func benchElector(b *testing.B, n int) *Elector {
 	for i := 1; i <= 10; i++ {
 		node := fmt.Sprintf("n%d", i)
 		e.record(&coordinationv1.Lease{
-			ObjectMeta: metav1.ObjectMeta{Name: NodeLeasePrefix + node, ResourceVersion: "1", Labels: map[string]string{LabelKind: KindNode}},
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: NodeLeasePrefix + node, ResourceVersion: "1", Labels: map[string]string{LabelKind: KindNode}},
 			Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To(node), LeaseDurationSeconds: ptr.To(int32(5))}})
 	}
 	var cs []Contest
@@ -35,7 +35,7 @@ func benchElector(b *testing.B, n int) *Elector {
 		cs = append(cs, Contest{Name: name})
 		node := fmt.Sprintf("n%d", i%10+1)
 		e.record(&coordinationv1.Lease{
-			ObjectMeta: metav1.ObjectMeta{Name: name, ResourceVersion: "1", Labels: map[string]string{LabelKind: KindClaim}},
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, ResourceVersion: "1", Labels: map[string]string{LabelKind: KindClaim}},
 			Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To(node), LeaseDurationSeconds: ptr.To(int32(5))}})
 	}
 	e.SetContests(cs)
