@@ -278,17 +278,28 @@ func (c *Controller) spliceLocked(group map[types.NamespacedName]bool, sub plan)
 	}
 	maps.Copy(old.services, sub.services)
 
-	// The old addresses that no Service of the group shares, merged with
-	// the new ones, in IP order.
-	mine := func(a Address) bool {
-		return slices.ContainsFunc(a.Services, func(nn types.NamespacedName) bool { return group[nn] })
+	// The old addresses that a Service of the group shares are among those
+	// the group asked for (the index is still the old plan's); the others
+	// stay, merged with the new ones in IP order.
+	var drop []int
+	for nn := range group {
+		for _, a := range c.index.asks[nn] {
+			i, ok := slices.BinarySearchFunc(old.addresses, a, func(x Address, ip netip.Addr) int { return x.IP.Compare(ip) })
+			if ok && !slices.Contains(drop, i) && slices.ContainsFunc(old.addresses[i].Services, func(nn types.NamespacedName) bool { return group[nn] }) {
+				drop = append(drop, i)
+			}
+		}
 	}
-	addrs := make([]Address, 0, len(old.addresses)+len(sub.addresses))
-	var gone []Address
-	i := 0
-	for _, a := range old.addresses {
-		if mine(a) {
-			gone = append(gone, a)
+	slices.Sort(drop)
+	gone := make([]Address, len(drop))
+	for k, i := range drop {
+		gone[k] = old.addresses[i]
+	}
+	addrs := make([]Address, 0, len(old.addresses)-len(drop)+len(sub.addresses))
+	i, k := 0, 0
+	for n, a := range old.addresses {
+		if k < len(drop) && drop[k] == n {
+			k++
 			continue
 		}
 		for i < len(sub.addresses) && sub.addresses[i].IP.Less(a.IP) {

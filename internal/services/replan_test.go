@@ -25,7 +25,7 @@ type planTestBed struct {
 	svcs, eps, cms cache.Indexer
 }
 
-func newPlanTestBed(t *testing.T) *planTestBed {
+func newPlanTestBed(t testing.TB) *planTestBed {
 	t.Helper()
 	c, err := New(Config{Client: fake.NewClientset(), NodeName: "n1", Class: "vipd", PoolNamespace: "kube-system", PoolConfigMap: "kubevip"})
 	if err != nil {
@@ -185,5 +185,33 @@ func TestPlanInputsEqual(t *testing.T) {
 	}
 	if !planInputsEqual(svc("a/s", 0), svc("a/s", 0, func(s *corev1.Service) { s.Annotations = map[string]string{} })) {
 		t.Error("nil and empty annotations differ")
+	}
+}
+
+// BenchmarkReplanOne is the replan after one Service among n was created:
+// what every agent does per Service when a thousand are created one by one.
+func BenchmarkReplanOne(b *testing.B) {
+	for _, n := range []int{10, 1000, 5000} {
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			bed := newPlanTestBed(b)
+			svcs, eps := benchCluster(n)
+			for i, s := range svcs {
+				s.Spec.LoadBalancerClass = ptr.To("vipd")
+				_ = bed.svcs.Add(s)
+				_ = bed.eps.Add(eps[i])
+			}
+			bed.c.markDirty(types.NamespacedName{}, true)
+			bed.c.replan()
+			last := svcs[n-1]
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				s := last.DeepCopy()
+				s.ResourceVersion = strconv.Itoa(i)
+				s.Annotations[AnnotationLoadBalancerIPs] = []string{"192.0.2.1", "192.0.2.2"}[i%2]
+				_ = bed.svcs.Update(s)
+				bed.c.markDirty(types.NamespacedName{Namespace: s.Namespace, Name: s.Name}, false)
+				bed.c.replan()
+			}
+		})
 	}
 }
