@@ -24,7 +24,7 @@ LDFLAGS := -X main.version=$(VERSION)
 DEB_PACKAGES := etcd-server iproute2 nftables iputils-ping arping ca-certificates \
 	containerd runc buildah util-linux
 
-.PHONY: build deps kube-assets test demo bench bench-failover bench-services bench-migration vet fmt clean root image manifests
+.PHONY: build deps kube-assets test demo bench bench-failover bench-services bench-migration soak vet fmt clean root image manifests
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/vipd ./cmd/vipd
@@ -101,6 +101,13 @@ bench-migration: deps
 
 bench-services: deps
 	$(GO) test ./e2e -run '^$$' -bench BenchmarkServices -benchtime 1x -timeout 60m
+
+# The chaos soak (docs/faults.md): 100 faults drawn at random, with the
+# invariant checked after each; `make test` runs a short one (10 faults).
+# SEED=<n> replays a run; FAULTS=<n> changes the count. About 25 minutes.
+FAULTS ?= 100
+soak: deps
+	VIPD_SOAK_FAULTS=$(FAULTS) $(if $(SEED),VIPD_SOAK_SEED=$(SEED)) $(GO) test ./e2e -run '^TestSoak$$' -count=1 -v -timeout 90m
 
 vet:
 	$(GO) vet ./...

@@ -83,6 +83,8 @@ type envOptions struct {
 	quiet bool
 	// noKey creates no heartbeat key Secret: heartbeats stay off.
 	noKey bool
+	// dir keeps the lab's logs there, beyond the test; "" removes them.
+	dir string
 }
 
 // newEnv builds an env that is torn down when the test ends, or skips the

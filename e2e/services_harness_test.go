@@ -87,6 +87,8 @@ type svcOptions struct {
 	defaults bool
 	// quiet keeps agent output out of the test log.
 	quiet bool
+	// dir keeps the agents' logs there, beyond the test; "" removes them.
+	dir string
 }
 
 // newSvcEnv builds a lab for o and a Kubernetes namespace for the Leases
@@ -96,7 +98,7 @@ func newSvcEnv(tb testing.TB, o svcOptions) *svcEnv {
 	if o.nodes == 0 {
 		o.nodes = 3
 	}
-	e := newEnvNodes(tb, envOptions{defaults: o.defaults, quiet: o.quiet}, o.nodes)
+	e := newEnvNodes(tb, envOptions{defaults: o.defaults, quiet: o.quiet, dir: o.dir}, o.nodes)
 	s := &svcEnv{env: e, o: o, class: "e2e.vipd.io/" + e.ns,
 		created: map[types.NamespacedName]bool{}, slices: map[types.NamespacedName]bool{}}
 	// Runs before the lab and the namespace go (clean-ups run last first).
@@ -128,7 +130,7 @@ func newEnvNodes(tb testing.TB, o envOptions, nodes int) *env {
 	if o.quiet {
 		logf = nil
 	}
-	l, err := lab.New(ctx, lab.Options{Nodes: nodes, Logf: logf})
+	l, err := lab.New(ctx, lab.Options{Nodes: nodes, Logf: logf, Dir: o.dir})
 	if err != nil {
 		tb.Fatalf("building the lab: %v", err)
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -64,6 +66,56 @@ func (i *Interface) WatchLink(ctx context.Context, report func(LinkState)) error
 				first, last = false, st
 				report(st)
 			}
+		}
+	}
+}
+
+// AddrChange is an address added to or removed from an interface, as the
+// kernel announces it.
+type AddrChange struct {
+	Addr  netip.Addr
+	Index int // the interface's index
+	Added bool
+}
+
+// WatchAddrs reports every address added to or removed from any interface
+// of the namespace until ctx ends, from netlink's address notifications:
+// a VIP deleted by hand, or by the kernel when the interface stops
+// carrying its family, is known within milliseconds.
+func (i *Interface) WatchAddrs(ctx context.Context, report func(AddrChange)) error {
+	updates := make(chan netlink.AddrUpdate, 256)
+	done := make(chan struct{})
+	var last error
+	var mu sync.Mutex
+	opts := netlink.AddrSubscribeOptions{
+		Namespace: i.ns.nsh,
+		// Only a subscription that ends has failed: the package also
+		// reports messages it skips, such as another subscriber's dump.
+		ErrorCallback: func(err error) {
+			mu.Lock()
+			last = err
+			mu.Unlock()
+		},
+	}
+	if err := netlink.AddrSubscribeWithOptions(updates, done, opts); err != nil {
+		return fmt.Errorf("watching addresses of %s: %w", i.Name, err)
+	}
+	defer close(done)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case u, ok := <-updates:
+			if !ok {
+				mu.Lock()
+				defer mu.Unlock()
+				return fmt.Errorf("watching addresses of %s: subscription closed: %v", i.Name, last)
+			}
+			a, ok := netip.AddrFromSlice(u.LinkAddress.IP)
+			if !ok {
+				continue
+			}
+			report(AddrChange{Addr: a.Unmap(), Index: u.LinkIndex, Added: u.NewAddr})
 		}
 	}
 }

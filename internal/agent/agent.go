@@ -99,7 +99,8 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		Log:             log,
 		OrphanPrefix:    ServiceLeasePrefix,
 	}
-	elCfg.NodeAnnotations = map[string]string{AnnotationVersion: version, AnnotationConfig: InfoFor(cfg).Encode()}
+	elCfg.NodeAnnotations = map[string]string{AnnotationVersion: version, AnnotationConfig: InfoFor(cfg).Encode(),
+		AnnotationMAC: iface.HardwareAddr.String()}
 	if own, err := nodeAddrList(); err == nil {
 		// Other agents refuse Service addresses that are this node's.
 		elCfg.NodeAnnotations[AnnotationNodeAddrs] = own
@@ -183,8 +184,8 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	// earlier run that crashed is not ours to hold until we win its
 	// election again.
 	r := &reconciler{iface: iface, ann: &timedAnnouncer{announcer: ann, obs: obs}, el: el, svc: svc, hb: hb,
-		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs, refreshEvery: every / 2,
-		refused: map[string]refusal{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()}}
+		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs, linkUp: true, refreshEvery: every / 2,
+		refused: map[string]refusal{}, badAddrs: map[string]string{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()}}
 	if g, err := newGuard(cfg, iface, log); err != nil {
 		log.Error("no ARP/NDP guard: if this agent dies, its node may answer for its VIPs beside the new holder until they expire",
 			"err", err, "vip_lifetime", cfg.VIPLifetime)
@@ -203,11 +204,13 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	if hb != nil {
 		go func() { done <- wrap("heartbeats", hb.Run(bg)) }()
 		go func() { done <- wrap("heartbeat key", runFastPath(bg, cfg, client, hb, log)) }()
-		go func() { done <- wrap("watching the link", watchCarrier(bg, iface, hb, log)) }()
 	} else {
 		log.Warn("heartbeats are off (--heartbeat-port=0): failover waits for Lease expiry")
 	}
+	r.conflicts = r.newConflicts(m.reg)
+	defer r.conflicts.close()
 	go r.refreshGuard(bg, guardRefresh, guardStuck)
+	ifaceEv := watchIface(bg, iface, hb, log)
 	var svcChanges <-chan struct{}
 	if svc != nil {
 		go func() { done <- wrap("watching Services", svc.Run(bg)) }()
@@ -246,16 +249,32 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			r.setBindings(cfg)
 		case <-el.Changes():
 		case <-resync.C:
+		case st := <-ifaceEv.link:
+			r.linkChanged(st)
+		case a := <-ifaceEv.gone:
+			if !r.lostHeld(a) {
+				continue
+			}
+		case res := <-r.conflicts.results:
+			r.probed(res, time.Now())
+		case a := <-r.conflicts.foreign:
+			r.foreignAnswer(a)
+			continue
 		}
 		if svc != nil && r.synced && !maps.Equal(r.peerAddrs, el.NodeAnnotation(AnnotationNodeAddrs)) {
 			// A node joined or its addresses changed.
 			r.setBindings(cfg)
 		}
 		r.reconcile()
+		// Published with the next renewal, for vipd status and the others.
+		ann := map[string]string{}
 		if hb != nil {
-			// Published with the next renewal, for vipd status.
-			el.SetNodeAnnotations(map[string]string{AnnotationPeers: peersValue(hb.Peers())})
+			ann[AnnotationPeers] = peersValue(hb.Peers())
 		}
+		if v := r.conflictAnnotation(time.Now()); v != "" {
+			ann[AnnotationConflicts] = v
+		}
+		el.SetNodeAnnotations(ann)
 	}
 }
 

@@ -49,6 +49,12 @@ func (l *leaseEvents) took(vips []netip.Addr, node string, r election.Report) {
 		joinVIPs(vips), node, services.TakeoverNote(r.Previous, string(r.Reason)))
 }
 
+// warn records a Warning about the control-plane VIPs on their Lease.
+func (l *leaseEvents) warn(reason, message string) {
+	ref := &corev1.ObjectReference{Kind: "Lease", APIVersion: "coordination.k8s.io/v1", Namespace: l.namespace, Name: l.lease}
+	l.recorder.Event(ref, corev1.EventTypeWarning, reason, message)
+}
+
 func joinVIPs(vips []netip.Addr) string {
 	s := make([]string, len(vips))
 	for i, v := range vips {

@@ -32,10 +32,12 @@ func newHeartbeat(cfg config.Config, iface *address.Interface, m *metrics, log *
 		return nil, fmt.Errorf("heartbeats need the node's address on %s (set --heartbeat-port=0 to turn them off): %w", iface.Name, err)
 	}
 	hb, err := heartbeat.New(heartbeat.Config{
-		Node:       cfg.NodeName,
-		Listen:     netip.AddrPortFrom(ip, uint16(cfg.HeartbeatPort)),
-		Log:        log,
-		Registerer: m.reg,
+		Node:   cfg.NodeName,
+		Listen: netip.AddrPortFrom(ip, uint16(cfg.HeartbeatPort)),
+		// The election says what this agent is before it says anything.
+		WaitForState: true,
+		Log:          log,
+		Registerer:   m.reg,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat-port %d: %w", cfg.HeartbeatPort, err)
@@ -109,16 +111,4 @@ func clusterID(ctx context.Context, client kubernetes.Interface, log *slog.Logge
 		case <-time.After(d):
 		}
 	}
-}
-
-// watchCarrier tells the failure detector when the interface loses or
-// regains its link, so that a node cut off judges nobody for it and stops
-// holding at once.
-func watchCarrier(ctx context.Context, iface *address.Interface, hb *heartbeat.Monitor, log *slog.Logger) error {
-	return iface.WatchLink(ctx, func(s address.LinkState) {
-		if !s.Up {
-			log.Warn("interface link is down", "exists", s.Exists)
-		}
-		hb.SetLinkUp(s.Up)
-	})
 }

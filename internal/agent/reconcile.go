@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -21,11 +22,15 @@ import (
 // announcer is the part of announce.Announcer the reconciler uses.
 type announcer interface {
 	Set(vips []netip.Addr)
+	Reannounce()
+	SetInterface(ifi *net.Interface)
 }
 
 type noAnnouncer struct{}
 
-func (noAnnouncer) Set([]netip.Addr) {}
+func (noAnnouncer) Set([]netip.Addr)            {}
+func (noAnnouncer) Reannounce()                 {}
+func (noAnnouncer) SetInterface(*net.Interface) {}
 
 // arpGuard is the part of guard.Guard the reconciler uses.
 type arpGuard interface {
@@ -63,9 +68,18 @@ type reconciler struct {
 	lastBound map[string]binding // the bindings of last
 	// rejected are the service addresses refused as node addresses, and why.
 	rejected map[netip.Addr]string
+	// badAddrs are other agents' AnnotationNodeAddrs that did not parse,
+	// as last logged.
+	badAddrs map[string]string
 
 	// guarded and answered are what the guard was last set to.
 	guarded, answered []netip.Addr
+	// present are the VIPs apply last left on the interface; linkUp is
+	// whether the interface had carrier at the last link report.
+	present []netip.Addr
+	linkUp  bool
+	// conflicts probes new VIPs and watches held ones for foreign hosts.
+	conflicts *conflicts
 	// refused are the contests this node cannot hold now, until when, and
 	// why; refusals counts the refusals of each, to space them out.
 	refused  map[string]refusal
@@ -116,9 +130,19 @@ func (r *reconciler) setBindings(cfg config.Config) {
 	owner := map[netip.Addr]string{}
 	for node, list := range r.peerAddrs {
 		for _, s := range strings.Split(list, ",") {
-			if a, err := netip.ParseAddr(s); err == nil {
-				owner[a] = "node " + node
+			if s == "" {
+				continue
 			}
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				if r.badAddrs[node] != list {
+					r.log.Warn("ignoring an address another agent published that does not parse",
+						"peer", node, "annotation", AnnotationNodeAddrs, "value", s)
+					r.badAddrs[node] = list
+				}
+				continue
+			}
+			owner[a] = "node " + node
 		}
 	}
 	if len(r.addrs) > 0 {
@@ -189,6 +213,7 @@ func (r *reconciler) reconcile() {
 			holding = append(holding, b.contest)
 		}
 	}
+	want = r.screen(want, seen, now)
 	for contest, prev := range r.last {
 		if _, ok := seen[contest]; !ok && prev.Leading {
 			r.obs.lost(r.lastBound[contest], "", election.LostRemoved) // its Services went away
@@ -313,7 +338,11 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 	}
 	var present, announce []netip.Addr
 	var refused map[netip.Addr]error
-	defer func() { r.metrics.held.Set(float64(len(present))) }()
+	defer func() {
+		r.present = present
+		r.metrics.held.Set(float64(len(present)))
+		r.conflicts.watchHeld(present)
+	}()
 	now := time.Now()
 	refresh := now.Sub(r.refreshed) >= r.refreshEvery
 	if refresh {

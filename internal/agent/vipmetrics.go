@@ -35,7 +35,7 @@ func newVIPMetrics(reg prometheus.Registerer) *vipMetrics {
 	m := &vipMetrics{
 		takeovers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vipd_takeovers_total",
-			Help: "Elections this agent took, by reason (new, released, holder-released, holder-expired, holder-silent, holder-not-live, already-holder).",
+			Help: "Elections this agent took, by reason (new, released, holder-released, holder-unknown, holder-expired, holder-silent, holder-not-live, already-holder).",
 		}, []string{"reason"}),
 		losses: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vipd_losses_total",
@@ -53,7 +53,7 @@ func newVIPMetrics(reg prometheus.Registerer) *vipMetrics {
 	}
 	// Known reasons start at zero, so that rate() and increase() see them.
 	for _, r := range []election.Reason{election.TookNew, election.TookReleased, election.TookHolderReleased,
-		election.TookHolderExpired, election.TookHolderSilent, election.TookHolderNotLive, election.TookAlreadyHolder} {
+		election.TookHolderUnknown, election.TookHolderExpired, election.TookHolderSilent, election.TookHolderNotLive, election.TookAlreadyHolder} {
 		m.takeovers.WithLabelValues(string(r))
 	}
 	for _, r := range []election.Reason{election.LostNotLive, election.LostTaken, election.LostNotCandidate,

@@ -185,6 +185,38 @@ func (a *Announcer) Set(vips []netip.Addr) {
 	}
 }
 
+// Reannounce starts every VIP's burst again at once, as for a VIP just
+// set: after the link came back, switches and neighbours may have
+// forgotten where the VIPs are.
+func (a *Announcer) Reannounce() {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
+	now := time.Now()
+	for _, v := range slices.SortedFunc(maps.Keys(a.vips), netip.Addr.Compare) {
+		s := a.vips[v]
+		s.sent = 0
+		a.announceLocked(v, s, now)
+	}
+	a.mu.Unlock()
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// SetInterface moves the announcements to ifi, the same interface made
+// again (a new index, perhaps a new MAC): the sockets are opened afresh on
+// the next announcement.
+func (a *Announcer) SetInterface(ifi *net.Interface) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.ifi = ifi
+	a.closeSocketsLocked()
+}
+
 // Stats returns the announcement counters.
 func (a *Announcer) Stats() Stats {
 	return Stats{Sent: a.sent.Load(), Errors: a.errs.Load()}

@@ -225,11 +225,19 @@ type Elector struct {
 	writtenAt    time.Time
 	watched      string
 	watchLagging bool // as last logged
+	// contradicted: agents heard saying they renew whose Leases look
+	// expired here, since when (peerLiveLocked).
+	contradicted map[string]time.Time
+	// selfSent: the detector was told about this agent at least once.
+	selfSent bool
 	// foreignLogged: contests whose foreign holder was logged.
 	foreignLogged map[string]bool
 	// reports say why each contest was last taken or lost (report.go).
 	reports map[string]Report
 	synced  atomic.Bool
+	// badAnnotations are node Lease annotations that did not parse, by
+	// Lease, as last logged.
+	badAnnotations map[string]string
 }
 
 // New returns an Elector; it starts once Run is called and contends only
@@ -263,15 +271,17 @@ func New(cfg Config) (*Elector, error) {
 		done:    make(chan result, writeWorkers),
 		retries: backoff.Tracker[string]{Policy: backoff.Policy{Base: cfg.RetryPeriod / 4, Max: 30 * cfg.RetryPeriod}},
 
-		leases:        map[string]*observed{},
-		nodeLeases:    map[string]*observed{},
-		status:        map[string]Status{},
-		eval:          newEvalState(),
-		annotations:   ann,
-		refused:       map[string]string{},
-		foreignLogged: map[string]bool{},
-		refusedOut:    map[string]string{},
-		reports:       map[string]Report{},
+		leases:         map[string]*observed{},
+		nodeLeases:     map[string]*observed{},
+		status:         map[string]Status{},
+		eval:           newEvalState(),
+		annotations:    ann,
+		refused:        map[string]string{},
+		foreignLogged:  map[string]bool{},
+		contradicted:   map[string]time.Time{},
+		refusedOut:     map[string]string{},
+		reports:        map[string]Report{},
+		badAnnotations: map[string]string{},
 	}, nil
 }
 

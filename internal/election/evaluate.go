@@ -174,7 +174,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		}
 		if alive {
 			live[h] = true
-			for c := range parseRefused(o.lease.Annotations[AnnotationRefused]) {
+			for c := range e.refusedOfLocked(o) {
 				refusedBy[c] = append(refusedBy[c], h)
 			}
 		}
@@ -452,8 +452,8 @@ func (e *Elector) reportSelfLocked(now time.Time) {
 		return
 	}
 	self := PeerReport{APIOK: e.apiOK, Live: e.liveLocked(now)}
-	if self != e.lastSelf {
-		e.lastSelf = self
+	if self != e.lastSelf || !e.selfSent {
+		e.lastSelf, e.selfSent = self, true
 		e.cfg.Peers.SetSelf(self)
 	}
 	addrs := map[string]string{}

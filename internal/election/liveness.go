@@ -78,7 +78,12 @@ func (e *Elector) sharedOutageLocked(now time.Time) bool {
 //     at once. Beats are authenticated, so only that agent can say so.
 //   - Heard, saying it is live: live while its Lease is, and beyond only
 //     during an API outage that this agent shares (sharedOutageLocked). A
-//     beat never holds a VIP back past the Lease otherwise.
+//     beat never holds a VIP back past the Lease otherwise. But when it
+//     also says it reaches the API server, its renewals succeed, and a
+//     Lease that looks expired means this agent's view is stale (a watch
+//     behind after an outage): it reads every Lease afresh first, and
+//     judges by the Lease only once a read made after it saw the
+//     contradiction still shows it expired.
 //   - Silent (heard before, not now, and this agent is not itself cut off
 //     or just back): dead at once, unless another agent this one hears
 //     still hears it. Two agents that cannot hear each other but both hear
@@ -89,11 +94,27 @@ func (e *Elector) peerLiveLocked(node string, leaseLive bool, now time.Time) (bo
 		return leaseLive, leaseReason(leaseLive)
 	}
 	r := e.cfg.Peers.Peer(node)
+	if leaseLive || !r.Heard || !r.Live || !r.APIOK {
+		delete(e.contradicted, node)
+	}
 	switch {
 	case r.Heard && !r.Live:
 		return false, "its heartbeats say it has let go"
 	case r.Heard && !leaseLive && e.sharedOutageLocked(now):
 		return true, "heard during an API outage"
+	case r.Heard && !leaseLive && r.APIOK:
+		seen, ok := e.contradicted[node]
+		if !ok {
+			seen = now
+			e.contradicted[node] = now
+			e.log.Info("an agent that renews says it reaches the API server, but its Lease looks expired here: reading every Lease afresh",
+				"peer", node)
+			signal(e.relist)
+		}
+		if !e.fence.freshAt.After(seen) {
+			return true, "heard renewing; its Lease is being read afresh"
+		}
+		return false, "its Lease is expired, read afresh"
 	case r.Heard:
 		return leaseLive, leaseReason(leaseLive)
 	case r.Silent && !e.cfg.Peers.Vouched(node):

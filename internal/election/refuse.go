@@ -36,14 +36,44 @@ func (e *Elector) Refused() map[string]string {
 // refuses nothing: a foreign or damaged annotation must not keep a node
 // from being a candidate.
 func parseRefused(v string) map[string]string {
+	m, _ := parseRefusedErr(v)
+	return m
+}
+
+func parseRefusedErr(v string) (map[string]string, error) {
 	if v == "" {
-		return nil
+		return nil, nil
 	}
 	var m map[string]string
-	if json.Unmarshal([]byte(v), &m) != nil {
-		return nil
+	if err := json.Unmarshal([]byte(v), &m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// refusedOfLocked reads the refusals another agent published, and says
+// once per value when they do not parse.
+func (e *Elector) refusedOfLocked(o *observed) map[string]string {
+	v := o.lease.Annotations[AnnotationRefused]
+	m, err := parseRefusedErr(v)
+	if err != nil && e.badAnnotations[o.lease.Name] != v {
+		e.log.Warn("ignoring a node Lease annotation that does not parse: that agent counts as refusing nothing",
+			"lease", o.lease.Name, "annotation", AnnotationRefused, "value", truncate(v, 200), "err", err)
+	}
+	if err != nil {
+		e.badAnnotations[o.lease.Name] = v
+	} else {
+		delete(e.badAnnotations, o.lease.Name)
 	}
 	return m
+}
+
+// truncate shortens s for a log line.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }
 
 func formatRefused(m map[string]string) string {

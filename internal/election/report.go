@@ -19,6 +19,10 @@ const (
 	TookReleased Reason = "released"
 	// TookHolderReleased: the holder released its node Lease (it shut down).
 	TookHolderReleased Reason = "holder-released"
+	// TookHolderUnknown: the claim names a holder that has no node Lease
+	// at all: another program wrote it (kube-vip), or the node was
+	// renamed. It holds nothing vipd knows of, so the claim is free.
+	TookHolderUnknown Reason = "holder-unknown"
 	// TookHolderExpired: the holder's node Lease was not renewed within
 	// the lease duration.
 	TookHolderExpired Reason = "holder-expired"
@@ -88,7 +92,11 @@ func (e *Elector) takeReasonLocked(lease *coordinationv1.Lease) Reason {
 	case h == "":
 		return TookReleased
 	}
-	if o := e.leases[NodeLeasePrefix+h]; o == nil || holder(o.lease) != h {
+	o := e.leases[NodeLeasePrefix+h]
+	if o == nil {
+		return TookHolderUnknown
+	}
+	if holder(o.lease) != h {
 		return TookHolderReleased
 	}
 	if e.cfg.Peers != nil {

@@ -284,6 +284,10 @@ func (e *Elector) do(ctx context.Context, j job) error {
 	switch j.op {
 	case opAcquire:
 		prev := holder(j.base)
+		if j.why == TookHolderUnknown {
+			log.Warn("taking over a claim whose holder has no vipd node Lease: another program (kube-vip?) wrote it, or the node was renamed",
+				"previous_holder", prev)
+		}
 		e.noteTaking(j.name, prev, j.why)
 		out, err := e.writeLease(ctx, j.name, KindClaim, j.base, nil, nil)
 		e.noteTaken(j.name, out, err)

@@ -411,3 +411,26 @@ func TestSendNeverBlocks(t *testing.T) {
 		}
 	}
 }
+
+// TestWaitForState: an agent that waits for its state says nothing until
+// it knows it, so no peer reads a starting agent as one that let go.
+func TestWaitForState(t *testing.T) {
+	l := newLab(t, 2)
+	waiting := newMonitor(t, l.Nodes[0], Config{WaitForState: true})
+	other := newMonitor(t, l.Nodes[1], Config{})
+	for _, m := range []*Monitor{waiting, other} {
+		m.SetPeers(peersAt(l.Nodes, 7947, false))
+		run(t, m)
+	}
+	time.Sleep(200 * time.Millisecond) // ten intervals of silence are the point
+	if s := waiting.Stats(); s.Sent != 0 {
+		t.Errorf("sent %d beats before its state was set", s.Sent)
+	}
+	if p := other.Peer("n1"); p.Ever {
+		t.Errorf("n2 heard n1 before n1 said anything: %+v", p)
+	}
+	waiting.SetState(State{APIOK: true, Live: true})
+	if _, ok := await(other, time.Second, func() bool { p := other.Peer("n1"); return p.Heard && p.Live }); !ok {
+		t.Fatalf("n2 does not hear n1 live once its state is set: %+v", other.Peer("n1"))
+	}
+}

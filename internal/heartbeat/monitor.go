@@ -62,6 +62,10 @@ type Config struct {
 	// Keys authenticate beats. Nil: none yet; nothing is sent or accepted
 	// until SetKeys gives some.
 	Keys *Keys
+	// WaitForState sends nothing until SetState is called: an agent that is
+	// starting has nothing to say yet, and a beat saying it is not live
+	// would make the others take the claims it still holds.
+	WaitForState bool
 	// Log receives transitions at info level and rate-limited send and
 	// receive problems at debug level; nothing is logged when nil.
 	Log *slog.Logger
@@ -155,16 +159,17 @@ type Monitor struct {
 	rearm   chan struct{} // recompute the silence timer
 	started atomic.Bool
 
-	mu      sync.Mutex
-	keys    *keyring // nil: no key
-	cluster string
-	self    State
-	seq     uint64
-	sent    [ringSize]sentRound
-	peers   map[string]*peer
-	holding map[uint32]bool // contests this agent holds
-	asks    []uint32        // contests it asks about
-	stats   Stats
+	mu       sync.Mutex
+	keys     *keyring // nil: no key
+	cluster  string
+	self     State
+	stateSet bool // SetState was called
+	seq      uint64
+	sent     [ringSize]sentRound
+	peers    map[string]*peer
+	holding  map[uint32]bool // contests this agent holds
+	asks     []uint32        // contests it asks about
+	stats    Stats
 	// awake is when Run's loop last ran. Silence is judged only over time
 	// the monitor was awake to hear: a process or machine stall must not
 	// look like every peer dying at once.
@@ -443,8 +448,8 @@ func (m *Monitor) SetPeers(peers map[string]netip.AddrPort) {
 // peer at once rather than at the next tick.
 func (m *Monitor) SetState(s State) {
 	m.mu.Lock()
-	changed := s != m.self
-	m.self = s
+	changed := s != m.self || !m.stateSet
+	m.self, m.stateSet = s, true
 	m.mu.Unlock()
 	if changed {
 		signal(m.kick)

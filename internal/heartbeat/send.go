@@ -14,7 +14,7 @@ import (
 func (m *Monitor) round() {
 	now := time.Now()
 	m.mu.Lock()
-	if m.keys == nil || m.cluster == "" {
+	if m.keys == nil || m.cluster == "" || (m.cfg.WaitForState && !m.stateSet) {
 		m.mu.Unlock()
 		return
 	}

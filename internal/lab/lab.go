@@ -180,16 +180,7 @@ func New(ctx context.Context, opts Options) (_ *Lab, err error) {
 	}
 	var members []member
 	for i := 1; i <= opts.Nodes; i++ {
-		n := &Node{
-			Name:  fmt.Sprintf("n%d", i),
-			Netns: fmt.Sprintf("%s-n%d", prefix, i),
-			MAC:   net.HardwareAddr{0x02, 0, 0, 0, 0, byte(i)},
-			IPv4:  netip.AddrFrom4([4]byte{198, 51, 100, byte(10 + i)}),
-			// ::11 for n1, mirroring .11, as the lab's documentation says.
-			IPv6: netip.MustParseAddr(fmt.Sprintf("2001:db8:100::%d", 10+i)),
-			lab:  l,
-		}
-		n.bridgePort = n.Name
+		n := newNode(l, prefix, i)
 		l.Nodes = append(l.Nodes, n)
 		members = append(members, member{port: n.bridgePort, netns: n.Netns, mac: n.MAC, v4: n.IPv4, v6: n.IPv6})
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -163,6 +164,86 @@ func (n *Node) DropUDP(peers ...*Node) error {
 	defer cancel()
 	if _, err := execIn(ctx, n.Netns, strings.NewReader(script), "nft", "-f", "-"); err != nil {
 		return fmt.Errorf("dropping UDP between %s and %d nodes: %w", n.Name, len(peers), err)
+	}
+	return nil
+}
+
+// AddNode adds a node namespace to the running lab, named and addressed
+// after the last one (n4 after n3, ...; names are never reused), with its
+// eth0 on the bridge: a new machine joining the segment.
+func (l *Lab) AddNode(ctx context.Context) (*Node, error) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil, errors.New("lab is closed")
+	}
+	i := len(l.Nodes) + 1
+	l.mu.Unlock()
+	if i > MaxNodes {
+		return nil, fmt.Errorf("lab: at most %d nodes", MaxNodes)
+	}
+	prefix := strings.TrimSuffix(l.BridgeNetns, "-br")
+	n := newNode(l, prefix, i)
+	if err := ipBatch(ctx, "", "netns add "+n.Netns+"\n"); err != nil {
+		return nil, fmt.Errorf("adding node %s: %w", n.Name, err)
+	}
+	l.mu.Lock()
+	l.namespaces = append(l.namespaces, n.Netns)
+	l.Nodes = append(l.Nodes, n)
+	l.mu.Unlock()
+	if err := disableDAD(n.Netns, false); err != nil {
+		return nil, err
+	}
+	if err := n.plug(ctx); err != nil {
+		return nil, fmt.Errorf("adding node %s: %w", n.Name, err)
+	}
+	l.logf("lab: node %s added", n.Name)
+	return n, nil
+}
+
+// newNode describes node i of the lab whose namespaces start with prefix.
+func newNode(l *Lab, prefix string, i int) *Node {
+	return &Node{
+		Name:  fmt.Sprintf("n%d", i),
+		Netns: fmt.Sprintf("%s-n%d", prefix, i),
+		MAC:   net.HardwareAddr{0x02, 0, 0, 0, 0, byte(i)},
+		IPv4:  netip.AddrFrom4([4]byte{198, 51, 100, byte(10 + i)}),
+		// ::11 for n1, mirroring .11, as the lab's documentation says.
+		IPv6:       netip.MustParseAddr(fmt.Sprintf("2001:db8:100::%d", 10+i)),
+		lab:        l,
+		bridgePort: fmt.Sprintf("n%d", i),
+	}
+}
+
+// plug makes the node's eth0 (a veth whose other end is its port on the
+// bridge) and gives it the node's addresses, as New does for every member.
+func (n *Node) plug(ctx context.Context) error {
+	l := n.lab
+	batch := fmt.Sprintf("link add %s type veth peer name eth0 netns %s address %s\nlink set %s master br0 up\n",
+		n.bridgePort, n.Netns, n.MAC, n.bridgePort)
+	if err := ipBatch(ctx, l.BridgeNetns, batch); err != nil {
+		return err
+	}
+	return ipBatch(ctx, n.Netns, fmt.Sprintf("link set lo up\nlink set eth0 up\naddr add %s/24 dev eth0\naddr add %s/64 dev eth0 nodad\n", n.IPv4, n.IPv6))
+}
+
+// DeleteLink deletes the node's eth0 (and with it its port on the bridge),
+// as when a NIC is unplugged from the machine or its driver is unloaded.
+// RecreateLink makes it again.
+func (n *Node) DeleteLink() error {
+	if err := ipCmd(n.Netns, "link", "del", "eth0"); err != nil {
+		return fmt.Errorf("deleting eth0 of %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// RecreateLink makes the node's eth0 again after DeleteLink, with the same
+// MAC and addresses but a new interface index.
+func (n *Node) RecreateLink() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.plug(ctx); err != nil {
+		return fmt.Errorf("making eth0 of %s again: %w", n.Name, err)
 	}
 	return nil
 }

@@ -24,16 +24,25 @@ type Echo struct {
 	Dups  int       // replies after the first: more than one station answered
 }
 
-// PingRecord is a running or finished PingLoop.
+// PingRecord is the record of one target of a running or finished
+// PingLoop or PingMany.
 type PingRecord struct {
-	conn   *icmp.PacketConn
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	stop   sync.Once
+	p *pinger
 
 	mu     sync.Mutex
 	echoes []Echo
-	err    error // first send or receive error other than closing
+}
+
+// pinger sends the echo requests of PingMany: one raw socket per address
+// family, whatever the number of targets.
+type pinger struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	stop   sync.Once
+	conns  []*icmp.PacketConn
+
+	mu  sync.Mutex
+	err error // first send or receive error other than closing
 }
 
 // PingLoop sends an ICMP echo request to ip from the client every interval
@@ -41,60 +50,103 @@ type PingRecord struct {
 // records when each was sent and answered. Its socket is a raw ICMP socket
 // opened in the client's namespace.
 func (c *Client) PingLoop(ctx context.Context, ip netip.Addr, interval time.Duration) (*PingRecord, error) {
+	recs, err := c.PingMany(ctx, []netip.Addr{ip}, interval)
+	if err != nil {
+		return nil, err
+	}
+	return recs[ip], nil
+}
+
+// PingMany is PingLoop for several targets at once, each pinged every
+// interval, through one raw socket per address family. Stopping any of the
+// records stops them all.
+func (c *Client) PingMany(ctx context.Context, ips []netip.Addr, interval time.Duration) (map[netip.Addr]*PingRecord, error) {
 	if interval <= 0 {
 		return nil, fmt.Errorf("ping interval must be positive, got %v", interval)
 	}
-	network, laddr := "ip4:icmp", "0.0.0.0"
-	if ip.Is6() {
-		network, laddr = "ip6:ipv6-icmp", "::"
-	}
-	var conn *icmp.PacketConn
-	err := InNetns(c.Netns, func() error {
-		var err error
-		conn, err = icmp.ListenPacket(network, laddr)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("opening ICMP socket on %s: %w", c.Name, err)
+	byFamily := map[bool][]netip.Addr{}
+	for _, ip := range ips {
+		byFamily[ip.Is6()] = append(byFamily[ip.Is6()], ip)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	r := &PingRecord{conn: conn, cancel: cancel}
-	if err := c.lab.track(r); err != nil {
+	p := &pinger{cancel: cancel}
+	recs := map[netip.Addr]*PingRecord{}
+	for _, ip := range ips {
+		recs[ip] = &PingRecord{p: p}
+	}
+	for _, v6 := range []bool{false, true} {
+		targets := byFamily[v6]
+		if len(targets) == 0 {
+			continue
+		}
+		network, laddr := "ip4:icmp", "0.0.0.0"
+		if v6 {
+			network, laddr = "ip6:ipv6-icmp", "::"
+		}
+		var conn *icmp.PacketConn
+		err := InNetns(c.Netns, func() error {
+			var err error
+			conn, err = icmp.ListenPacket(network, laddr)
+			return err
+		})
+		if err != nil {
+			cancel()
+			for _, cn := range p.conns {
+				cn.Close()
+			}
+			return nil, fmt.Errorf("opening ICMP socket on %s: %w", c.Name, err)
+		}
+		p.conns = append(p.conns, conn)
+	}
+	if err := c.lab.track(p); err != nil {
 		cancel()
-		conn.Close()
+		for _, cn := range p.conns {
+			cn.Close()
+		}
 		return nil, err
 	}
 	// A raw socket sees every echo reply in the namespace: the id picks ours.
 	id := rand.IntN(1 << 16)
-	r.wg.Add(2)
-	go r.receive(ip, id)
-	go r.send(ctx, ip, id, interval)
-	return r, nil
+	i := 0
+	for _, v6 := range []bool{false, true} {
+		targets := byFamily[v6]
+		if len(targets) == 0 {
+			continue
+		}
+		conn := p.conns[i]
+		i++
+		p.wg.Add(2)
+		go p.receive(conn, v6, id, recs)
+		go p.send(ctx, conn, v6, targets, id, interval, recs)
+	}
+	return recs, nil
 }
 
-func (r *PingRecord) send(ctx context.Context, ip netip.Addr, id int, interval time.Duration) {
-	defer r.wg.Done()
+func (p *pinger) send(ctx context.Context, conn *icmp.PacketConn, v6 bool, targets []netip.Addr, id int, interval time.Duration, recs map[netip.Addr]*PingRecord) {
+	defer p.wg.Done()
 	// Closing the socket here ends receive too.
-	defer r.conn.Close()
+	defer conn.Close()
 	typ := icmp.Type(ipv4.ICMPTypeEcho)
-	if ip.Is6() {
+	if v6 {
 		typ = ipv6.ICMPTypeEchoRequest
 	}
-	dst := &net.IPAddr{IP: ip.AsSlice()}
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for seq := 0; ; seq++ {
 		// For IPv6 the kernel fills in the checksum.
 		b, err := (&icmp.Message{Type: typ, Body: &icmp.Echo{ID: id, Seq: seq & 0xffff, Data: []byte("vipd-lab")}}).Marshal(nil)
 		if err != nil {
-			r.fail(err)
+			p.fail(err)
 			return
 		}
-		r.mu.Lock()
-		r.echoes = append(r.echoes, Echo{Seq: seq, Sent: time.Now()})
-		r.mu.Unlock()
-		// A failed send (e.g. neighbour unreachable) is a lost echo, not the end.
-		_, _ = r.conn.WriteTo(b, dst)
+		for _, ip := range targets {
+			r := recs[ip]
+			r.mu.Lock()
+			r.echoes = append(r.echoes, Echo{Seq: seq, Sent: time.Now()})
+			r.mu.Unlock()
+			// A failed send (e.g. neighbour unreachable) is a lost echo, not the end.
+			_, _ = conn.WriteTo(b, &net.IPAddr{IP: ip.AsSlice()})
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -103,18 +155,18 @@ func (r *PingRecord) send(ctx context.Context, ip netip.Addr, id int, interval t
 	}
 }
 
-func (r *PingRecord) receive(ip netip.Addr, id int) {
-	defer r.wg.Done()
+func (p *pinger) receive(conn *icmp.PacketConn, v6 bool, id int, recs map[netip.Addr]*PingRecord) {
+	defer p.wg.Done()
 	proto, reply := 1, icmp.Type(ipv4.ICMPTypeEchoReply)
-	if ip.Is6() {
+	if v6 {
 		proto, reply = 58, ipv6.ICMPTypeEchoReply
 	}
 	buf := make([]byte, 1500)
 	for {
-		n, peer, err := r.conn.ReadFrom(buf)
+		n, peer, err := conn.ReadFrom(buf)
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
-				r.fail(err)
+				p.fail(err)
 			}
 			return
 		}
@@ -123,7 +175,12 @@ func (r *PingRecord) receive(ip netip.Addr, id int) {
 		if !ok {
 			continue
 		}
-		if src, ok := netip.AddrFromSlice(pa.IP); !ok || src.Unmap() != ip {
+		src, ok := netip.AddrFromSlice(pa.IP)
+		if !ok {
+			continue
+		}
+		r := recs[src.Unmap()]
+		if r == nil {
 			continue
 		}
 		m, err := icmp.ParseMessage(proto, buf[:n])
@@ -149,22 +206,26 @@ func (r *PingRecord) receive(ip netip.Addr, id int) {
 	}
 }
 
-func (r *PingRecord) fail(err error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.err == nil {
-		r.err = err
+func (p *pinger) fail(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err == nil {
+		p.err = err
 	}
 }
 
-// Stop ends the loop and waits until it has ended. Echoes still in flight
-// stay unanswered.
-func (r *PingRecord) Stop() {
-	r.stop.Do(func() {
-		r.cancel()
-		r.wg.Wait()
+// Close stops the pings, for the lab's clean-up.
+func (p *pinger) Close() error {
+	p.stop.Do(func() {
+		p.cancel()
+		p.wg.Wait()
 	})
+	return nil
 }
+
+// Stop ends the loop (every target of the same PingMany) and waits until it
+// has ended. Echoes still in flight stay unanswered.
+func (r *PingRecord) Stop() { _ = r.p.Close() }
 
 // Close is Stop, for the lab's clean-up.
 func (r *PingRecord) Close() error {
@@ -174,9 +235,9 @@ func (r *PingRecord) Close() error {
 
 // Err returns the first error that ended or disturbed the loop, if any.
 func (r *PingRecord) Err() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.err
+	r.p.mu.Lock()
+	defer r.p.mu.Unlock()
+	return r.p.err
 }
 
 // Echoes returns every echo sent so far, in send order.

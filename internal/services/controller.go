@@ -77,6 +77,16 @@ type Address struct {
 	Candidates []string
 }
 
+// retryPolicy spaces out the retries of a write that failed (a status
+// update refused by RBAC or a webhook, an API server that is down): each
+// Service's retries back off with jitter to at most 30 s, so a refusal
+// that persists costs two requests a minute, and a Service whose write
+// fails does not hold up the others. Failed writes never touch the VIPs:
+// the agent holds and answers for them whatever the status says.
+func retryPolicy() backoff.Policy {
+	return backoff.Policy{Base: 250 * time.Millisecond, Max: 30 * time.Second}
+}
+
 // workers is how many items are processed at once: status writes for
 // different Services may proceed in parallel, and a slow write must not
 // hold up recomputing the addresses.
@@ -154,11 +164,7 @@ func New(cfg Config) (*Controller, error) {
 		cfg:    cfg,
 		log:    log, // the agent's: it names the node already
 		filter: filter{namespace: cfg.Namespace, class: cfg.Class, onlyOwnClass: cfg.OnlyOwnClass},
-		// A write that keeps failing (RBAC, a webhook, a conflict storm)
-		// is retried with a growing, jittered delay, capped at 30 s: never
-		// a tight loop, never so late that a repaired cause goes unnoticed.
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig[item](
-			backoff.NewRateLimiter[item](backoff.Policy{Base: 100 * time.Millisecond, Max: 30 * time.Second}),
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig[item](backoff.NewRateLimiter[item](retryPolicy()),
 			workqueue.TypedRateLimitingQueueConfig[item]{Name: "services"}),
 		changes:  make(chan struct{}, 1),
 		held:     map[netip.Addr]bool{},
@@ -321,8 +327,8 @@ func (c *Controller) processNext(ctx context.Context) bool {
 		err = c.syncStatus(ctx, it.svc)
 	}
 	if err != nil && ctx.Err() == nil {
-		c.log.Warn("will retry", "service", it.svc.String(), "err", err)
 		c.queue.AddRateLimited(it)
+		c.log.Warn("will retry", "service", it.svc.String(), "err", err, "failures", c.queue.NumRequeues(it))
 		return true
 	}
 	c.queue.Forget(it)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -36,6 +37,7 @@ const (
 	reasonInvalidIP     = "InvalidLoadBalancerIP"
 	reasonNoPool        = "NoAddressPool"
 	reasonInvalidPool   = "InvalidAddressPool"
+	reasonPoolOverlap   = "AddressPoolOverlap"
 	reasonPoolExhausted = "AddressPoolExhausted"
 	reasonPortConflict  = "PortConflict"
 	reasonAllocated     = "AddressAllocated"
@@ -194,7 +196,10 @@ func computePlan(svcs []*corev1.Service, eps []*discoveryv1.EndpointSlice, p poo
 		if !c.needPool {
 			continue
 		}
-		ips, w := p.allocate(c.svc, used)
+		ips, w, note := p.allocate(c.svc, used)
+		if note != nil {
+			c.sp.warnings = append(c.sp.warnings, *note)
+		}
 		if w != nil {
 			c.sp.warnings = append(c.sp.warnings, *w)
 			c.sp.write, c.sp.writeRV = c.fromPool, c.svc.ResourceVersion
@@ -239,7 +244,7 @@ func requestedAddrs(s *corev1.Service) (ips []netip.Addr, fromPool, needPool boo
 		ips, err := parseAddrList(raw)
 		if err != nil {
 			return nil, false, false, []warning{{reasonInvalidIPs,
-				fmt.Sprintf("annotation %s %q: %v; the Service gets no address until it is fixed", AnnotationLoadBalancerIPs, s.Annotations[AnnotationLoadBalancerIPs], err)}}
+				fmt.Sprintf("annotation %s %s: %v; the Service gets no address until it is fixed", AnnotationLoadBalancerIPs, quoteShort(s.Annotations[AnnotationLoadBalancerIPs]), err)}}
 		}
 		return ips, s.Annotations[AnnotationPoolAllocated] == s.Annotations[AnnotationLoadBalancerIPs], false, nil
 	}
@@ -254,11 +259,21 @@ func requestedAddrs(s *corev1.Service) (ips []netip.Addr, fromPool, needPool boo
 		}
 		if err != nil {
 			return nil, false, false, []warning{{reasonInvalidIP,
-				fmt.Sprintf("spec.loadBalancerIP %q: %v; the Service gets no address until it is fixed", s.Spec.LoadBalancerIP, err)}}
+				fmt.Sprintf("spec.loadBalancerIP %s: %v; the Service gets no address until it is fixed", quoteShort(s.Spec.LoadBalancerIP), err)}}
 		}
 		return []netip.Addr{a}, false, false, nil
 	}
 	return nil, false, true, nil
+}
+
+// quoteShort quotes a value for a message, cut short when it is long (an
+// annotation listing a thousand addresses): Events and logs stay readable.
+func quoteShort(v string) string {
+	const max = 80
+	if len(v) <= max {
+		return strconv.Quote(v)
+	}
+	return fmt.Sprintf("%s… (%d characters)", strconv.Quote(v[:max]), len(v))
 }
 
 // parseAddrList parses the annotation: at most one address per family.
@@ -268,7 +283,7 @@ func parseAddrList(raw string) ([]netip.Addr, error) {
 		part = strings.TrimSpace(part)
 		a, err := netip.ParseAddr(part)
 		if err != nil {
-			return nil, fmt.Errorf("%q is not an IP address", part)
+			return nil, fmt.Errorf("%s is not an IP address", quoteShort(part))
 		}
 		if problem := address.VIPProblem(a); problem != "" {
 			return nil, fmt.Errorf("%s is %s", a, problem)

@@ -137,28 +137,46 @@ func families(s *corev1.Service) (fams []corev1.IPFamily, required bool) {
 	return fams[:1], true
 }
 
+// overlap describes the first two ranges of rs that share addresses, or
+// returns "". Overlapping ranges are harmless (an address is handed out
+// once whatever range it is found in) but usually a typo.
+func overlap(rs []ipRange) string {
+	for i, a := range rs {
+		for _, b := range rs[i+1:] {
+			if a.first.Is4() == b.first.Is4() && !a.last.Less(b.first) && !b.last.Less(a.first) {
+				return fmt.Sprintf("%s-%s overlaps %s-%s", a.first, a.last, b.first, b.last)
+			}
+		}
+	}
+	return ""
+}
+
 // allocate picks the first free address of each family the Service needs,
-// or says why it cannot.
-func (p pool) allocate(s *corev1.Service, used map[netip.Addr]bool) ([]netip.Addr, *warning) {
+// or says why it cannot. note, when set, is a problem of the pool that
+// did not stop the allocation.
+func (p pool) allocate(s *corev1.Service, used map[netip.Addr]bool) (ips []netip.Addr, fail, note *warning) {
 	if p.data == nil {
 		why := "no address pool is configured"
 		if p.name != "" {
 			why = fmt.Sprintf("there is no address pool (ConfigMap %s not found)", p.name)
 		}
 		return nil, &warning{reasonNoPool, fmt.Sprintf(
-			"no address: the Service has no %s annotation or spec.loadBalancerIP, and %s", AnnotationLoadBalancerIPs, why)}
+			"no address: the Service has no %s annotation or spec.loadBalancerIP, and %s", AnnotationLoadBalancerIPs, why)}, nil
 	}
 	rs, keys, err := p.rangesFor(s.Namespace)
 	if err != nil {
-		return nil, &warning{reasonInvalidPool, fmt.Sprintf("no address: %v", err)}
+		return nil, &warning{reasonInvalidPool, fmt.Sprintf("no address: %v", err)}, nil
+	}
+	if o := overlap(rs); o != "" {
+		note = &warning{reasonPoolOverlap, fmt.Sprintf("address pool ConfigMap %s (%s): %s; each address is still handed out once",
+			p.name, strings.Join(keys, ", "), o)}
 	}
 	if len(keys) == 0 {
 		return nil, &warning{reasonNoPool, fmt.Sprintf(
 			"no address: the Service has no %s annotation or spec.loadBalancerIP, and ConfigMap %s has none of cidr-%s, range-%s, cidr-global, range-global",
-			AnnotationLoadBalancerIPs, p.name, s.Namespace, s.Namespace)}
+			AnnotationLoadBalancerIPs, p.name, s.Namespace, s.Namespace)}, nil
 	}
 	fams, required := families(s)
-	var ips []netip.Addr
 	for i, fam := range fams {
 		a, ok := firstFree(rs, fam == corev1.IPv6Protocol, used)
 		if ok {
@@ -168,9 +186,33 @@ func (p pool) allocate(s *corev1.Service, used map[netip.Addr]bool) ([]netip.Add
 		if i > 0 && !required {
 			break // PreferDualStack: one family will do
 		}
-		return nil, &warning{reasonPoolExhausted, fmt.Sprintf("no free %s address in the pool (ConfigMap %s, %s)", fam, p.name, strings.Join(keys, ", "))}
+		return nil, &warning{reasonPoolExhausted, fmt.Sprintf("no free %s address in the pool (ConfigMap %s, %s)", fam, p.name, strings.Join(keys, ", "))}, note
 	}
-	return ips, nil
+	return ips, nil, note
+}
+
+// unusable are the blocks no VIP comes from; pastUnusable skips them
+// whole, so a range that spans one (224.0.0.0/4 has 2^28 addresses) costs
+// nothing to scan.
+func unusable() []netip.Prefix {
+	return []netip.Prefix{
+		netip.MustParsePrefix("0.0.0.0/32"), netip.MustParsePrefix("127.0.0.0/8"),
+		netip.MustParsePrefix("169.254.0.0/16"), netip.MustParsePrefix("224.0.0.0/4"),
+		netip.MustParsePrefix("255.255.255.255/32"), netip.MustParsePrefix("::/128"),
+		netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("::ffff:0:0/96"),
+		netip.MustParsePrefix("fe80::/10"), netip.MustParsePrefix("ff00::/8"),
+	}
+}
+
+// pastUnusable is the first address after the unusable block holding a,
+// or a's successor if a is unusable for another reason (a zone).
+func pastUnusable(a netip.Addr) netip.Addr {
+	for _, p := range unusable() {
+		if p.Contains(a) {
+			return lastAddr(p).Next()
+		}
+	}
+	return a.Next()
 }
 
 // firstFree scans the ranges in order. It steps over used (and the rare
@@ -180,10 +222,15 @@ func firstFree(rs []ipRange, v6 bool, used map[netip.Addr]bool) (netip.Addr, boo
 		if r.first.Is6() != v6 {
 			continue
 		}
-		for a := r.first; a.IsValid() && !r.last.Less(a); a = a.Next() {
-			if !used[a] && address.VIPProblem(a) == "" {
+		for a := r.first; a.IsValid() && !r.last.Less(a); {
+			if address.VIPProblem(a) != "" {
+				a = pastUnusable(a)
+				continue
+			}
+			if !used[a] {
 				return a, true
 			}
+			a = a.Next()
 		}
 	}
 	return netip.Addr{}, false

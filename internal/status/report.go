@@ -126,6 +126,8 @@ type agentView struct {
 	peers   map[string]string
 	// refused are the elections its agent cannot hold, with the reason.
 	refused map[string]string
+	// conflicts are the addresses it found another host answering for.
+	conflicts map[netip.Addr]string
 }
 
 // Compute builds the report from a snapshot, at now.
@@ -167,6 +169,7 @@ func readAgents(leases []coordinationv1.Lease, now time.Time) []*agentView {
 			a.info, a.infoErr = agent.ParseInfo(v)
 		}
 		a.refused = election.ParseRefused(l.Annotations[election.AnnotationRefused])
+		a.conflicts = agent.ParseConflicts(l.Annotations[agent.AnnotationConflicts])
 		out = append(out, a)
 	}
 	slices.SortFunc(out, func(a, b *agentView) int { return cmp.Compare(a.name, b.name) })
@@ -255,6 +258,13 @@ func (c computer) claim(ns, name string) *coordinationv1.Lease {
 // fill sets the election fields of v from its claim.
 func (c computer) fill(v *VIP, ns, name string) {
 	v.Election, v.ElectionNamespace = name, ns
+	if ip, err := netip.ParseAddr(v.VIP); err == nil {
+		for _, a := range c.agents {
+			if what, ok := a.conflicts[ip]; ok {
+				v.Problems = append(v.Problems, fmt.Sprintf("address conflict: another host answers for %s (%s, seen by %s)", v.VIP, what, a.name))
+			}
+		}
+	}
 	l := c.claim(ns, name)
 	if l == nil {
 		v.Problems = append(v.Problems, "no holder: no claim yet")

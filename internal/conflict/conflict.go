@@ -1,0 +1,257 @@
+// Package conflict finds hosts other than vipd's nodes that answer for a
+// VIP: before an address is first assigned, a short probe (RFC 5227's ARP
+// probe, and for IPv6 a neighbour solicitation from the unspecified
+// address, as duplicate address detection sends); while it is held, any
+// ARP packet or neighbour advertisement for it from a foreign MAC.
+//
+// A foreign answer means someone else uses the address: taking it would
+// split the clients between two hosts. vipd then does not take it and says
+// so (an Event, a metric, vipd status).
+package conflict
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/mdlayher/arp"
+	"github.com/mdlayher/ethernet"
+	"github.com/mdlayher/ndp"
+	"github.com/mdlayher/packet"
+	"golang.org/x/net/bpf"
+	"golang.org/x/sys/unix"
+)
+
+// Answer is a foreign host seen answering for an address.
+type Answer struct {
+	IP  netip.Addr
+	MAC net.HardwareAddr
+	At  time.Time
+}
+
+// Detector listens on one interface for ARP packets and neighbour
+// advertisements, and sends probes.
+type Detector struct {
+	ifi     *net.Interface
+	arp, nd *packet.Conn
+	// ours reports whether a MAC belongs to a vipd node (this one or
+	// another agent's): those are failovers, not conflicts.
+	ours func(net.HardwareAddr) bool
+	done chan struct{}
+
+	mu     sync.Mutex
+	probes map[netip.Addr]chan net.HardwareAddr // addresses being probed
+	watch  func(Answer)                         // foreign answers for held addresses
+	held   map[netip.Addr]bool
+}
+
+// New opens the sockets on ifi. ours tells vipd's own MACs; watch receives
+// foreign packets about the addresses given to SetHeld. Close ends it.
+func New(ifi *net.Interface, ours func(net.HardwareAddr) bool, watch func(Answer)) (*Detector, error) {
+	d := &Detector{ifi: ifi, ours: ours, watch: watch, done: make(chan struct{}),
+		probes: map[netip.Addr]chan net.HardwareAddr{}, held: map[netip.Addr]bool{}}
+	naOnly, err := bpf.Assemble([]bpf.Instruction{
+		bpf.LoadAbsolute{Off: 6, Size: 1}, // next header
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: unix.IPPROTO_ICMPV6, SkipTrue: 3},
+		bpf.LoadAbsolute{Off: 40, Size: 1}, // ICMPv6 type
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(ipv6NA), SkipTrue: 1},
+		bpf.RetConstant{Val: 0xffff},
+		bpf.RetConstant{Val: 0},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("assembling BPF filter: %w", err)
+	}
+	if d.arp, err = packet.Listen(ifi, packet.Datagram, unix.ETH_P_ARP, nil); err != nil {
+		return nil, fmt.Errorf("listening for ARP on %s: %w", ifi.Name, err)
+	}
+	if d.nd, err = packet.Listen(ifi, packet.Datagram, unix.ETH_P_IPV6, &packet.Config{Filter: naOnly}); err != nil {
+		d.arp.Close()
+		return nil, fmt.Errorf("listening for neighbour advertisements on %s: %w", ifi.Name, err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); d.readARP() }()
+	go func() { defer wg.Done(); d.readNA() }()
+	go func() { wg.Wait(); close(d.done) }()
+	return d, nil
+}
+
+const ipv6NA = 136
+
+// Close stops listening.
+func (d *Detector) Close() error {
+	err := errors.Join(d.arp.Close(), d.nd.Close())
+	<-d.done
+	return err
+}
+
+// SetHeld sets the addresses watched while held.
+func (d *Detector) SetHeld(ips []netip.Addr) {
+	m := make(map[netip.Addr]bool, len(ips))
+	for _, ip := range ips {
+		m[ip] = true
+	}
+	d.mu.Lock()
+	d.held = m
+	d.mu.Unlock()
+}
+
+// Probe asks twice, wait/2 apart, whether any host has each of ips, and
+// returns the foreign MACs that answered within wait. It takes about wait.
+func (d *Detector) Probe(ctx context.Context, ips []netip.Addr, wait time.Duration) (map[netip.Addr]net.HardwareAddr, error) {
+	chans := map[netip.Addr]chan net.HardwareAddr{}
+	d.mu.Lock()
+	for _, ip := range ips {
+		ch := make(chan net.HardwareAddr, 1)
+		chans[ip] = ch
+		d.probes[ip] = ch
+	}
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		for _, ip := range ips {
+			delete(d.probes, ip)
+		}
+		d.mu.Unlock()
+	}()
+	var errs []error
+	for round := range 2 {
+		for _, ip := range ips {
+			if err := d.send(ip); err != nil && round == 0 {
+				errs = append(errs, err)
+			}
+		}
+		t := time.NewTimer(wait / 2)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
+	out := map[netip.Addr]net.HardwareAddr{}
+	for ip, ch := range chans {
+		select {
+		case mac := <-ch:
+			out[ip] = mac
+		default:
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+func (d *Detector) send(ip netip.Addr) error {
+	if ip.Is4() {
+		// RFC 5227: sender IP 0.0.0.0, so no host's cache changes.
+		p, err := arp.NewPacket(arp.OperationRequest, d.ifi.HardwareAddr, netip.IPv4Unspecified(), ethernet.Broadcast, ip)
+		if err != nil {
+			return err
+		}
+		b, err := p.MarshalBinary()
+		if err != nil {
+			return err
+		}
+		if _, err := d.arp.WriteTo(b, &packet.Addr{HardwareAddr: ethernet.Broadcast}); err != nil {
+			return fmt.Errorf("probing for %s: %w", ip, err)
+		}
+		return nil
+	}
+	group, err := ndp.SolicitedNodeMulticast(ip)
+	if err != nil {
+		return err
+	}
+	// As duplicate address detection: from ::, without our link-layer
+	// address; an owner answers to all nodes.
+	icmp, err := ndp.MarshalMessageChecksum(&ndp.NeighborSolicitation{TargetAddress: ip}, netip.IPv6Unspecified(), group)
+	if err != nil {
+		return err
+	}
+	g := group.As16()
+	dst := net.HardwareAddr{0x33, 0x33, g[12], g[13], g[14], g[15]}
+	if _, err := d.nd.WriteTo(IPv6Packet(netip.IPv6Unspecified(), group, icmp), &packet.Addr{HardwareAddr: dst}); err != nil {
+		return fmt.Errorf("probing for %s: %w", ip, err)
+	}
+	return nil
+}
+
+// IPv6Packet wraps an ICMPv6 message in an IPv6 header with hop limit 255,
+// as neighbour discovery requires, for a packet socket.
+func IPv6Packet(src, dst netip.Addr, icmp []byte) []byte {
+	b := make([]byte, 40, 40+len(icmp))
+	b[0] = 6 << 4
+	binary.BigEndian.PutUint16(b[4:6], uint16(len(icmp)))
+	b[6] = unix.IPPROTO_ICMPV6
+	b[7] = 255
+	s, t := src.As16(), dst.As16()
+	copy(b[8:24], s[:])
+	copy(b[24:40], t[:])
+	return append(b, icmp...)
+}
+
+func (d *Detector) readARP() {
+	buf := make([]byte, 1500)
+	for {
+		n, _, err := d.arp.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		var p arp.Packet
+		if p.UnmarshalBinary(buf[:n]) != nil || !p.SenderIP.IsValid() || p.SenderIP.IsUnspecified() {
+			continue
+		}
+		d.seen(p.SenderIP, p.SenderHardwareAddr)
+	}
+}
+
+func (d *Detector) readNA() {
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := d.nd.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		if n < 40 {
+			continue
+		}
+		m, err := ndp.ParseMessage(buf[40:n])
+		if err != nil {
+			continue
+		}
+		na, ok := m.(*ndp.NeighborAdvertisement)
+		if !ok {
+			continue
+		}
+		mac := from.(*packet.Addr).HardwareAddr
+		for _, o := range na.Options {
+			if l, ok := o.(*ndp.LinkLayerAddress); ok && l.Direction == ndp.Target {
+				mac = l.Addr
+			}
+		}
+		d.seen(na.TargetAddress, mac)
+	}
+}
+
+// seen handles a packet in which mac claims ip.
+func (d *Detector) seen(ip netip.Addr, mac net.HardwareAddr) {
+	d.mu.Lock()
+	ch := d.probes[ip]
+	held := d.held[ip]
+	d.mu.Unlock()
+	if ch == nil && !held || len(mac) == 0 || mac.String() == d.ifi.HardwareAddr.String() || d.ours(mac) {
+		return
+	}
+	if ch != nil {
+		select {
+		case ch <- mac:
+		default:
+		}
+	}
+	if held && d.watch != nil {
+		d.watch(Answer{IP: ip, MAC: mac, At: time.Now()})
+	}
+}
