@@ -146,6 +146,7 @@ func (r *reconciler) screen(p plan, seen map[string]election.Status, now time.Ti
 		}
 	}
 	var probe []netip.Addr
+	present := setOf(r.present)
 	keep := func(v netip.Addr) bool {
 		if f, ok := c.found[v]; ok {
 			if now.Before(f.until) {
@@ -154,7 +155,7 @@ func (r *reconciler) screen(p plan, seen map[string]election.Status, now time.Ti
 			delete(c.found, v)
 			delete(c.cleared, v)
 		}
-		if slices.Contains(r.present, v) || c.cleared[v] || !fresh[v] {
+		if present[v] || c.cleared[v] || !fresh[v] {
 			return true
 		}
 		if !c.probing[v] {
@@ -164,7 +165,8 @@ func (r *reconciler) screen(p plan, seen map[string]election.Status, now time.Ti
 		return false
 	}
 	p.present = slices.DeleteFunc(slices.Clone(p.present), func(v netip.Addr) bool { return !keep(v) })
-	p.announce = slices.DeleteFunc(slices.Clone(p.announce), func(v netip.Addr) bool { return !slices.Contains(p.present, v) })
+	kept := setOf(p.present)
+	p.announce = slices.DeleteFunc(slices.Clone(p.announce), func(v netip.Addr) bool { return !kept[v] })
 	if len(probe) > 0 {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)

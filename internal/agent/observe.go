@@ -235,8 +235,9 @@ type timedAnnouncer struct {
 func (t *timedAnnouncer) Set(vips []netip.Addr) {
 	t.announcer.Set(vips)
 	var fresh []netip.Addr
+	last := setOf(t.last)
 	for _, v := range vips {
-		if !slices.Contains(t.last, v) {
+		if !last[v] {
 			fresh = append(fresh, v)
 		}
 	}
