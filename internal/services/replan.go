@@ -55,8 +55,8 @@ func sliceService(obj any) ([]string, error) {
 type planIndex struct {
 	asks   map[types.NamespacedName][]netip.Addr
 	byAddr map[netip.Addr][]types.NamespacedName
-	// poolUsers are the served Services that take their address from the
-	// pool (they ask for none, or lost an allocation race).
+	// poolUsers are the served Services that wait for an address from the
+	// pool: they ask for none, or their plan has an allocation to write.
 	poolUsers map[types.NamespacedName]bool
 }
 
@@ -87,10 +87,13 @@ func (x *planIndex) set(nn types.NamespacedName, asks []netip.Addr, poolUser boo
 }
 
 // asked reads what a served Service asks for, for the index: the addresses
-// named explicitly, and whether it takes one from the pool.
+// named explicitly, and whether it waits for one from the pool. A Service
+// whose pool allocation was written asks for that address like any other;
+// should it lose it to an older one (two allocations raced), its plan has
+// a write, and the whole plan is computed again.
 func asked(s *corev1.Service) (ips []netip.Addr, poolUser bool) {
-	ips, fromPool, needPool, _ := requestedAddrs(s)
-	return ips, needPool || fromPool
+	ips, _, needPool, _ := requestedAddrs(s)
+	return ips, needPool
 }
 
 // planInputsEqual reports whether two versions of a Service are the same
@@ -329,8 +332,14 @@ func (c *Controller) reindexLocked(group map[types.NamespacedName]bool, svcs []*
 	}
 	for _, s := range svcs {
 		if c.filter.serves(s) {
+			nn := types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
 			ips, poolUser := asked(s)
-			c.index.set(types.NamespacedName{Namespace: s.Namespace, Name: s.Name}, ips, poolUser)
+			// A pending allocation (or its removal, after a lost race)
+			// depends on every address in use, as a waiting one does.
+			if sp := c.plan.services[nn]; sp != nil && sp.write {
+				poolUser = true
+			}
+			c.index.set(nn, ips, poolUser)
 		}
 	}
 }
