@@ -66,6 +66,7 @@ type reconciler struct {
 	obs       *observer
 	last      map[string]election.Status
 	lastBound map[string]binding // the bindings of last
+	bound     map[string]binding // bindings by contest, made with them
 	// rejected are the service addresses refused as node addresses, and why.
 	rejected map[netip.Addr]string
 	// badAddrs are other agents' AnnotationNodeAddrs that did not parse,
@@ -175,6 +176,10 @@ func (r *reconciler) setBindings(cfg config.Config) {
 		cpVIPs = cfg.VIPs
 	}
 	r.bindings = bindingsFor(cfg.LeaseName, cpVIPs, cfg.ServiceLeaseName, cfg.ServiceElection, ok, &r.memo)
+	r.bound = make(map[string]binding, len(r.bindings))
+	for _, b := range r.bindings {
+		r.bound[b.contest] = b
+	}
 	r.el.SetContests(contests(r.bindings))
 }
 
@@ -186,7 +191,6 @@ func (r *reconciler) reconcile() {
 	var servedHere []services.Held
 	var asks, holding []string
 	seen := make(map[string]election.Status, len(r.bindings))
-	bound := make(map[string]binding, len(r.bindings))
 	for _, b := range r.bindings {
 		st := r.el.Status(b.contest)
 		if !st.Leading && st.Leader == "" && r.hb != nil {
@@ -195,7 +199,6 @@ func (r *reconciler) reconcile() {
 			st.Leader = r.hb.HolderOf(b.contest)
 		}
 		seen[b.contest] = st
-		bound[b.contest] = b
 		if prev := r.last[b.contest]; st != prev {
 			r.obs.changed(b, prev, st)
 		}
@@ -219,7 +222,7 @@ func (r *reconciler) reconcile() {
 			r.obs.lost(r.lastBound[contest], "", election.LostRemoved) // its Services went away
 		}
 	}
-	r.last, r.lastBound = seen, bound
+	r.last, r.lastBound = seen, r.bound
 	if r.hb != nil {
 		r.hb.SetAsks(asks)
 		r.hb.SetHolding(holding)
