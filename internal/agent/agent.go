@@ -31,6 +31,12 @@ import (
 // when nothing changed, to repair an address someone else removed.
 const resyncInterval = 5 * time.Second
 
+// changeGap is how long changes of contests this agent neither holds nor
+// takes are gathered before a reconciliation: while a thousand Services are
+// placed, each Lease event changes one contest, and a reconciliation looks
+// at every binding. A change of what this agent holds is acted on at once.
+const changeGap = 20 * time.Millisecond
+
 // releaseTimeout bounds the final Lease release on shutdown, so a dead API
 // server cannot hold up a node drain.
 const releaseTimeout = 2 * time.Second
@@ -227,6 +233,11 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	resync := time.NewTicker(every)
 	defer resync.Stop()
 	stuck := wedge()
+	// later brings the changes of other agents' contests gathered since the
+	// last pass (changeGap); epoch is the election's LeadingEpoch then.
+	var later <-chan time.Time
+	var lastPass time.Time
+	epoch := el.LeadingEpoch()
 	for {
 		h.beat()
 		select {
@@ -248,6 +259,14 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			r.addrs = svc.Addresses()
 			r.setBindings(cfg)
 		case <-el.Changes():
+			if el.LeadingEpoch() == epoch && time.Since(lastPass) < changeGap {
+				if later == nil {
+					later = time.After(changeGap - time.Since(lastPass))
+				}
+				continue
+			}
+		case <-later:
+			later = nil
 		case <-resync.C:
 		case st := <-ifaceEv.link:
 			r.linkChanged(st)
@@ -265,6 +284,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			// A node joined or its addresses changed.
 			r.setBindings(cfg)
 		}
+		epoch, lastPass = el.LeadingEpoch(), time.Now()
 		r.reconcile()
 		// Published with the next renewal, for vipd status and the others.
 		ann := map[string]string{}

@@ -235,6 +235,9 @@ type Elector struct {
 	// reports say why each contest was last taken or lost (report.go).
 	reports map[string]Report
 	synced  atomic.Bool
+	// leadingEpoch counts the changes of which contests this agent leads
+	// (LeadingEpoch).
+	leadingEpoch atomic.Uint64
 	// badAnnotations are node Lease annotations that did not parse, by
 	// Lease, as last logged.
 	badAnnotations map[string]string
@@ -340,6 +343,12 @@ func (e *Elector) Status(name string) Status {
 
 // Changes receives a value whenever any Status may have changed.
 func (e *Elector) Changes() <-chan struct{} { return e.changes }
+
+// LeadingEpoch grows whenever this agent starts or stops leading a
+// contest. A caller that sees it unchanged after Changes knows that only
+// other agents' contests changed: who holds them, not what this one must
+// do.
+func (e *Elector) LeadingEpoch() uint64 { return e.leadingEpoch.Load() }
 
 // Members returns the agents this agent considers live, itself included
 // while it is live, sorted.

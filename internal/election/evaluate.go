@@ -285,6 +285,9 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 	}
 	if len(changes) > 0 {
 		e.noteStatusLocked(changes, meLive)
+		if slices.ContainsFunc(changes, func(c statusChange) bool { return c.old.Leading != c.next.Leading }) {
+			e.leadingEpoch.Add(1)
+		}
 		signal(e.changes)
 	}
 
@@ -439,6 +442,7 @@ func (e *Elector) dropHolding() {
 			e.status[name] = Status{}
 		}
 	}
+	e.leadingEpoch.Add(1)
 	e.reportSelfLocked(e.now())
 	e.mu.Unlock()
 	signal(e.changes)
