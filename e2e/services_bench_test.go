@@ -94,8 +94,8 @@ func benchmarkServices(b *testing.B, bc svcBench) {
 	if bc.services > 200 {
 		addServiceCIDR(b)
 	}
-	s := newSvcEnv(b, svcOptions{nodes: bc.nodes, perService: bc.mode == "per-service", defaults: true, quiet: true})
 	prof := newBenchProfiler(b, b.Name())
+	s := newSvcEnv(b, svcOptions{nodes: bc.nodes, perService: bc.mode == "per-service", defaults: true, quiet: true, dir: prof.logDir()})
 	vips := benchVIPs(bc.services)
 	poll := newAddrPoller(b, s.lab.Nodes)
 	var r svcResult
@@ -146,7 +146,9 @@ func benchmarkServices(b *testing.B, bc svcBench) {
 	prof.wait()
 	settle(b)
 	cpu1 := agentCPU(b, procs)
+	prof.cpu("steady", s.lab.Nodes, steadyWindow, true)
 	r.steady = countRequests(b, steadyWindow)
+	prof.wait()
 	r.cpuSteadyMax, r.cpuSteadyAvg = cpuDelta(cpu1, agentCPU(b, procs), 100/steadyWindow.Seconds())
 	r.rssMax, r.rssAvg = agentRSS(b, procs)
 	prof.heap(s.lab.Nodes)

@@ -21,9 +21,10 @@ import (
 // profiler (--debug-addr) on its node's loopback, and the benchmark writes
 // into <dir>/<sub-benchmark>/ CPU profiles of each agent while the
 // Services are created and placed (place-<node>-<i>.pprof, 10 s each), a
-// heap profile after the steady window (heap-<node>.pprof) and a CPU
-// profile of each survivor while the lost node's VIPs are re-homed
-// (rehome-<node>-0.pprof, 3 s). pprof merges the pieces:
+// CPU profile of each over the steady window (steady-<node>-0.pprof), a
+// heap profile after it (heap-<node>.pprof) and a CPU profile of each
+// survivor while the lost node's VIPs are re-homed (rehome-<node>-0.pprof,
+// 3 s); the agents' logs are kept in <dir>/<sub-benchmark>/logs. pprof merges the pieces:
 // `go tool pprof -top <dir>/.../place-n1-*.pprof`.
 
 // debugAddr is where the agents serve the profiler when profiling.
@@ -52,6 +53,19 @@ func newBenchProfiler(tb testing.TB, name string) *benchProfiler {
 	}
 	tb.Logf("writing agent profiles to %s", dir)
 	return &benchProfiler{tb: tb, dir: dir}
+}
+
+// logDir is where the agents' logs are kept: beside the profiles, or
+// nowhere ("") when profiling is off.
+func (p *benchProfiler) logDir() string {
+	if p == nil {
+		return ""
+	}
+	dir := filepath.Join(p.dir, "logs")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		p.tb.Fatal(err)
+	}
+	return dir
 }
 
 // args are the agents' extra flags.

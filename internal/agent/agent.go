@@ -31,6 +31,16 @@ import (
 // when nothing changed, to repair an address someone else removed.
 const resyncInterval = 5 * time.Second
 
+// refreshEvery is the least time between two renewals of the VIPs'
+// lifetimes. With the loop's resync every quarter lifetime (loopEvery),
+// they are renewed about twice per lifetime, which leaves half of it for a
+// late reconciliation. Each renewal is a netlink write per VIP held; with
+// hundreds held, renewing on every reconciliation was the agent's largest
+// cost (docs/benchmarks.md).
+func refreshEvery(cfg config.Config) time.Duration {
+	return cfg.VIPLifetime * 3 / 8
+}
+
 // changeGap is how long changes of contests this agent neither holds nor
 // takes are gathered before a reconciliation: while a thousand Services are
 // placed, each Lease event changes one contest, and a reconciliation looks
@@ -190,7 +200,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	// earlier run that crashed is not ours to hold until we win its
 	// election again.
 	r := &reconciler{iface: iface, ann: &timedAnnouncer{announcer: ann, obs: obs}, el: el, svc: svc, hb: hb,
-		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs, linkUp: true, refreshEvery: every / 2,
+		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs, linkUp: true, refreshEvery: refreshEvery(cfg),
 		refused: map[string]refusal{}, badAddrs: map[string]string{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()}}
 	if g, err := newGuard(cfg, iface, log); err != nil {
 		log.Error("no ARP/NDP guard: if this agent dies, its node may answer for its VIPs beside the new holder until they expire",

@@ -88,10 +88,10 @@ type reconciler struct {
 	// passed is when reconcile last ran to the end (Unix nanoseconds): the
 	// guard is refreshed only while the agent is not stuck.
 	passed atomic.Int64
-	// refreshEvery is how often the VIPs' lifetimes are renewed, and
-	// refreshed when they last were: not on every reconciliation, which
-	// with hundreds of VIPs held would cost a netlink write each per
-	// Lease event.
+	// refreshEvery is how often the VIPs' lifetimes are renewed
+	// (refreshEvery in agent.go), and refreshed when they last were: not
+	// on every reconciliation, which with hundreds of VIPs held would cost
+	// a netlink write each per Lease event.
 	refreshEvery time.Duration
 	refreshed    time.Time
 }
