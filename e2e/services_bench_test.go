@@ -151,7 +151,7 @@ func benchmarkServices(b *testing.B, bc svcBench) {
 	prof.wait()
 	r.cpuSteadyMax, r.cpuSteadyAvg = cpuDelta(cpu1, agentCPU(b, procs), 100/steadyWindow.Seconds())
 	r.rssMax, r.rssAvg = agentRSS(b, procs)
-	prof.heap(s.lab.Nodes)
+	prof.heap(s.lab.Nodes, procs)
 
 	// Lose the node holding the most VIPs.
 	lost := s.lab.Nodes[0]

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,7 +23,8 @@ import (
 // into <dir>/<sub-benchmark>/ CPU profiles of each agent while the
 // Services are created and placed (place-<node>-<i>.pprof, 10 s each), a
 // CPU profile of each over the steady window (steady-<node>-0.pprof), a
-// heap profile after it (heap-<node>.pprof) and a CPU profile of each
+// heap profile after it (heap-<node>.pprof, with heapstats-<node>.txt and
+// smaps-<node>.txt) and a CPU profile of each
 // survivor while the lost node's VIPs are re-homed (rehome-<node>-0.pprof,
 // 3 s); the agents' logs are kept in <dir>/<sub-benchmark>/logs. pprof merges the pieces:
 // `go tool pprof -top <dir>/.../place-n1-*.pprof`.
@@ -104,13 +106,22 @@ func (p *benchProfiler) cpu(what string, nodes []*lab.Node, d time.Duration, onc
 	}
 }
 
-// heap writes a heap profile of every node's agent, after a GC.
-func (p *benchProfiler) heap(nodes []*lab.Node) {
+// heap writes a heap profile of every node's agent, after a GC, with the
+// runtime's memory statistics (heapstats-<node>.txt) and the kernel's
+// account of its resident memory (smaps-<node>.txt: code and read-only
+// data of the binary apart from the heap).
+func (p *benchProfiler) heap(nodes []*lab.Node, procs map[string]*lab.Process) {
 	if p == nil {
 		return
 	}
 	for _, n := range nodes {
+		if pr := procs[n.Name]; pr != nil {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pr.Pid())); err == nil {
+				_ = os.WriteFile(filepath.Join(p.dir, "smaps-"+n.Name+".txt"), b, 0o644)
+			}
+		}
 		p.fetch(n, "/debug/pprof/heap?gc=1", "heap-"+n.Name, 0)
+		p.fetch(n, "/debug/pprof/heap?debug=1", "heapstats-"+n.Name, 0)
 	}
 }
 
@@ -141,7 +152,11 @@ func (p *benchProfiler) fetch(n *lab.Node, path, file string, d time.Duration) {
 		return
 	}
 	defer resp.Body.Close()
-	f, err := os.Create(filepath.Join(p.dir, file+".pprof"))
+	name := file + ".pprof"
+	if strings.Contains(path, "debug=1") {
+		name = file + ".txt"
+	}
+	f, err := os.Create(filepath.Join(p.dir, name))
 	if err != nil {
 		p.tb.Logf("profile %s: %v", file, err)
 		return
