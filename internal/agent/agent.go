@@ -324,8 +324,10 @@ type binding struct {
 	// controlPlane: the control-plane election, whose vips are the
 	// control-plane VIPs.
 	controlPlane bool
-	// services are the Services of each VIP, for logs and metrics.
-	services map[netip.Addr][]types.NamespacedName
+	// services are the Services of each VIP, for logs and metrics: those
+	// of vips[i] at i (nil without any; a slice, not a map, as a thousand
+	// bindings of one VIP each are common).
+	services [][]types.NamespacedName
 }
 
 func contests(bs []binding) []election.Contest {

@@ -59,12 +59,12 @@ func bindingsFor(cpLease string, cpVIPs []netip.Addr, svcLease string, perAddres
 	for _, a := range addrs {
 		switch {
 		case slices.Contains(cpVIPs, a.IP):
-			out[0].addServices(a) // the control-plane binding
+			out[0].setServices(slices.Index(cpVIPs, a.IP), a.Services) // the control-plane binding
 		case perAddress || a.Candidates != nil:
 			out = append(out, memo.own(a))
 		default:
 			shared.vips = append(shared.vips, a.IP)
-			shared.addServices(a)
+			shared.setServices(len(shared.vips)-1, a.Services)
 		}
 	}
 	if len(shared.vips) > 0 {
@@ -73,23 +73,33 @@ func bindingsFor(cpLease string, cpVIPs []netip.Addr, svcLease string, perAddres
 	return out
 }
 
-// addServices records the Services of one of b's addresses.
-func (b *binding) addServices(a services.Address) {
-	if len(a.Services) == 0 {
+// setServices records the Services of b's i-th VIP.
+func (b *binding) setServices(i int, svcs []types.NamespacedName) {
+	if len(svcs) == 0 {
 		return
 	}
-	if b.services == nil {
-		b.services = map[netip.Addr][]types.NamespacedName{}
+	for len(b.services) < len(b.vips) {
+		b.services = append(b.services, nil)
 	}
-	b.services[a.IP] = a.Services
+	b.services[i] = svcs
+}
+
+// servicesOf returns the Services of b's VIP v.
+func (b binding) servicesOf(v netip.Addr) []types.NamespacedName {
+	if i := slices.Index(b.vips, v); i >= 0 && i < len(b.services) {
+		return b.services[i]
+	}
+	return nil
 }
 
 // allServices lists the Services of all of b's addresses, sorted.
 func (b binding) allServices() []types.NamespacedName {
+	seen := map[types.NamespacedName]bool{}
 	var out []types.NamespacedName
 	for _, svcs := range b.services {
 		for _, s := range svcs {
-			if !slices.Contains(out, s) {
+			if !seen[s] {
+				seen[s] = true
 				out = append(out, s)
 			}
 		}
@@ -125,7 +135,7 @@ func (m *bindingMemo) own(a services.Address) binding {
 		}
 	}
 	b := binding{contest: contestFor(a.IP), vips: []netip.Addr{a.IP}, candidates: a.Candidates}
-	b.addServices(a)
+	b.setServices(0, a.Services)
 	if m != nil {
 		if m.entries == nil {
 			m.entries = map[netip.Addr]memoEntry{}

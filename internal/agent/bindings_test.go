@@ -82,7 +82,7 @@ func TestBindingMemo(t *testing.T) {
 	if !reflect.DeepEqual(second, bindingsFor("cp", nil, "svcs", true, changed, nil)) {
 		t.Fatalf("with a memo %+v, without %+v", second, bindingsFor("cp", nil, "svcs", true, changed, nil))
 	}
-	if reflect.ValueOf(first[0].services).Pointer() != reflect.ValueOf(second[0].services).Pointer() {
+	if reflect.ValueOf(first[0].vips).Pointer() != reflect.ValueOf(second[0].vips).Pointer() {
 		t.Error("an unchanged address got a new binding")
 	}
 	if !slices.Equal(second[1].candidates, []string{"n2"}) {

@@ -238,7 +238,7 @@ func (r *reconciler) warnConflict(vip netip.Addr, reason string) {
 		if b.cpVIP(vip) && r.obs.events != nil {
 			r.obs.events.warn(reasonConflict, reason)
 		}
-		if r.svc != nil && len(b.services[vip]) > 0 {
+		if r.svc != nil && len(b.servicesOf(vip)) > 0 {
 			r.svc.Reject(vip, reason)
 		}
 	}

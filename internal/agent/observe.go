@@ -210,8 +210,11 @@ func (o *observer) heldNow() []heldSeries {
 	var series []heldSeries
 	for _, b := range last.bs {
 		st := last.status[b.contest]
-		for _, v := range b.vips {
-			svcs := b.services[v]
+		for i, v := range b.vips {
+			var svcs []types.NamespacedName
+			if i < len(b.services) {
+				svcs = b.services[i]
+			}
 			if len(svcs) == 0 || b.cpVIP(v) {
 				series = append(series, heldSeries{vip: v.String(), election: b.contest, held: st.Leading})
 			}
