@@ -19,6 +19,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/vipd/vipd/internal/lab"
 	"github.com/vipd/vipd/internal/lab/controlplane"
@@ -40,6 +41,9 @@ func BenchmarkServices(b *testing.B) {
 		// with the number of Services.
 		{mode: "per-service", services: 10, nodes: 10},
 		{mode: "per-service", services: 1000, nodes: 10},
+		// The third point of the cost curve (10, 1,000, 5,000): the cost
+		// of placing follows the Services created, not the Services there.
+		{mode: "per-service", services: 5000, nodes: 10},
 	} {
 		b.Run(fmt.Sprintf("%s/%dx%d", bc.mode, bc.services, bc.nodes), func(b *testing.B) { benchmarkServices(b, bc) })
 	}
@@ -57,9 +61,10 @@ const (
 	// holderPollInterval paces the reads of the nodes' interfaces.
 	holderPollInterval = 50 * time.Millisecond
 	// benchServiceCIDR gives the API server room for more ClusterIPs than
-	// envtest's 10.0.0.0/24 holds (253). ClusterIPs are only allocated
-	// strings here: nothing in the lab routes or configures them.
-	benchServiceCIDR = "10.0.16.0/20"
+	// envtest's 10.0.0.0/24 holds (253): 5,000 Services need a /19 at
+	// least. ClusterIPs are only allocated strings here: nothing in the
+	// lab routes or configures them.
+	benchServiceCIDR = "10.0.64.0/18"
 )
 
 // svcResult is what one sub-benchmark measured.
@@ -90,7 +95,8 @@ func benchmarkServices(b *testing.B, bc svcBench) {
 	if bc.services > 200 {
 		addServiceCIDR(b)
 	}
-	s := newSvcEnv(b, svcOptions{nodes: bc.nodes, perService: bc.mode == "per-service", defaults: true, quiet: true})
+	prof := newBenchProfiler(b, b.Name())
+	s := newSvcEnv(b, svcOptions{nodes: bc.nodes, perService: bc.mode == "per-service", defaults: true, quiet: true, dir: prof.logDir()})
 	vips := benchVIPs(bc.services)
 	poll := newAddrPoller(b, s.lab.Nodes)
 	var r svcResult
@@ -98,7 +104,7 @@ func benchmarkServices(b *testing.B, bc svcBench) {
 	// The API server's own requests, with no agent running.
 	r.baseline = countRequests(b, steadyWindow)
 
-	procs := s.startAll()
+	procs := s.startAll(prof.args()...)
 	s.waitLive(startTimeout)
 
 	// The Services, each with a ready EndpointSlice on some node.
@@ -108,8 +114,12 @@ func benchmarkServices(b *testing.B, bc svcBench) {
 	for i, v := range vips {
 		name := fmt.Sprintf("svc-%04d", i)
 		svcs[i] = s.service(s.ns, name, v.String(), svcPort)
+		// No node ports: nothing in the lab uses them, and the API
+		// server has 2,768 of them, too few for 5,000 Services.
+		svcs[i].Spec.AllocateLoadBalancerNodePorts = ptr.To(false)
 	}
 	cpu0 := agentCPU(b, procs)
+	prof.cpu("place", s.lab.Nodes, profileChunk, false)
 	err := parallel(ctx, 8, len(vips), func(ctx context.Context, i int) error {
 		return s.createSlice(ctx, s.endpointSlice(s.ns, svcs[i].Name, svcs[i].Name+"-1", s.lab.Nodes[i%len(s.lab.Nodes)]))
 	})
@@ -137,11 +147,15 @@ func benchmarkServices(b *testing.B, bc svcBench) {
 	})
 	r.status = statusAt.Sub(last)
 	r.cpuPlaceMax, r.cpuPlaceAvg = cpuDelta(cpu0, agentCPU(b, procs), 1)
+	prof.wait()
 	settle(b)
 	cpu1 := agentCPU(b, procs)
+	prof.cpu("steady", s.lab.Nodes, steadyWindow, true)
 	r.steady = countRequests(b, steadyWindow)
+	prof.wait()
 	r.cpuSteadyMax, r.cpuSteadyAvg = cpuDelta(cpu1, agentCPU(b, procs), 100/steadyWindow.Seconds())
 	r.rssMax, r.rssAvg = agentRSS(b, procs)
+	prof.heap(s.lab.Nodes, procs)
 
 	// Lose the node holding the most VIPs.
 	lost := s.lab.Nodes[0]
@@ -151,6 +165,13 @@ func benchmarkServices(b *testing.B, bc svcBench) {
 		}
 	}
 	r.lost, r.lostVIPs = lost.Name, r.spread[lost.Name]
+	var survivors []*lab.Node
+	for _, n := range s.lab.Nodes {
+		if n != lost {
+			survivors = append(survivors, n)
+		}
+	}
+	prof.cpu("rehome", survivors, 3*time.Second, true)
 	start := time.Now()
 	if err := procs[lost.Name].Kill(); err != nil {
 		b.Fatal(err)
@@ -170,6 +191,7 @@ func benchmarkServices(b *testing.B, bc svcBench) {
 	}, vips)
 	r.rehome = rehomedAt.Sub(start)
 	r.movedOthers = len(moved)
+	prof.wait()
 
 	report(b, bc, r)
 }
@@ -457,17 +479,27 @@ func report(b *testing.B, bc svcBench, r svcResult) {
 		minSpread, maxSpread = min(minSpread, c), max(maxSpread, c)
 	}
 
+	// The targets of docs/benchmarks.md: 200x3 and 1000x10 (the scale
+	// issue's); the other sizes are points of the cost curve.
+	small, large := bc.nodes == 3 && bc.services == 200, bc.nodes == 10 && bc.services == 1000
 	target := func(s string) string {
-		if bc.nodes == 3 && bc.services == 200 {
+		if small || large {
 			return s
 		}
 		return ""
 	}
-	rehomeTarget := target("≤ 1 s")
-	if bc.services == 1000 {
-		rehomeTarget = "≤ 2 s"
+	heldTarget, placeTarget := "", ""
+	if small {
+		heldTarget = "≤ 2 s"
 	}
-	apiTarget := target("≤ 3")
+	if large {
+		placeTarget = "≤ 2 s"
+	}
+	rehomeTarget := target("≤ 1 s")
+	apiTarget := ""
+	if small {
+		apiTarget = "≤ 3"
+	}
 	if bc.nodes == 10 && bc.services > 10 {
 		apiTarget = "same as 10x10"
 	}
@@ -476,7 +508,7 @@ func report(b *testing.B, bc svcBench, r svcResult) {
 	row := func(what, got, want string) { fmt.Fprintf(w, "  %-46s %-34s %s\n", what, got, want) }
 	row("figure", "measured", "target")
 	row("Services created in", dur(r.created), "")
-	row("all VIPs held, after the last was created", dur(r.held), target("≤ 2 s"))
+	row("all VIPs held, after the last was created", dur(r.held), heldTarget)
 	row("all VIPs held, after the first was created", dur(r.heldFromFirst), "")
 	row("every status written, after the last created", dur(r.status), "")
 	row("API requests/s, steady, agents", fmt.Sprintf("%.2f", agents), apiTarget)
@@ -486,7 +518,7 @@ func report(b *testing.B, bc svcBench, r svcResult) {
 	row("API requests/s, with agents (raw)", fmt.Sprintf("%.2f (leases %.2f, other %.2f)", total, lease, oth), "")
 	row("spread (VIPs per node)", strings.Join(spread, "/"), "")
 	row("agent RSS, max / mean", fmt.Sprintf("%.1f MB / %.1f MB", r.rssMax, r.rssAvg), target("≤ 40 MB"))
-	row("agent CPU to place them, max / mean", fmt.Sprintf("%.2f s / %.2f s", r.cpuPlaceMax, r.cpuPlaceAvg), "")
+	row("agent CPU to place them, max / mean", fmt.Sprintf("%.2f s / %.2f s", r.cpuPlaceMax, r.cpuPlaceAvg), placeTarget)
 	row("agent CPU, steady, max / mean", fmt.Sprintf("%.2f %% / %.2f %% of a core", r.cpuSteadyMax, r.cpuSteadyAvg), "")
 	row(fmt.Sprintf("lost node %s's %d VIPs held again after", r.lost, r.lostVIPs), dur(r.rehome), rehomeTarget)
 	row("  other nodes' VIPs that moved meanwhile", strconv.Itoa(r.movedOthers), "0")

@@ -389,12 +389,12 @@ func (i *Interface) Owned() ([]netip.Addr, error) {
 	}
 	var out []netip.Addr
 	for _, a := range addrs {
-		if a.index == i.Index && a.proto == Proto && !slices.Contains(out, a.addr) {
+		if a.index == i.Index && a.proto == Proto {
 			out = append(out, a.addr)
 		}
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
-	return out, nil
+	return slices.Compact(out), nil
 }
 
 // NodeAddr returns the interface's own address, the one vipd did not add:

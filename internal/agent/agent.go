@@ -36,6 +36,22 @@ const resyncInterval = 5 * time.Second
 // its claim write to its announcement.
 const handoverLinger = 100 * time.Millisecond
 
+// refreshEvery is the least time between two renewals of the VIPs'
+// lifetimes. With the loop's resync every quarter lifetime (loopEvery),
+// they are renewed about twice per lifetime, which leaves half of it for a
+// late reconciliation. Each renewal is a netlink write per VIP held; with
+// hundreds held, renewing on every reconciliation was the agent's largest
+// cost (docs/benchmarks.md).
+func refreshEvery(cfg config.Config) time.Duration {
+	return cfg.VIPLifetime * 3 / 8
+}
+
+// changeGap is how long changes of contests this agent neither holds nor
+// takes are gathered before a reconciliation: while a thousand Services are
+// placed, each Lease event changes one contest, and a reconciliation looks
+// at every binding. A change of what this agent holds is acted on at once.
+const changeGap = 20 * time.Millisecond
+
 // releaseTimeout bounds the final Lease release on shutdown, so a dead API
 // server cannot hold up a node drain.
 const releaseTimeout = 2 * time.Second
@@ -163,6 +179,11 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			return err
 		}
 	}
+	if cfg.DebugAddr != "" {
+		if err := serveDebug(ctx, cfg.DebugAddr, log); err != nil {
+			return err
+		}
+	}
 	every := loopEvery(cfg)
 	h := newHealth(el, svc, every, cfg.LeaseDuration)
 	if cfg.HealthAddr != "" {
@@ -195,7 +216,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs, node: cfg.NodeName,
 		handovers: handovers{max: cfg.LeaseDuration, linger: handoverLinger}, wake: make(chan struct{}, 1),
 		refused: map[string]refusal{}, badAddrs: map[string]string{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()},
-		linksUp: map[string]bool{iface.Name: true},
+		linksUp: map[string]bool{iface.Name: true}, refreshEvery: refreshEvery(cfg),
 		settings: contestSettings{cpLease: cfg.LeaseName, cpVIPs: cpVIPs, svcLease: cfg.ServiceLeaseName, perAddress: cfg.ServiceElection,
 			iface: iface.Name, svcIface: links.svc},
 		place: place,
@@ -248,6 +269,11 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	resync := time.NewTicker(every)
 	defer resync.Stop()
 	stuck := wedge()
+	// later brings the changes of other agents' contests gathered since the
+	// last pass (changeGap); epoch is the election's LeadingEpoch then.
+	var later <-chan time.Time
+	var lastPass time.Time
+	epoch := el.LeadingEpoch()
 	for {
 		h.beat()
 		select {
@@ -271,6 +297,14 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		case <-r.nodeChanges():
 			r.setBindings(cfg)
 		case <-el.Changes():
+			if el.LeadingEpoch() == epoch && time.Since(lastPass) < changeGap {
+				if later == nil {
+					later = time.After(changeGap - time.Since(lastPass))
+				}
+				continue
+			}
+		case <-later:
+			later = nil
 		case <-r.wake:
 		case <-resync.C:
 		case l := <-ifaceEv.link:
@@ -289,6 +323,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			// A node joined or its addresses changed.
 			r.setBindings(cfg)
 		}
+		epoch, lastPass = el.LeadingEpoch(), time.Now()
 		r.reconcile()
 		// Published with the next renewal, for vipd status and the others.
 		ann := map[string]string{}
@@ -318,8 +353,10 @@ type binding struct {
 	// controlPlane: the control-plane election, whose vips are the
 	// control-plane VIPs.
 	controlPlane bool
-	// services are the Services of each VIP, for logs and metrics.
-	services map[netip.Addr][]types.NamespacedName
+	// services are the Services of each VIP, for logs and metrics: those
+	// of vips[i] at i (nil without any; a slice, not a map, as a thousand
+	// bindings of one VIP each are common).
+	services [][]types.NamespacedName
 	// iface is the interface the VIPs go on; needs is the same when it is
 	// not --interface: a node lacking it is no candidate.
 	iface, needs string

@@ -23,7 +23,16 @@ func contestFor(ip netip.Addr) string {
 	if ip.Is6() {
 		s = ip.StringExpanded()
 	}
-	return ServiceLeasePrefix + strings.NewReplacer(".", "-", ":", "-").Replace(s)
+	b := make([]byte, 0, len(ServiceLeasePrefix)+len(s))
+	b = append(b, ServiceLeasePrefix...)
+	for i := range len(s) {
+		c := s[i]
+		if c == '.' || c == ':' {
+			c = '-'
+		}
+		b = append(b, c)
+	}
+	return string(b)
 }
 
 // contestSettings are what decides, besides the Services' addresses,
@@ -51,7 +60,14 @@ type contestSettings struct {
 // be chosen differently, which need a contest of their own: restricted to
 // some nodes (externalTrafficPolicy: Local, a pool's node selector) or on
 // another interface than the default (the one leader may lack it).
-func bindingsFor(s contestSettings, addrs []services.Address) []binding {
+//
+// memo, if not nil, keeps the per-address bindings between calls: an
+// address whose Services, candidates, interface and pool did not change
+// gets the binding it had, so that setting the bindings costs what
+// changed, not an allocation per address.
+func bindingsFor(s contestSettings, addrs []services.Address, memo *bindingMemo) []binding {
+	memo.start()
+	defer memo.done()
 	var out []binding
 	if len(s.cpVIPs) > 0 {
 		out = append(out, binding{contest: s.cpLease, vips: s.cpVIPs, controlPlane: true, iface: s.iface})
@@ -64,15 +80,12 @@ func bindingsFor(s contestSettings, addrs []services.Address) []binding {
 		}
 		switch {
 		case slices.Contains(s.cpVIPs, a.IP):
-			out[0].addServices(a) // the control-plane binding
+			out[0].setServices(slices.Index(s.cpVIPs, a.IP), a.Services) // the control-plane binding
 		case s.perAddress || a.Candidates != nil || a.NodeSelector != "" || iface != s.svcIface:
-			b := binding{contest: contestFor(a.IP), vips: []netip.Addr{a.IP}, candidates: a.Candidates, local: a.Candidates,
-				iface: iface, pool: a.Pool, selector: a.NodeSelector}
-			b.addServices(a)
-			out = append(out, b)
+			out = append(out, memo.own(a, iface))
 		default:
 			shared.vips = append(shared.vips, a.IP)
-			shared.addServices(a)
+			shared.setServices(len(shared.vips)-1, a.Services)
 		}
 	}
 	if len(shared.vips) > 0 {
@@ -88,23 +101,33 @@ func bindingsFor(s contestSettings, addrs []services.Address) []binding {
 	return out
 }
 
-// addServices records the Services of one of b's addresses.
-func (b *binding) addServices(a services.Address) {
-	if len(a.Services) == 0 {
+// setServices records the Services of b's i-th VIP.
+func (b *binding) setServices(i int, svcs []types.NamespacedName) {
+	if len(svcs) == 0 {
 		return
 	}
-	if b.services == nil {
-		b.services = map[netip.Addr][]types.NamespacedName{}
+	for len(b.services) < len(b.vips) {
+		b.services = append(b.services, nil)
 	}
-	b.services[a.IP] = a.Services
+	b.services[i] = svcs
+}
+
+// servicesOf returns the Services of b's VIP v.
+func (b binding) servicesOf(v netip.Addr) []types.NamespacedName {
+	if i := slices.Index(b.vips, v); i >= 0 && i < len(b.services) {
+		return b.services[i]
+	}
+	return nil
 }
 
 // allServices lists the Services of all of b's addresses, sorted.
 func (b binding) allServices() []types.NamespacedName {
+	seen := map[types.NamespacedName]bool{}
 	var out []types.NamespacedName
 	for _, svcs := range b.services {
 		for _, s := range svcs {
-			if !slices.Contains(out, s) {
+			if !seen[s] {
+				seen[s] = true
 				out = append(out, s)
 			}
 		}
@@ -115,3 +138,64 @@ func (b binding) allServices() []types.NamespacedName {
 
 // cpVIP reports whether v is a control-plane VIP of b.
 func (b binding) cpVIP(v netip.Addr) bool { return b.controlPlane && slices.Contains(b.vips, v) }
+
+// bindingMemo keeps the binding of each address that has a contest of its
+// own (bindingsFor).
+type bindingMemo struct {
+	gen     uint64
+	entries map[netip.Addr]memoEntry
+}
+
+type memoEntry struct {
+	addr services.Address
+	b    binding
+	gen  uint64
+}
+
+// own returns the binding of an address with a contest of its own, on
+// iface.
+func (m *bindingMemo) own(a services.Address, iface string) binding {
+	if m != nil {
+		if e, ok := m.entries[a.IP]; ok && e.b.iface == iface && sameAddress(e.addr, a) {
+			e.gen = m.gen
+			m.entries[a.IP] = e
+			return e.b
+		}
+	}
+	b := binding{contest: contestFor(a.IP), vips: []netip.Addr{a.IP}, candidates: a.Candidates, local: a.Candidates,
+		iface: iface, pool: a.Pool, selector: a.NodeSelector}
+	b.setServices(0, a.Services)
+	if m != nil {
+		if m.entries == nil {
+			m.entries = map[netip.Addr]memoEntry{}
+		}
+		m.entries[a.IP] = memoEntry{addr: a, b: b, gen: m.gen}
+	}
+	return b
+}
+
+// sameAddress reports whether x and y give the same binding.
+func sameAddress(x, y services.Address) bool {
+	return x.Interface == y.Interface && x.Pool == y.Pool && x.NodeSelector == y.NodeSelector &&
+		slices.Equal(x.Services, y.Services) &&
+		(x.Candidates == nil) == (y.Candidates == nil) && slices.Equal(x.Candidates, y.Candidates)
+}
+
+// start begins a call of bindingsFor; done forgets the addresses it did
+// not ask for.
+func (m *bindingMemo) start() {
+	if m != nil {
+		m.gen++
+	}
+}
+
+func (m *bindingMemo) done() {
+	if m == nil {
+		return
+	}
+	for ip, e := range m.entries {
+		if e.gen != m.gen {
+			delete(m.entries, ip)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"net/netip"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -43,7 +44,7 @@ func TestBindingsFor(t *testing.T) {
 			iface: "eth0", svcIface: "eth0"}
 	}
 	t.Run("per address", func(t *testing.T) {
-		check(t, bindingsFor(settings(true, cp), addrs), []want{
+		check(t, bindingsFor(settings(true, cp), addrs, nil), []want{
 			{"plndr-cp-lock", []netip.Addr{cp}, nil},
 			{"vipd-svc-192-0-2-10", []netip.Addr{a}, nil},
 			{"vipd-svc-203-0-113-7", []netip.Addr{b}, []string{"n2"}},
@@ -51,14 +52,14 @@ func TestBindingsFor(t *testing.T) {
 		})
 	})
 	t.Run("one for all", func(t *testing.T) {
-		check(t, bindingsFor(settings(false, cp), addrs), []want{
+		check(t, bindingsFor(settings(false, cp), addrs, nil), []want{
 			{"plndr-cp-lock", []netip.Addr{cp}, nil},
 			{"vipd-svc-203-0-113-7", []netip.Addr{b}, []string{"n2"}},
 			{"plndr-svcs-lock", []netip.Addr{a, v6}, nil},
 		})
 	})
 	t.Run("Services are carried", func(t *testing.T) {
-		got := bindingsFor(settings(false, cp), addrs)
+		got := bindingsFor(settings(false, cp), addrs, nil)
 		if svcs := got[0].allServices(); len(svcs) != 1 || svcs[0].String() != "web/api" || !got[0].cpVIP(cp) {
 			t.Errorf("control-plane binding: Services %v, cpVIP %v; want [web/api], true", svcs, got[0].cpVIP(cp))
 		}
@@ -67,7 +68,7 @@ func TestBindingsFor(t *testing.T) {
 		}
 	})
 	t.Run("services only", func(t *testing.T) {
-		got := bindingsFor(settings(false), addrs[:1])
+		got := bindingsFor(settings(false), addrs[:1], nil)
 		check(t, got, []want{{"plndr-svcs-lock", []netip.Addr{a}, nil}})
 	})
 	t.Run("interfaces and pools", func(t *testing.T) {
@@ -82,7 +83,7 @@ func TestBindingsFor(t *testing.T) {
 			{IP: other, Interface: "vlan7"},
 			{IP: same, Interface: "eth1"},
 			{IP: cp, Interface: "vlan7"}, // rides on the control plane, on its interface
-		})
+		}, nil)
 		type where struct{ contest, iface, needs, selector string }
 		var gotW []where
 		for _, b := range got {
@@ -101,4 +102,34 @@ func TestBindingsFor(t *testing.T) {
 			t.Errorf("one-for-all binding carries %v, want %v", got[3].vips, []netip.Addr{a, same})
 		}
 	})
+}
+
+// TestBindingMemo: with a memo, an unchanged address keeps its binding,
+// a changed one gets a new one, and the result is what no memo gives.
+func TestBindingMemo(t *testing.T) {
+	a, b := netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("2001:db8::10")
+	web := []types.NamespacedName{{Namespace: "x", Name: "web"}}
+	addrs := []services.Address{{IP: a, Services: web}, {IP: b, Services: web}}
+	set := contestSettings{cpLease: "cp", svcLease: "svcs", perAddress: true, iface: "eth0", svcIface: "eth0"}
+	var memo bindingMemo
+	first := bindingsFor(set, addrs, &memo)
+	changed := []services.Address{{IP: a, Services: web}, {IP: b, Services: web, Candidates: []string{"n2"}}}
+	second := bindingsFor(set, changed, &memo)
+	if !reflect.DeepEqual(second, bindingsFor(set, changed, nil)) {
+		t.Fatalf("with a memo %+v, without %+v", second, bindingsFor(set, changed, nil))
+	}
+	if reflect.ValueOf(first[0].vips).Pointer() != reflect.ValueOf(second[0].vips).Pointer() {
+		t.Error("an unchanged address got a new binding")
+	}
+	if !slices.Equal(second[1].candidates, []string{"n2"}) {
+		t.Errorf("a changed address kept its old binding: %+v", second[1])
+	}
+	moved := []services.Address{{IP: a, Services: web, Interface: "vlan7"}, changed[1]}
+	if third := bindingsFor(set, moved, &memo); third[0].iface != "vlan7" || third[0].needs != "vlan7" {
+		t.Errorf("an address moved to another interface kept its old binding: %+v", third[0])
+	}
+	bindingsFor(set, changed[:1], &memo)
+	if _, ok := memo.entries[b]; ok || len(memo.entries) != 1 {
+		t.Errorf("the memo keeps an address that is gone: %v", memo.entries)
+	}
 }

@@ -147,6 +147,7 @@ func (r *reconciler) screen(p plan, seen map[string]election.Status, now time.Ti
 		}
 	}
 	var probe []netip.Addr
+	present := setOf(r.present)
 	keep := func(v netip.Addr) bool {
 		if f, ok := c.found[v]; ok {
 			if now.Before(f.until) {
@@ -157,7 +158,7 @@ func (r *reconciler) screen(p plan, seen map[string]election.Status, now time.Ti
 		}
 		// Only the main interface is probed and watched: VIPs on the
 		// others are added unprobed.
-		if slices.Contains(r.present, v) || c.cleared[v] || !fresh[v] || p.on[v] != main.Name {
+		if present[v] || c.cleared[v] || !fresh[v] || p.on[v] != main.Name {
 			return true
 		}
 		if !c.probing[v] {
@@ -167,7 +168,8 @@ func (r *reconciler) screen(p plan, seen map[string]election.Status, now time.Ti
 		return false
 	}
 	p.present = slices.DeleteFunc(slices.Clone(p.present), func(v netip.Addr) bool { return !keep(v) })
-	p.announce = slices.DeleteFunc(slices.Clone(p.announce), func(v netip.Addr) bool { return !slices.Contains(p.present, v) })
+	kept := setOf(p.present)
+	p.announce = slices.DeleteFunc(slices.Clone(p.announce), func(v netip.Addr) bool { return !kept[v] })
 	if len(probe) > 0 {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -246,7 +248,7 @@ func (r *reconciler) warnConflict(vip netip.Addr, reason string) {
 		if b.cpVIP(vip) && r.obs.events != nil {
 			r.obs.events.warn(reasonConflict, reason)
 		}
-		if r.svc != nil && len(b.services[vip]) > 0 {
+		if r.svc != nil && len(b.servicesOf(vip)) > 0 {
 			r.svc.Reject(vip, reason)
 		}
 	}

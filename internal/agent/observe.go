@@ -24,13 +24,38 @@ type observer struct {
 	m      *vipMetrics
 	events *leaseEvents // nil without the control-plane VIP
 
-	mu   sync.Mutex
-	held []heldSeries // what vipd_vip_held reports now
+	mu sync.Mutex
 	// took holds, per VIP taken and not announced yet, when it was taken.
 	took map[netip.Addr]time.Time
 
-	// leaders is who holds each VIP, for the Services' choice of reporter.
-	leaders atomic.Pointer[map[netip.Addr]string]
+	// last is the state after the last reconciliation: what vipd_vip_held
+	// reports, and who holds each VIP for the Services' choice of
+	// reporter. Both are worked out from it when asked, not on every
+	// reconciliation.
+	last atomic.Pointer[reconciledState]
+}
+
+// reconciledState is the bindings and their status after one
+// reconciliation; neither is modified afterwards.
+type reconciledState struct {
+	bs     []binding
+	status map[string]election.Status
+
+	once    sync.Once
+	leaders map[netip.Addr]string
+}
+
+// leadersOf returns who holds each VIP.
+func (s *reconciledState) leadersOf() map[netip.Addr]string {
+	s.once.Do(func() {
+		s.leaders = map[netip.Addr]string{}
+		for _, b := range s.bs {
+			for _, v := range b.vips {
+				s.leaders[v] = s.status[b.contest].Leader
+			}
+		}
+	})
+	return s.leaders
 }
 
 // heldSeries is one series of vipd_vip_held.
@@ -132,25 +157,7 @@ func (o *observer) announced(vips []netip.Addr) {
 // reconciled records the state after a reconciliation: per VIP, whether
 // this agent holds it, and who holds what for the reporter choice.
 func (o *observer) reconciled(bs []binding, status map[string]election.Status) {
-	var series []heldSeries
-	leaders := map[netip.Addr]string{}
-	for _, b := range bs {
-		st := status[b.contest]
-		for _, v := range b.vips {
-			leaders[v] = st.Leader
-			svcs := b.services[v]
-			if len(svcs) == 0 || b.cpVIP(v) {
-				series = append(series, heldSeries{vip: v.String(), election: b.contest, held: st.Leading})
-			}
-			for _, s := range svcs {
-				series = append(series, heldSeries{vip: v.String(), election: b.contest, svc: s, held: st.Leading})
-			}
-		}
-	}
-	o.leaders.Store(&leaders)
-	o.mu.Lock()
-	o.held = series
-	o.mu.Unlock()
+	o.last.Store(&reconciledState{bs: bs, status: status})
 }
 
 // reporters are the live agents that serve Services, sorted by name.
@@ -177,12 +184,13 @@ func (o *observer) reporters() []string {
 // from the last reconciliation: all agents must judge from the freshest
 // view they have, or two would record, or none.
 func (o *observer) Reporter(addrs []netip.Addr) string {
-	leaders := o.leaders.Load()
-	if leaders == nil {
+	last := o.last.Load()
+	if last == nil {
 		return ""
 	}
+	leaders := last.leadersOf()
 	for _, a := range addrs {
-		if h := (*leaders)[a]; h != "" {
+		if h := leaders[a]; h != "" {
 			return h
 		}
 	}
@@ -195,9 +203,27 @@ func (o *observer) Reporter(addrs []netip.Addr) string {
 
 // heldNow returns the series of vipd_vip_held.
 func (o *observer) heldNow() []heldSeries {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return slices.Clone(o.held)
+	last := o.last.Load()
+	if last == nil {
+		return nil
+	}
+	var series []heldSeries
+	for _, b := range last.bs {
+		st := last.status[b.contest]
+		for i, v := range b.vips {
+			var svcs []types.NamespacedName
+			if i < len(b.services) {
+				svcs = b.services[i]
+			}
+			if len(svcs) == 0 || b.cpVIP(v) {
+				series = append(series, heldSeries{vip: v.String(), election: b.contest, held: st.Leading})
+			}
+			for _, s := range svcs {
+				series = append(series, heldSeries{vip: v.String(), election: b.contest, svc: s, held: st.Leading})
+			}
+		}
+	}
+	return series
 }
 
 // timedAnnouncer tells the observer when a VIP is announced for the first
@@ -215,8 +241,9 @@ func (t *timedAnnouncer) Set(on map[string][]netip.Addr) {
 	for _, vs := range on {
 		vips = append(vips, vs...)
 	}
+	last := setOf(t.last)
 	for _, v := range vips {
-		if !slices.Contains(t.last, v) {
+		if !last[v] {
 			fresh = append(fresh, v)
 		}
 	}

@@ -38,14 +38,15 @@ func TestPlacerCandidates(t *testing.T) {
 		"w2":  {"zone": "b", "vip": "no"},
 		"w3":  {"zone": "b"},
 	}
-	svc := map[netip.Addr][]types.NamespacedName{netip.MustParseAddr("192.0.2.1"): {{Namespace: "a", Name: "web"}}}
+	vip := []netip.Addr{netip.MustParseAddr("192.0.2.1")}
+	svc := [][]types.NamespacedName{{{Namespace: "a", Name: "web"}}}
 	bindings := func() []binding {
 		return []binding{
 			{contest: "cp", controlPlane: true},
-			{contest: "shared", services: svc},
-			{contest: "pooled", services: svc, pool: "edge", selector: "zone=b"},
-			{contest: "local", services: svc, candidates: []string{"cp2", "w1", "w3"}},
-			{contest: "bad", services: svc, pool: "broken", selector: "zone in ("},
+			{contest: "shared", vips: vip, services: svc},
+			{contest: "pooled", vips: vip, services: svc, pool: "edge", selector: "zone=b"},
+			{contest: "local", vips: vip, services: svc, candidates: []string{"cp2", "w1", "w3"}},
+			{contest: "bad", vips: vip, services: svc, pool: "broken", selector: "zone in ("},
 		}
 	}
 	cases := []struct {
@@ -86,7 +87,7 @@ func TestPlacerCandidates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.needsNodes([]binding{{contest: "cp", controlPlane: true}, {contest: "shared", services: svc}}) {
+	if p.needsNodes([]binding{{contest: "cp", controlPlane: true}, {contest: "shared", vips: vip, services: svc}}) {
 		t.Error("needsNodes is true without any selector: agents would need to read Nodes for nothing")
 	}
 	if _, err := newPlacer("w1", "zone in (", false, nil); err == nil {

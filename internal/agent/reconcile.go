@@ -56,6 +56,7 @@ type reconciler struct {
 	synced    bool
 	peerAddrs map[string]string
 	bindings  []binding
+	memo      bindingMemo
 	preserve  bool
 	handovers handovers
 	// wake makes the agent reconcile again, at wakeAt.
@@ -67,6 +68,7 @@ type reconciler struct {
 	obs       *observer
 	last      map[string]election.Status
 	lastBound map[string]binding // the bindings of last
+	bound     map[string]binding // bindings by contest, made with them
 	// rejected are the service addresses refused as node addresses, and why.
 	rejected map[netip.Addr]string
 	// settings and place decide the contests and their candidates; nodes
@@ -97,6 +99,12 @@ type reconciler struct {
 	// passed is when reconcile last ran to the end (Unix nanoseconds): the
 	// guard is refreshed only while the agent is not stuck.
 	passed atomic.Int64
+	// refreshEvery is how often the VIPs' lifetimes are renewed
+	// (refreshEvery in agent.go), and refreshed when they last were: not
+	// on every reconciliation, which with hundreds of VIPs held would cost
+	// a netlink write each per Lease event.
+	refreshEvery time.Duration
+	refreshed    time.Time
 }
 
 type refusal struct {
@@ -174,7 +182,7 @@ func (r *reconciler) setBindings(cfg config.Config) {
 		}
 		ok = append(ok, a)
 	}
-	bs := bindingsFor(r.settings, ok)
+	bs := bindingsFor(r.settings, ok, &r.memo)
 	if r.place.needsNodes(bs) {
 		if r.nodes == nil {
 			r.log.Info("watching Nodes: a node selector decides where some VIPs may live")
@@ -200,6 +208,10 @@ func (r *reconciler) setBindings(cfg config.Config) {
 	}
 	r.links.setUsed(used)
 	r.bindings = bs
+	r.bound = make(map[string]binding, len(r.bindings))
+	for _, b := range r.bindings {
+		r.bound[b.contest] = b
+	}
 	r.el.SetContests(contests(r.bindings))
 }
 
@@ -249,7 +261,6 @@ func (r *reconciler) reconcile() {
 	var servedHere []services.Held
 	var asks, holding []string
 	seen := make(map[string]election.Status, len(r.bindings))
-	bound := make(map[string]binding, len(r.bindings))
 	for _, b := range r.bindings {
 		st := r.el.Status(b.contest)
 		if !st.Leading && st.Leader == "" && r.hb != nil {
@@ -258,7 +269,6 @@ func (r *reconciler) reconcile() {
 			st.Leader = r.hb.HolderOf(b.contest)
 		}
 		seen[b.contest] = st
-		bound[b.contest] = b
 		if prev := r.last[b.contest]; st != prev {
 			r.obs.changed(b, prev, st)
 		}
@@ -287,7 +297,7 @@ func (r *reconciler) reconcile() {
 			r.obs.lost(r.lastBound[contest], "", election.LostRemoved) // its Services went away
 		}
 	}
-	r.last, r.lastBound = seen, bound
+	r.last, r.lastBound = seen, r.bound
 	r.handovers.forget(seen)
 	if at := r.handovers.next(); !at.IsZero() && !at.Equal(r.wakeAt) {
 		// Look again when a kept VIP is to go.
@@ -393,9 +403,17 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 		r.log.Error("listing VIPs on the interfaces", "err", err)
 		return nil
 	}
-	in := func(vip netip.Addr, iface string) bool {
-		return slices.ContainsFunc(owned, func(o address.OwnedVIP) bool { return o.Addr == vip && o.Interface == iface })
+	// A VIP may be on two interfaces for a moment (its Service moved).
+	type onIface struct {
+		addr  netip.Addr
+		iface string
 	}
+	have := make(map[onIface]bool, len(owned))
+	for _, o := range owned {
+		have[onIface{o.Addr, o.Interface}] = true
+	}
+	in := func(vip netip.Addr, iface string) bool { return have[onIface{vip, iface}] }
+	wanted, announced := setOf(p.present), setOf(p.announce)
 	var keep []netip.Addr
 	for _, vip := range p.announce {
 		if in(vip, p.on[vip]) {
@@ -411,7 +429,7 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 	r.setGuard(union(ownedAddrs, p.present), keep)
 
 	for _, o := range owned {
-		if slices.Contains(p.present, o.Addr) && p.on[o.Addr] == o.Interface {
+		if wanted[o.Addr] && p.on[o.Addr] == o.Interface {
 			continue
 		}
 		if err := r.links.remove(o); err != nil {
@@ -427,6 +445,11 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 		r.metrics.held.Set(float64(len(present)))
 		r.conflicts.watchHeld(present, p, r.links.main.Name)
 	}()
+	now := time.Now()
+	refresh := now.Sub(r.refreshed) >= r.refreshEvery
+	if refresh {
+		r.refreshed = now
+	}
 	for _, vip := range p.present {
 		name := p.on[vip]
 		i, err := r.links.iface(name)
@@ -436,8 +459,10 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 			continue
 		}
 		if in(vip, name) {
-			if err := i.Refresh(vip); err != nil {
-				r.log.Error("renewing VIP lifetime", "vip", vip, "iface", name, "err", err)
+			if refresh {
+				if err := i.Refresh(vip); err != nil {
+					r.log.Error("renewing VIP lifetime", "vip", vip, "iface", name, "err", err)
+				}
 			}
 		} else {
 			if err := i.Add(vip); err != nil {
@@ -451,7 +476,7 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 			r.log.Info("added VIP", "vip", vip, "iface", name)
 		}
 		present = append(present, vip)
-		if slices.Contains(p.announce, vip) {
+		if announced[vip] {
 			announce = append(announce, vip)
 		}
 	}
@@ -521,13 +546,15 @@ func (r *reconciler) shutdown() {
 }
 
 func union(a, b []netip.Addr) []netip.Addr {
-	out := slices.Clone(a)
-	for _, x := range b {
-		if !slices.Contains(out, x) {
-			out = append(out, x)
-		}
+	return slices.Concat(a, b) // setGuard sorts and compacts
+}
+
+func setOf(vips []netip.Addr) map[netip.Addr]bool {
+	m := make(map[netip.Addr]bool, len(vips))
+	for _, v := range vips {
+		m[v] = true
 	}
-	return out
+	return m
 }
 
 func sorted(a []netip.Addr) []netip.Addr {

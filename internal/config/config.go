@@ -67,6 +67,10 @@ type Config struct {
 	// MetricsAddr is where Prometheus metrics are served (prometheus_server,
 	// e.g. ":2112"). Empty: no metrics server.
 	MetricsAddr string
+	// DebugAddr is where Go's profiler (/debug/pprof/) is served. Empty
+	// (the default): off. It tells anyone who reaches it about the
+	// process's memory, so bind it to the node itself.
+	DebugAddr string
 
 	// Services enables LoadBalancer Services (svc_enable).
 	Services bool
@@ -190,6 +194,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("preserve_vip_on_leadership_loss", c.PreserveVIPOnLeadershipLoss),
 		slog.String("kubeconfig", c.Kubeconfig),
 		slog.String("metrics_addr", c.MetricsAddr),
+		slog.String("debug_addr", c.DebugAddr),
 		slog.Bool("services", c.Services),
 		slog.Bool("service_election", c.ServiceElection),
 		slog.String("service_namespace", c.ServiceNamespace),

@@ -49,6 +49,7 @@ const (
 	flagServicesIface    = "services-interface"
 	flagNodeSelector     = "node-selector"
 	flagExcludeCP        = "service-exclude-control-plane"
+	flagDebugAddr        = "debug-addr"
 )
 
 // envLeaderElection is kube-vip's switch for leader election. vipd has no
@@ -136,6 +137,7 @@ func AddFlags(fs *pflag.FlagSet) {
 	boolean(flagPreserveVIP, d.PreserveVIPOnLeadershipLoss, "keep IPv4 VIPs on the interface, silent, after losing leadership until a new holder is seen")
 	str(flagKubeconfig, "", "path of a kubeconfig (empty: in-cluster configuration)")
 	str(flagMetricsAddr, "", "host:port to serve Prometheus metrics on, e.g. :2112 (empty: no metrics)")
+	str(flagDebugAddr, "", "host:port to serve Go's profiler (/debug/pprof/) on, e.g. 127.0.0.1:6060, for diagnosing CPU and memory use (empty: off)")
 	boolean(flagServices, d.Services, "serve VIPs of LoadBalancer Services")
 	boolean(flagServiceElection, d.ServiceElection, "elect a holder for each Service address separately")
 	str(flagServiceNamespace, "", "only serve Services in this namespace (empty: all)")
@@ -226,6 +228,9 @@ func Load(flags *pflag.FlagSet, getenv func(string) string) (Config, error) {
 	}
 	c.Kubeconfig = l.lookup(flagKubeconfig).raw
 	if c.MetricsAddr, err = metricsAddr(l.lookup(flagMetricsAddr)); err != nil {
+		return Config{}, err
+	}
+	if c.DebugAddr, err = metricsAddr(l.lookup(flagDebugAddr)); err != nil {
 		return Config{}, err
 	}
 	svc := l.lookup(flagServices)

@@ -191,10 +191,14 @@ type Elector struct {
 	// retries spaces out writes that keep failing, per contest.
 	retries backoff.Tracker[string]
 
-	mu        sync.Mutex
-	contests  map[string]Contest // nil until the first SetContests
-	leases    map[string]*observed
-	status    map[string]Status
+	mu       sync.Mutex
+	contests map[string]Contest // nil until the first SetContests
+	leases   map[string]*observed
+	// nodeLeases are the node Leases among leases, by name.
+	nodeLeases map[string]*observed
+	status     map[string]Status
+	// eval is what evaluate keeps between runs (incremental.go).
+	eval      evalState
 	members   []string  // live agents as last evaluated
 	lastRenew time.Time // start of our last successful node Lease write
 	released  bool
@@ -238,6 +242,9 @@ type Elector struct {
 	// reports say why each contest was last taken or lost (report.go).
 	reports map[string]Report
 	synced  atomic.Bool
+	// leadingEpoch counts the changes of which contests this agent leads
+	// (LeadingEpoch).
+	leadingEpoch atomic.Uint64
 	// badAnnotations are node Lease annotations that did not parse, by
 	// Lease, as last logged.
 	badAnnotations map[string]string
@@ -275,7 +282,9 @@ func New(cfg Config) (*Elector, error) {
 		retries: backoff.Tracker[string]{Policy: backoff.Policy{Base: cfg.RetryPeriod / 4, Max: 30 * cfg.RetryPeriod}},
 
 		leases:         map[string]*observed{},
+		nodeLeases:     map[string]*observed{},
 		status:         map[string]Status{},
+		eval:           newEvalState(),
 		annotations:    ann,
 		refused:        map[string]string{},
 		foreignLogged:  map[string]bool{},
@@ -297,6 +306,16 @@ func (e *Elector) SetContests(cs []Contest) {
 		m[c.Name] = c
 	}
 	e.mu.Lock()
+	for name, c := range m {
+		if old, ok := e.contests[name]; !ok || !slices.Equal(old.Candidates, c.Candidates) || (old.Candidates == nil) != (c.Candidates == nil) {
+			e.markDirtyLocked(name)
+		}
+	}
+	for name := range e.contests {
+		if _, ok := m[name]; !ok {
+			e.markDirtyLocked(name)
+		}
+	}
 	e.contests = m
 	e.mu.Unlock()
 	signal(e.wake)
@@ -333,6 +352,12 @@ func (e *Elector) Status(name string) Status {
 
 // Changes receives a value whenever any Status may have changed.
 func (e *Elector) Changes() <-chan struct{} { return e.changes }
+
+// LeadingEpoch grows whenever this agent starts or stops leading a
+// contest. A caller that sees it unchanged after Changes knows that only
+// other agents' contests changed: who holds them, not what this one must
+// do.
+func (e *Elector) LeadingEpoch() uint64 { return e.leadingEpoch.Load() }
 
 // Members returns the agents this agent considers live, itself included
 // while it is live, sorted.

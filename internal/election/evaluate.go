@@ -227,48 +227,83 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		return out
 	}
 
+	warm := e.warmLocked(now, live)
+	if !warm {
+		soon(e.started.Add(e.cfg.RetryPeriod))
+	}
+	sig := e.signatureLocked(meLive, warm, liveNodes, renewing, refusedBy, lackedBy)
+	full := sig != e.eval.sig
+	e.eval.sig = sig
+	forget := e.eval.forget
+	names := e.toLookAtLocked(full)
+	for _, name := range forget {
+		if _, ok := e.contests[name]; !ok && !e.status[name].Leading {
+			delete(e.reports, name) // bounded by the contests
+		}
+	}
+
 	var jobs []job
-	held := map[string]string{}
-	var free []string
-	status := make(map[string]Status, len(e.contests))
-	for name, c := range e.contests {
+	var changes []statusChange
+	for name := range names {
+		e.eval.drop(name)
+		delete(e.eval.orphans, name)
+		c, ok := e.contests[name]
+		if !ok {
+			if old, had := e.status[name]; had {
+				delete(e.status, name)
+				changes = append(changes, statusChange{name: name, old: old, gone: true})
+			}
+			if o := e.leases[name]; o != nil && o.lease.Labels[LabelKind] == KindClaim {
+				e.eval.orphans[name] = true
+			}
+			continue
+		}
 		var lease *coordinationv1.Lease
 		if o := e.leases[name]; o != nil {
 			lease = o.lease
 		}
 		h := holder(lease)
 		foreign := h != "" && !live[h] && e.foreignLiveLocked(name, h, now, soon)
+		st := Status{}
 		if h != "" && (live[h] || foreign) {
-			held[name] = h
+			e.eval.hold(name, h)
+			if foreign {
+				e.eval.watch[name] = true // until it stops renewing
+			}
 			delete(freeSince, name)
-			status[name] = Status{Leader: h, Leading: h == me}
+			st = Status{Leader: h, Leading: h == me}
 			notCandidate := c.Candidates != nil && !slices.Contains(c.Candidates, me)
 			_, refused := e.refusedOut[name]
 			_, lacking := e.lackingOut[c.Needs]
 			lacking = lacking && c.Needs != ""
-			if h == me && (notCandidate || refused || lacking) && !inflight[name] && !now.Before(retryAt[name]) {
-				jobs = append(jobs, job{name: name, base: lease, op: opRelease})
+			if h == me && (notCandidate || refused || lacking) {
+				e.eval.watch[name] = true // until released
+				if !inflight[name] && !now.Before(retryAt[name]) {
+					jobs = append(jobs, job{name: name, base: lease, op: opRelease})
+				}
 			}
-			continue
+		} else {
+			e.eval.free[name] = true
+			if _, ok := freeSince[name]; !ok {
+				freeSince[name] = now
+			}
 		}
-		status[name] = Status{}
-		free = append(free, name)
-		if _, ok := freeSince[name]; !ok {
-			freeSince[name] = now
+		if old, had := e.status[name]; !had || old != st {
+			e.status[name] = st
+			changes = append(changes, statusChange{name: name, old: old, next: st})
 		}
 	}
-	if !maps.Equal(status, e.status) {
-		e.noteStatusLocked(e.status, status, meLive)
-		e.status = status
+	if len(changes) > 0 {
+		e.noteStatusLocked(changes, meLive)
+		if slices.ContainsFunc(changes, func(c statusChange) bool { return c.old.Leading != c.next.Leading }) {
+			e.leadingEpoch.Add(1)
+		}
 		signal(e.changes)
 	}
 
-	warm := e.warmLocked(now, live)
-	if !warm {
-		soon(e.started.Add(e.cfg.RetryPeriod))
-	}
 	if meLive {
-		place := placeFree(free, candidates, held, liveNodes)
+		free := slices.Sorted(maps.Keys(e.eval.free))
+		place := placeFree(free, candidates, e.eval.load, len(e.eval.heldBy), liveNodes)
 		for _, name := range free {
 			if inflight[name] {
 				continue // its result wakes the loop
@@ -305,8 +340,9 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		// say — the first live agent by name deletes it if it is one of the
 		// claims that come and go (OrphanPrefix).
 		janitor := len(liveNodes) > 0 && liveNodes[0] == me
-		for name, o := range e.leases {
-			if _, ok := e.contests[name]; ok || inflight[name] || o.lease.Labels[LabelKind] != KindClaim {
+		for name := range e.eval.orphans {
+			o := e.leases[name]
+			if o == nil || inflight[name] {
 				continue
 			}
 			if now.Before(retryAt[name]) {
@@ -416,6 +452,7 @@ func (e *Elector) dropHolding() {
 			e.status[name] = Status{}
 		}
 	}
+	e.leadingEpoch.Add(1)
 	e.reportSelfLocked(e.now())
 	e.mu.Unlock()
 	signal(e.changes)

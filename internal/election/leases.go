@@ -136,6 +136,8 @@ func (e *Elector) observe(obj any, deleted bool) {
 		e.mu.Lock()
 		if o := e.leases[l.Name]; o != nil && !newer(o.lease.ResourceVersion, l.ResourceVersion) {
 			delete(e.leases, l.Name)
+			delete(e.nodeLeases, l.Name)
+			e.markDirtyLocked(l.Name)
 		}
 		e.mu.Unlock()
 		signal(e.wake)
@@ -151,13 +153,20 @@ func (e *Elector) record(l *coordinationv1.Lease) {
 	o := e.leases[l.Name]
 	switch {
 	case o == nil:
-		e.leases[l.Name] = &observed{lease: l, seen: e.now()}
+		o = &observed{lease: l, seen: e.now()}
+		e.leases[l.Name] = o
 	case newer(l.ResourceVersion, o.lease.ResourceVersion):
 		if holder(o.lease) != holder(l) || !o.lease.Spec.RenewTime.Equal(l.Spec.RenewTime) {
 			o.seen = e.now()
 		}
 		o.lease = l
 	}
+	if o.lease.Labels[LabelKind] == KindNode {
+		e.nodeLeases[l.Name] = o
+	} else {
+		delete(e.nodeLeases, l.Name)
+	}
+	e.markDirtyLocked(l.Name)
 	e.mu.Unlock()
 	signal(e.wake)
 }
@@ -181,7 +190,7 @@ func (e *Elector) NodeAnnotation(key string) map[string]string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	out := map[string]string{}
-	for name, o := range e.leases {
+	for name, o := range e.nodeLeases {
 		// By name: an agent that stopped has released its Lease, but what
 		// it published still describes its node.
 		node, ok := strings.CutPrefix(name, NodeLeasePrefix)
@@ -199,7 +208,7 @@ func (e *Elector) NodeAnnotation(key string) map[string]string {
 // them (not released), with each agent's name.
 func (e *Elector) peerLeasesLocked() iter.Seq2[string, *observed] {
 	return func(yield func(string, *observed) bool) {
-		for _, o := range e.leases {
+		for _, o := range e.nodeLeases {
 			h := holder(o.lease)
 			if o.lease.Labels[LabelKind] != KindNode || h == "" || h == e.cfg.Identity {
 				continue

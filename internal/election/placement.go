@@ -3,6 +3,7 @@ package election
 import (
 	"cmp"
 	"hash/fnv"
+	"maps"
 	"slices"
 )
 
@@ -46,17 +47,18 @@ func preference(contest string, nodes []string) []string {
 // candidate that is below the fair share, so placement is even, not merely
 // random. Every agent with the same view computes the same answer.
 //
-// candidates(c) returns the live nodes allowed to hold c, held maps every
-// validly held contest to its holder, and free lists the contests to place.
-func placeFree(free []string, candidates func(string) []string, held map[string]string, live []string) map[string]string {
-	if len(live) == 0 {
+// candidates(c) returns the live nodes allowed to hold c, load counts the
+// validly held contests of each holder (held of them in all), and free
+// lists the contests to place.
+func placeFree(free []string, candidates func(string) []string, load map[string]int, held int, live []string) map[string]string {
+	if len(live) == 0 || len(free) == 0 {
 		return nil
 	}
-	load := make(map[string]int, len(live))
-	for _, h := range held {
-		load[h]++
+	load = maps.Clone(load)
+	if load == nil {
+		load = map[string]int{}
 	}
-	total := len(held) + len(free)
+	total := held + len(free)
 	share := (total + len(live) - 1) / len(live)
 
 	free = slices.Clone(free)

@@ -36,7 +36,7 @@ func TestPlaceFreeIsEven(t *testing.T) {
 	for _, tc := range []struct{ contests, nodes int }{{50, 3}, {200, 3}, {1000, 10}, {7, 3}} {
 		live := nodes(tc.nodes)
 		all := func(string) []string { return live }
-		place := placeFree(contests(tc.contests), all, nil, live)
+		place := placeFree(contests(tc.contests), all, nil, 0, live)
 		if len(place) != tc.contests {
 			t.Fatalf("%d contests: placed %d", tc.contests, len(place))
 		}
@@ -52,13 +52,13 @@ func TestPlaceFreeIsEven(t *testing.T) {
 func TestPlaceFreeIsDeterministic(t *testing.T) {
 	live := nodes(3)
 	all := func(string) []string { return live }
-	a := placeFree(contests(100), all, nil, live)
+	a := placeFree(contests(100), all, nil, 0, live)
 	// Order of the input must not matter: agents list contests differently.
 	rev := contests(100)
 	for i, j := 0, len(rev)-1; i < j; i, j = i+1, j-1 {
 		rev[i], rev[j] = rev[j], rev[i]
 	}
-	b := placeFree(rev, all, nil, []string{"n3", "n1", "n2"})
+	b := placeFree(rev, all, nil, 0, []string{"n3", "n1", "n2"})
 	for c, n := range a {
 		if b[c] != n {
 			t.Fatalf("%s placed on %s and on %s", c, n, b[c])
@@ -71,7 +71,7 @@ func TestPlaceFreeIsDeterministic(t *testing.T) {
 func TestPlaceFreeAfterNodeLoss(t *testing.T) {
 	live := nodes(3)
 	all := func(string) []string { return live }
-	first := placeFree(contests(90), all, nil, live)
+	first := placeFree(contests(90), all, nil, 0, live)
 	held := map[string]string{}
 	var free []string
 	for c, n := range first {
@@ -82,7 +82,11 @@ func TestPlaceFreeAfterNodeLoss(t *testing.T) {
 		}
 	}
 	survivors := []string{"n1", "n2"}
-	second := placeFree(free, func(string) []string { return survivors }, held, survivors)
+	load := map[string]int{}
+	for _, n := range held {
+		load[n]++
+	}
+	second := placeFree(free, func(string) []string { return survivors }, load, len(held), survivors)
 	if len(second) != len(free) {
 		t.Fatalf("placed %d of %d", len(second), len(free))
 	}
@@ -95,13 +99,13 @@ func TestPlaceFreeAfterNodeLoss(t *testing.T) {
 func TestPlaceFreeRespectsCandidates(t *testing.T) {
 	live := nodes(3)
 	only2 := func(string) []string { return []string{"n2"} }
-	for c, n := range placeFree(contests(10), only2, nil, live) {
+	for c, n := range placeFree(contests(10), only2, nil, 0, live) {
 		if n != "n2" {
 			t.Fatalf("%s placed on %s, only n2 may hold it", c, n)
 		}
 	}
 	none := func(string) []string { return nil }
-	if p := placeFree(contests(3), none, nil, live); len(p) != 0 {
+	if p := placeFree(contests(3), none, nil, 0, live); len(p) != 0 {
 		t.Fatalf("placed %v with no candidates", p)
 	}
 }

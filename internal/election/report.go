@@ -144,40 +144,43 @@ func (e *Elector) noteLost(contest string, why Reason) {
 	e.reports[contest] = Report{Reason: why, At: e.now()}
 }
 
-// noteStatusLocked completes the reports of contests whose leading changed
-// between old and next statuses.
-func (e *Elector) noteStatusLocked(old, next map[string]Status, meLive bool) {
+// statusChange is one contest's status as an evaluation changed it.
+type statusChange struct {
+	name      string
+	old, next Status
+	gone      bool // the contest went away
+}
+
+// noteStatusLocked completes the reports of contests whose leading changed.
+func (e *Elector) noteStatusLocked(changes []statusChange, meLive bool) {
 	now := e.now()
-	for name, st := range next {
-		r := e.reports[name]
-		if st.Leading && !old[name].Leading && !r.Leading {
+	for _, ch := range changes {
+		r := e.reports[ch.name]
+		switch {
+		case ch.next.Leading && !ch.old.Leading && !r.Leading:
 			// Leading without a write of ours: the claim named us already.
 			r = Report{Leading: true, Reason: TookAlreadyHolder, Previous: e.cfg.Identity, At: now}
-			if o := e.leases[name]; o != nil {
+			if o := e.leases[ch.name]; o != nil {
 				r.LeaseUID = o.lease.UID
 			}
-			e.reports[name] = r
+			e.reports[ch.name] = r
+		case ch.old.Leading && !ch.next.Leading && r.Leading:
+			// A deliberate release said why already (not r.Leading).
+			why := LostTaken
+			if ch.gone {
+				why = LostRemoved
+			} else if o := e.leases[ch.name]; !meLive || (o != nil && holder(o.lease) == e.cfg.Identity) {
+				why = LostNotLive
+			}
+			e.reports[ch.name] = Report{Reason: why, At: now}
 		}
-	}
-	for name, st := range old {
-		if !st.Leading || next[name].Leading {
-			continue
-		}
-		r := e.reports[name]
-		if !r.Leading {
-			continue // a deliberate release said why already
-		}
-		why := LostTaken
-		if _, ok := next[name]; !ok {
-			why = LostRemoved
-		} else if o := e.leases[name]; !meLive || (o != nil && holder(o.lease) == e.cfg.Identity) {
-			why = LostNotLive
-		}
-		e.reports[name] = Report{Reason: why, At: now}
-	}
-	for name := range e.reports {
-		if _, ok := next[name]; !ok && !old[name].Leading {
-			delete(e.reports, name) // bounded by the contests
+		if ch.gone {
+			if ch.old.Leading {
+				// Kept for the agent to read once, then forgotten.
+				e.eval.forget = append(e.eval.forget, ch.name)
+			} else {
+				delete(e.reports, ch.name)
+			}
 		}
 	}
 }

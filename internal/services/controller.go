@@ -133,11 +133,17 @@ type Controller struct {
 	services   corelisters.ServiceLister
 	configMaps corelisters.ConfigMapLister // nil without a pool
 	slices     discoverylisters.EndpointSliceLister
+	sliceIndex cache.Indexer // by Service (sliceServiceIndex); nil without access
+
+	// dirty is what changed since the last replan (replan.go).
+	dirtyMu sync.Mutex
+	dirty   dirtyState
 
 	mu       sync.Mutex
 	recorder record.EventRecorder // nil until the caches have synced
 	plan     plan
 	planned  bool
+	index    planIndex
 	held     map[netip.Addr]bool
 	heldInfo []Held
 	warned   map[types.UID]map[warning]bool
@@ -172,6 +178,7 @@ func New(cfg Config) (*Controller, error) {
 		warned:   map[types.UID]map[warning]bool{},
 		assigned: map[types.NamespacedName]map[netip.Addr]bool{},
 		rejected: map[netip.Addr]*rejection{},
+		index:    newPlanIndex(),
 	}, nil
 }
 
@@ -203,9 +210,13 @@ func (c *Controller) Run(ctx context.Context) error {
 
 	factory := informers.NewSharedInformerFactoryWithOptions(c.cfg.Client, 0, informers.WithNamespace(c.cfg.Namespace),
 		// Nothing here reads managedFields; dropping them keeps the cache
-		// of every Service and EndpointSlice small. Updates without them
-		// leave the server's copy as is.
+		// of every Service small. Updates without them leave the server's
+		// copy as is. EndpointSlices, never written, keep only what the
+		// plan reads (trimSlice).
 		informers.WithTransform(func(obj any) (any, error) {
+			if es, ok := obj.(*discoveryv1.EndpointSlice); ok {
+				return trimSlice(es), nil
+			}
 			if m, ok := obj.(metav1.Object); ok {
 				m.SetManagedFields(nil)
 			}
@@ -216,30 +227,45 @@ func (c *Controller) Run(ctx context.Context) error {
 	c.services = svcInf.Lister()
 	synced := []cache.InformerSynced{svcInf.Informer().HasSynced}
 
-	replan := func(any) { c.queue.Add(item{kind: kindPlan}) }
-	onService := func(obj any) {
-		replan(obj)
-		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
-			if ns, name, err := cache.SplitMetaNamespaceKey(key); err == nil {
-				c.queue.Add(item{kind: kindStatus, svc: types.NamespacedName{Namespace: ns, Name: name}})
-			}
+	replanAll := func(any) { c.markDirty(types.NamespacedName{}, true) }
+	onService := func(old, obj any) {
+		key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+		if err != nil {
+			return
 		}
+		ns, name, err := cache.SplitMetaNamespaceKey(key)
+		if err != nil {
+			return
+		}
+		nn := types.NamespacedName{Namespace: ns, Name: name}
+		// vipd's own status and vipHost writes change nothing the plan
+		// reads: only the Service's status needs a look.
+		o, okOld := old.(*corev1.Service)
+		n, okNew := obj.(*corev1.Service)
+		if !okOld || !okNew || !planInputsEqual(o, n) || c.pendingWrite(nn) {
+			c.markDirty(nn, false)
+		}
+		c.queue.Add(item{kind: kindStatus, svc: nn})
 	}
 	if _, err := svcInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: onService, UpdateFunc: func(_, obj any) { onService(obj) }, DeleteFunc: onService,
+		AddFunc: func(obj any) { onService(nil, obj) }, UpdateFunc: onService, DeleteFunc: func(obj any) { onService(nil, obj) },
 	}); err != nil {
 		return fmt.Errorf("watching Services: %w", err)
 	}
 	// EndpointSlices change all the time and matter only for Services with
-	// externalTrafficPolicy Local; a Service that becomes Local triggers a
-	// recomputation of its own, which reads all slices.
+	// externalTrafficPolicy Local; a Service that becomes Local is
+	// replanned with its slices.
 	onSlice := func(obj any) {
-		if c.sliceMatters(obj) {
-			replan(obj)
+		if nn, ok := sliceOwner(obj); ok && c.sliceMatters(obj) {
+			c.markDirty(nn, false)
 		}
 	}
 	if acc.slices {
 		c.slices = epInf.Lister()
+		if err := epInf.Informer().AddIndexers(cache.Indexers{sliceServiceIndex: sliceService}); err != nil {
+			return fmt.Errorf("indexing EndpointSlices: %w", err)
+		}
+		c.sliceIndex = epInf.Informer().GetIndexer()
 		synced = append(synced, epInf.Informer().HasSynced)
 		if _, err := epInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc: onSlice, UpdateFunc: func(_, obj any) { onSlice(obj) }, DeleteFunc: onSlice,
@@ -250,7 +276,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		// Never filled: Local Services see no ready endpoint anywhere.
 		c.slices = discoverylisters.NewEndpointSliceLister(cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}))
 	}
-	other := cache.ResourceEventHandlerFuncs{AddFunc: replan, UpdateFunc: func(_, obj any) { replan(obj) }, DeleteFunc: replan}
+	other := cache.ResourceEventHandlerFuncs{AddFunc: replanAll, UpdateFunc: func(_, obj any) { replanAll(obj) }, DeleteFunc: replanAll}
 	if acc.pool {
 		// The pool lives in its own namespace and is one object, so it gets
 		// an informer of its own, still run by the shared factory.
@@ -276,6 +302,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	c.mu.Lock()
 	c.recorder = recorder
 	c.mu.Unlock()
+	c.takeDirty() // the first plan reads everything
 	c.queue.Add(item{kind: kindPlan})
 
 	var wg sync.WaitGroup
@@ -336,16 +363,12 @@ func (c *Controller) sliceMatters(obj any) bool {
 	return c.filter.serves(svc) && svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
 }
 
-// Addresses returns the current desired addresses, sorted by IP.
+// Addresses returns the current desired addresses, sorted by IP. The
+// result is shared: callers must not modify it.
 func (c *Controller) Addresses() []Address {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make([]Address, len(c.plan.addresses))
-	for i, a := range c.plan.addresses {
-		out[i] = a
-		out[i].Services, out[i].Candidates = slices.Clone(a.Services), slices.Clone(a.Candidates)
-	}
-	return out
+	return c.plan.addresses
 }
 
 // Changes delivers a value (coalesced) whenever Addresses may have changed,
@@ -433,74 +456,115 @@ func (c *Controller) RefusedHere(ip netip.Addr, reason string) {
 	c.flushLocked()
 }
 
-// replan recomputes the addresses from the informer caches.
+// replan brings the plan up to date with what changed since the last
+// one: the Services sharing addresses with the changed ones, or everything
+// (replan.go says when).
 func (c *Controller) replan() {
-	svcs, err := c.services.List(labels.Everything())
-	if err != nil {
-		c.log.Error("listing Services from the cache", "err", err)
-		return
-	}
-	eps, err := c.slices.List(labels.Everything())
-	if err != nil {
-		c.log.Error("listing EndpointSlices from the cache", "err", err)
-		return
-	}
-	p := pool{}
-	if c.configMaps != nil {
-		p.name = c.cfg.PoolNamespace + "/" + c.cfg.PoolConfigMap
-		if cm, err := c.configMaps.ConfigMaps(c.cfg.PoolNamespace).Get(c.cfg.PoolConfigMap); err == nil {
-			p.data = cm.Data
-			if p.data == nil {
-				p.data = map[string]string{}
-			}
+	d := c.takeDirty()
+	p := c.currentPool()
+	c.mu.Lock()
+	first := !c.planned
+	c.mu.Unlock()
+
+	var group map[types.NamespacedName]bool // nil: all
+	var svcs []*corev1.Service
+	var sub plan
+	ok := false
+	if !d.full && !first {
+		if len(d.services) == 0 {
+			return
 		}
+		group, svcs, sub, ok = c.partialPlan(d.services, p)
 	}
-	next := computePlan(svcs, eps, p, c.filter)
+	if !ok {
+		var err error
+		if svcs, err = c.services.List(labels.Everything()); err != nil {
+			c.log.Error("listing Services from the cache", "err", err)
+			return
+		}
+		eps, err := c.slices.List(labels.Everything())
+		if err != nil {
+			c.log.Error("listing EndpointSlices from the cache", "err", err)
+			return
+		}
+		group, sub = nil, computePlan(svcs, eps, p, c.filter)
+	}
 
 	c.mu.Lock()
-	prev, first := c.plan, !c.planned
-	c.plan, c.planned = next, true
-	changed := first || !equalAddresses(prev.addresses, next.addresses)
-	if !slices.Equal(prev.poolProblems, next.poolProblems) {
-		// Said once per change of the ConfigMap, not on every recomputation.
-		for _, p := range next.poolProblems {
-			c.log.Warn("address pool ConfigMap has a key vipd cannot use", "configmap", c.cfg.PoolNamespace+"/"+c.cfg.PoolConfigMap, "problem", p)
+	var prev map[types.NamespacedName]*servicePlan // the plans replaced
+	var changed bool
+	if group == nil {
+		if !slices.Equal(c.plan.poolProblems, sub.poolProblems) {
+			// Said once per change of the ConfigMap, not on every recomputation.
+			for _, p := range sub.poolProblems {
+				c.log.Warn("address pool ConfigMap has a key vipd cannot use", "configmap", c.cfg.PoolNamespace+"/"+c.cfg.PoolConfigMap, "problem", p)
+			}
+		}
+		prev, changed = c.plan.services, first || !equalAddresses(c.plan.addresses, sub.addresses)
+		c.plan = sub
+	} else {
+		prev, changed = c.spliceLocked(group, sub)
+	}
+	c.planned = true
+	c.reindexLocked(group, svcs)
+	scope := group
+	if scope == nil {
+		scope = make(map[types.NamespacedName]bool, len(sub.services)+len(prev))
+		for nn := range sub.services {
+			scope[nn] = true
+		}
+		for nn := range prev {
+			scope[nn] = true
 		}
 	}
 
 	// Warn once per problem, not on every recomputation; a problem that
 	// goes away and comes back is reported again.
-	warned := map[types.UID]map[warning]bool{}
-	for nn, sp := range next.services {
-		for _, w := range sp.warnings {
-			if !c.warned[sp.uid][w] {
-				c.pending = append(c.pending, pendingEvent{svc: nn, uid: sp.uid, addrs: sp.addrs, warning: w})
+	was := c.warned
+	if group == nil {
+		c.warned = map[types.UID]map[warning]bool{}
+	} else {
+		was = map[types.UID]map[warning]bool{}
+		for nn := range group {
+			if old := prev[nn]; old != nil {
+				was[old.uid] = c.warned[old.uid]
+				delete(c.warned, old.uid)
 			}
-			if warned[sp.uid] == nil {
-				warned[sp.uid] = map[warning]bool{}
-			}
-			warned[sp.uid][w] = true
 		}
 	}
-	c.warned = warned
+	for nn := range scope {
+		sp := sub.services[nn]
+		if sp == nil {
+			continue
+		}
+		for _, w := range sp.warnings {
+			if !was[sp.uid][w] {
+				c.pending = append(c.pending, pendingEvent{svc: nn, uid: sp.uid, addrs: sp.addrs, warning: w})
+			}
+			if c.warned[sp.uid] == nil {
+				c.warned[sp.uid] = map[warning]bool{}
+			}
+			c.warned[sp.uid][w] = true
+		}
+	}
 	c.flushLocked()
 	for ip := range c.rejected {
-		if len(next.servicesAt(ip)) == 0 {
+		if len(c.plan.servicesAt(ip)) == 0 {
 			delete(c.rejected, ip)
 		}
 	}
 	var todo []item
-	for nn, sp := range next.services {
+	for nn := range scope {
+		sp, old := sub.services[nn], prev[nn]
+		if sp == nil {
+			delete(c.assigned, nn)
+			continue
+		}
 		if sp.write {
 			todo = append(todo, item{kind: kindAllocate, svc: nn})
 		}
-		if old := prev.services[nn]; old == nil || old.source != sp.source || !slices.Equal(old.addrs, sp.addrs) {
+		if old == nil || old.source != sp.source || !slices.Equal(old.addrs, sp.addrs) {
 			todo = append(todo, item{kind: kindStatus, svc: nn})
-		}
-	}
-	for nn := range prev.services {
-		if next.services[nn] == nil {
-			delete(c.assigned, nn)
 		}
 	}
 	c.mu.Unlock()
@@ -514,6 +578,21 @@ func (c *Controller) replan() {
 	for _, it := range todo {
 		c.queue.Add(it)
 	}
+}
+
+// currentPool reads the pool ConfigMap from the cache.
+func (c *Controller) currentPool() pool {
+	p := pool{}
+	if c.configMaps != nil {
+		p.name = c.cfg.PoolNamespace + "/" + c.cfg.PoolConfigMap
+		if cm, err := c.configMaps.ConfigMaps(c.cfg.PoolNamespace).Get(c.cfg.PoolConfigMap); err == nil {
+			p.data = cm.Data
+			if p.data == nil {
+				p.data = map[string]string{}
+			}
+		}
+	}
+	return p
 }
 
 func equalAddresses(a, b []Address) bool {

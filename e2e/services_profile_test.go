@@ -1,0 +1,168 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vipd/vipd/internal/lab"
+)
+
+// Profiles of the agents during BenchmarkServices, for finding where their
+// CPU and memory go: with VIPD_BENCH_PROFILE=<dir>, every agent serves Go's
+// profiler (--debug-addr) on its node's loopback, and the benchmark writes
+// into <dir>/<sub-benchmark>/ CPU profiles of each agent while the
+// Services are created and placed (place-<node>-<i>.pprof, 10 s each), a
+// CPU profile of each over the steady window (steady-<node>-0.pprof), a
+// heap profile after it (heap-<node>.pprof, with heapstats-<node>.txt and
+// smaps-<node>.txt) and a CPU profile of each
+// survivor while the lost node's VIPs are re-homed (rehome-<node>-0.pprof,
+// 3 s); the agents' logs are kept in <dir>/<sub-benchmark>/logs. pprof merges the pieces:
+// `go tool pprof -top <dir>/.../place-n1-*.pprof`.
+
+// debugAddr is where the agents serve the profiler when profiling.
+const debugAddr = "127.0.0.1:6060"
+
+// benchProfiler takes the profiles; nil when profiling is off.
+type benchProfiler struct {
+	tb  testing.TB
+	dir string
+
+	wg   sync.WaitGroup
+	stop chan struct{}
+}
+
+// profileChunk is the length of one CPU profile of a series.
+const profileChunk = 10 * time.Second
+
+func newBenchProfiler(tb testing.TB, name string) *benchProfiler {
+	root := os.Getenv("VIPD_BENCH_PROFILE")
+	if root == "" {
+		return nil
+	}
+	dir := filepath.Join(root, filepath.FromSlash(name))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Logf("writing agent profiles to %s", dir)
+	return &benchProfiler{tb: tb, dir: dir}
+}
+
+// logDir is where the agents' logs are kept: beside the profiles, or
+// nowhere ("") when profiling is off.
+func (p *benchProfiler) logDir() string {
+	if p == nil {
+		return ""
+	}
+	dir := filepath.Join(p.dir, "logs")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		p.tb.Fatal(err)
+	}
+	return dir
+}
+
+// args are the agents' extra flags.
+func (p *benchProfiler) args() []string {
+	if p == nil {
+		return nil
+	}
+	return []string{"--debug-addr", debugAddr}
+}
+
+// cpu profiles every node's agent in the background, in pieces of d
+// written to <what>-<node>-<i>.pprof, until wait is called; once if once.
+func (p *benchProfiler) cpu(what string, nodes []*lab.Node, d time.Duration, once bool) {
+	if p == nil {
+		return
+	}
+	if p.stop == nil {
+		p.stop = make(chan struct{})
+	}
+	stop := p.stop
+	secs := max(1, int(d/time.Second))
+	for _, n := range nodes {
+		p.wg.Go(func() {
+			for i := 0; ; i++ {
+				p.fetch(n, "/debug/pprof/profile?seconds="+strconv.Itoa(secs), fmt.Sprintf("%s-%s-%d", what, n.Name, i), d)
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if once {
+					return
+				}
+			}
+		})
+	}
+}
+
+// heap writes a heap profile of every node's agent, after a GC, with the
+// runtime's memory statistics (heapstats-<node>.txt) and the kernel's
+// account of its resident memory (smaps-<node>.txt: code and read-only
+// data of the binary apart from the heap).
+func (p *benchProfiler) heap(nodes []*lab.Node, procs map[string]*lab.Process) {
+	if p == nil {
+		return
+	}
+	for _, n := range nodes {
+		if pr := procs[n.Name]; pr != nil {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pr.Pid())); err == nil {
+				_ = os.WriteFile(filepath.Join(p.dir, "smaps-"+n.Name+".txt"), b, 0o644)
+			}
+		}
+		p.fetch(n, "/debug/pprof/heap?gc=1", "heap-"+n.Name, 0)
+		p.fetch(n, "/debug/pprof/heap?debug=1", "heapstats-"+n.Name, 0)
+	}
+}
+
+// wait ends the series of CPU profiles and waits for those in flight.
+func (p *benchProfiler) wait() {
+	if p == nil || p.stop == nil {
+		return
+	}
+	close(p.stop)
+	p.stop = nil
+	p.wg.Wait()
+}
+
+func (p *benchProfiler) fetch(n *lab.Node, path, file string, d time.Duration) {
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := lab.InNetns(n.Netns, func() error {
+			var err error
+			c, err = (&net.Dialer{Timeout: 3 * time.Second}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	client := &http.Client{Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}, Timeout: d + 30*time.Second}
+	resp, err := client.Get("http://" + debugAddr + path)
+	if err != nil {
+		p.tb.Logf("profile %s: %v", file, err)
+		return
+	}
+	defer resp.Body.Close()
+	name := file + ".pprof"
+	if strings.Contains(path, "debug=1") {
+		name = file + ".txt"
+	}
+	f, err := os.Create(filepath.Join(p.dir, name))
+	if err != nil {
+		p.tb.Logf("profile %s: %v", file, err)
+		return
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		p.tb.Logf("profile %s: %v", file, err)
+	}
+}

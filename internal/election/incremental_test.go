@@ -1,0 +1,151 @@
+package election
+
+import (
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+)
+
+// TestIncrementalEvaluateMatchesFull changes claims, node Leases, contests
+// and refusals at random, and checks after each evaluation that looking
+// only at what changed gave the statuses and writes that looking at
+// everything gives.
+func TestIncrementalEvaluateMatchesFull(t *testing.T) {
+	for seed := range uint64(10) {
+		t.Run(strconv.FormatUint(seed, 10), func(t *testing.T) { incrementalEvaluateRun(t, seed) })
+	}
+}
+
+func incrementalEvaluateRun(t *testing.T, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 2))
+	e := benchElector(t, 0)
+	clock := time.Now()
+	e.now = func() time.Time { return clock }
+	e.lastRenew = clock.Add(time.Hour)
+	nodes := []string{"n1", "n2", "n3", "n4"}
+	rv := 10
+	lease := func(name, kind, holder string) *coordinationv1.Lease {
+		rv++
+		l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, ResourceVersion: strconv.Itoa(rv), Labels: map[string]string{LabelKind: kind}},
+			Spec: coordinationv1.LeaseSpec{LeaseDurationSeconds: ptr.To(int32(5)), RenewTime: ptr.To(metav1.NewMicroTime(clock))}}
+		if holder != "" {
+			l.Spec.HolderIdentity = ptr.To(holder)
+		}
+		return l
+	}
+	for name := range e.nodeLeases {
+		if n := name[len(NodeLeasePrefix):]; !slices.Contains(nodes, n) {
+			e.observe(e.leases[name].lease, true)
+		}
+	}
+	for _, n := range nodes {
+		e.record(lease(NodeLeasePrefix+n, KindNode, n))
+	}
+	contests := map[string]Contest{}
+	inflight, freeSince, retryAt := map[string]bool{}, map[string]time.Time{}, map[string]time.Time{}
+	partial, writes := 0, 0
+	for step := range 400 {
+		switch r := rng.IntN(20); {
+		case r < 8: // a claim changes hands, is released or deleted
+			name := fmt.Sprintf("c%d", rng.IntN(12))
+			switch rng.IntN(4) {
+			case 0:
+				if o := e.leases[name]; o != nil {
+					e.observe(o.lease, true)
+				}
+			default:
+				e.record(lease(name, KindClaim, []string{"", "n1", "n2", "n3", "n4", "stranger"}[rng.IntN(6)]))
+			}
+		case r < 11: // contests come and go, candidates change
+			name := fmt.Sprintf("c%d", rng.IntN(12))
+			if rng.IntN(3) == 0 {
+				delete(contests, name)
+			} else {
+				c := Contest{Name: name}
+				if rng.IntN(3) == 0 {
+					c.Candidates = []string{nodes[rng.IntN(len(nodes))]}
+				}
+				contests[name] = c
+			}
+			e.SetContests(slices.Collect(maps.Values(contests)))
+		case r < 13: // a node's Lease expires or is renewed
+			clock = clock.Add(time.Duration(rng.IntN(3000)) * time.Millisecond)
+			n := nodes[1+rng.IntN(len(nodes)-1)]
+			e.record(lease(NodeLeasePrefix+n, KindNode, n))
+		case r < 14: // this node refuses a contest
+			e.mu.Lock()
+			e.refusedOut = map[string]string{}
+			if rng.IntN(2) == 0 {
+				e.refusedOut[fmt.Sprintf("c%d", rng.IntN(12))] = "test"
+			}
+			e.mu.Unlock()
+		case r < 16: // a write ends
+			for name := range inflight {
+				delete(inflight, name)
+				if rng.IntN(2) == 0 {
+					retryAt[name] = clock.Add(time.Duration(rng.IntN(2000)) * time.Millisecond)
+				}
+				e.mu.Lock()
+				e.markDirtyLocked(name)
+				e.mu.Unlock()
+				break
+			}
+		default:
+			clock = clock.Add(time.Duration(rng.IntN(800)) * time.Millisecond)
+		}
+		e.mu.Lock()
+		contestsSet := e.contests != nil
+		e.mu.Unlock()
+		if !contestsSet {
+			continue
+		}
+		// The same evaluation twice: incrementally, and from scratch.
+		fs, ra := maps.Clone(freeSince), maps.Clone(retryAt)
+		e.mu.Lock()
+		sig := e.eval.sig
+		e.mu.Unlock()
+		jobs, _ := e.evaluate(maps.Clone(inflight), freeSince, retryAt)
+		e.mu.Lock()
+		got := maps.Clone(e.status)
+		if e.eval.sig == sig {
+			partial++
+		}
+		e.eval.sig = ""
+		e.mu.Unlock()
+		fullJobs, _ := e.evaluate(maps.Clone(inflight), fs, ra)
+		e.mu.Lock()
+		want := maps.Clone(e.status)
+		e.mu.Unlock()
+		if !maps.Equal(got, want) {
+			t.Fatalf("step %d: statuses\n got %v\nwant %v", step, got, want)
+		}
+		if a, b := jobNames(jobs), jobNames(fullJobs); !slices.Equal(a, b) {
+			t.Fatalf("step %d: writes\n got %v\nwant %v", step, a, b)
+		}
+		for _, j := range jobs {
+			inflight[j.name] = true
+		}
+		writes += len(jobs)
+	}
+	t.Logf("%d partial evaluations, %d writes", partial, writes)
+	if partial < 100 || writes < 20 {
+		t.Errorf("%d partial evaluations and %d writes in 400 steps: the test no longer tries what it should", partial, writes)
+	}
+}
+
+func jobNames(js []job) []string {
+	var out []string
+	for _, j := range js {
+		out = append(out, j.op.String()+" "+j.name)
+	}
+	slices.Sort(out)
+	return out
+}

@@ -1,0 +1,377 @@
+package services
+
+import (
+	"maps"
+	"net/netip"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/cache"
+)
+
+// Replanning follows what changed, not the number of Services.
+//
+// computePlan is the one definition of the plan: a pure function of the
+// Services, EndpointSlices and pool. Its decisions couple Services only
+// through the addresses they ask for (sharing, port conflicts, two
+// allocations that raced onto one address) and through the pool (the
+// first free address, in age order). So when some Services change, the
+// controller recomputes only the Services that share an address, directly
+// or through each other, with one of them, old or new — usually just the
+// changed Service — and splices the result into the plan. It computes the
+// whole plan again when the pool comes into it: the pool ConfigMap changed,
+// a changed Service takes its address from the pool, or the addresses in
+// use changed while some Service waits for an allocation.
+//
+// Events are collected for planDelay before a replan, so that a burst (a
+// thousand Services created by a deploy) costs a few replans, each of the
+// Services that arrived meanwhile; and updates that change nothing the
+// plan reads (the status and vipHost writes that every placement causes)
+// cost none.
+
+// planDelay is how long Service events are collected before replanning.
+// It adds at most this much to the time a new Service's address takes to
+// be held.
+const planDelay = 50 * time.Millisecond
+
+// sliceServiceIndex indexes EndpointSlices by the Service they belong to.
+const sliceServiceIndex = "service"
+
+func sliceService(obj any) ([]string, error) {
+	es, ok := obj.(*discoveryv1.EndpointSlice)
+	if !ok || es.Labels[discoveryv1.LabelServiceName] == "" {
+		return nil, nil
+	}
+	return []string{es.Namespace + "/" + es.Labels[discoveryv1.LabelServiceName]}, nil
+}
+
+// planIndex is what the incremental replan needs to know of the plan:
+// which addresses each served Service asks for, and who asks for each.
+type planIndex struct {
+	asks   map[types.NamespacedName][]netip.Addr
+	byAddr map[netip.Addr][]types.NamespacedName
+	// poolUsers are the served Services that wait for an address from the
+	// pool: they ask for none, or their plan has an allocation to write.
+	poolUsers map[types.NamespacedName]bool
+}
+
+func newPlanIndex() planIndex {
+	return planIndex{asks: map[types.NamespacedName][]netip.Addr{}, byAddr: map[netip.Addr][]types.NamespacedName{},
+		poolUsers: map[types.NamespacedName]bool{}}
+}
+
+// set records what nn asks for now (nil: nothing, or not served).
+func (x *planIndex) set(nn types.NamespacedName, asks []netip.Addr, poolUser bool) {
+	for _, a := range x.asks[nn] {
+		x.byAddr[a] = slices.DeleteFunc(x.byAddr[a], func(o types.NamespacedName) bool { return o == nn })
+		if len(x.byAddr[a]) == 0 {
+			delete(x.byAddr, a)
+		}
+	}
+	delete(x.asks, nn)
+	delete(x.poolUsers, nn)
+	if len(asks) > 0 {
+		x.asks[nn] = asks
+		for _, a := range asks {
+			x.byAddr[a] = append(x.byAddr[a], nn)
+		}
+	}
+	if poolUser {
+		x.poolUsers[nn] = true
+	}
+}
+
+// asked reads what a served Service asks for, for the index: the addresses
+// named explicitly, and whether it waits for one from the pool. A Service
+// whose pool allocation was written asks for that address like any other;
+// should it lose it to an older one (two allocations raced), its plan has
+// a write, and the whole plan is computed again.
+func asked(s *corev1.Service) (ips []netip.Addr, poolUser bool) {
+	r := readRequest(s)
+	return r.ips, r.needPool
+}
+
+// planInputsEqual reports whether two versions of a Service are the same
+// for computePlan: everything but the status, the resourceVersion and the
+// vipHost annotation, which vipd writes itself on every placement.
+func planInputsEqual(a, b *corev1.Service) bool {
+	if a.UID != b.UID || !a.CreationTimestamp.Equal(&b.CreationTimestamp) || !maps.Equal(a.Labels, b.Labels) {
+		return false
+	}
+	if len(a.Annotations) != len(b.Annotations) && (len(a.Annotations) == 0 || len(b.Annotations) == 0) {
+		return false
+	}
+	for k, v := range a.Annotations {
+		if w, ok := b.Annotations[k]; k != AnnotationVIPHost && (!ok || v != w) {
+			return false
+		}
+	}
+	for k := range b.Annotations {
+		if _, ok := a.Annotations[k]; k != AnnotationVIPHost && !ok {
+			return false
+		}
+	}
+	return equality.Semantic.DeepEqual(a.Spec, b.Spec)
+}
+
+// dirtyState collects what changed since the last replan.
+type dirtyState struct {
+	full     bool
+	services map[types.NamespacedName]bool
+}
+
+// markDirty records a changed Service (or, with full, a change that may
+// concern every Service) and schedules a replan.
+func (c *Controller) markDirty(nn types.NamespacedName, full bool) {
+	c.dirtyMu.Lock()
+	if full {
+		c.dirty.full = true
+	} else {
+		if c.dirty.services == nil {
+			c.dirty.services = map[types.NamespacedName]bool{}
+		}
+		c.dirty.services[nn] = true
+	}
+	c.dirtyMu.Unlock()
+	c.queue.AddAfter(item{kind: kindPlan}, planDelay)
+}
+
+func (c *Controller) takeDirty() dirtyState {
+	c.dirtyMu.Lock()
+	defer c.dirtyMu.Unlock()
+	d := c.dirty
+	c.dirty = dirtyState{}
+	return d
+}
+
+// pendingWrite reports whether the plan has an allocation write for nn:
+// it is conditional on the Service's resourceVersion, so any update of the
+// Service needs a replan.
+func (c *Controller) pendingWrite(nn types.NamespacedName) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	sp := c.plan.services[nn]
+	return sp != nil && sp.write
+}
+
+// servedService returns the Service from the cache if vipd serves it.
+func (c *Controller) servedService(nn types.NamespacedName) *corev1.Service {
+	s, err := c.services.Services(nn.Namespace).Get(nn.Name)
+	if err != nil || !c.filter.serves(s) {
+		return nil
+	}
+	return s
+}
+
+// partialPlan recomputes the Services sharing an address with the dirty
+// ones. It returns the Services recomputed (group), the served ones among
+// them as read from the cache, and their plan; or ok false when the pool
+// comes into it and the whole plan must be recomputed.
+func (c *Controller) partialPlan(dirty map[types.NamespacedName]bool, p pool) (group map[types.NamespacedName]bool, svcs []*corev1.Service, sub plan, ok bool) {
+	c.mu.Lock()
+	x := &c.index
+	// The new requests of the dirty Services, and whether the addresses in
+	// use change.
+	fresh := map[types.NamespacedName][]netip.Addr{}
+	usedChanged := false
+	for nn := range dirty {
+		var ips []netip.Addr
+		poolUser := false
+		if s := c.servedService(nn); s != nil {
+			ips, poolUser = asked(s)
+		}
+		if poolUser || x.poolUsers[nn] {
+			c.mu.Unlock()
+			return nil, nil, plan{}, false
+		}
+		fresh[nn] = ips
+		if !slices.Equal(ips, x.asks[nn]) {
+			usedChanged = true
+		}
+	}
+	if usedChanged && len(x.poolUsers) > 0 && p.data != nil {
+		c.mu.Unlock()
+		return nil, nil, plan{}, false // a waiting allocation may change
+	}
+	// The group: every Service linked to a dirty one through addresses,
+	// old or new.
+	group = map[types.NamespacedName]bool{}
+	var todo []types.NamespacedName
+	for nn := range dirty {
+		group[nn] = true
+		todo = append(todo, nn)
+	}
+	for len(todo) > 0 {
+		nn := todo[len(todo)-1]
+		todo = todo[:len(todo)-1]
+		addrs := slices.Concat(x.asks[nn], fresh[nn])
+		for _, a := range addrs {
+			others := x.byAddr[a]
+			for o := range fresh {
+				if slices.Contains(fresh[o], a) {
+					others = append(slices.Clone(others), o)
+				}
+			}
+			for _, o := range others {
+				if !group[o] {
+					group[o] = true
+					todo = append(todo, o)
+				}
+			}
+		}
+	}
+	c.mu.Unlock()
+
+	var eps []*discoveryv1.EndpointSlice
+	for nn := range group {
+		s := c.servedService(nn)
+		if s == nil {
+			continue
+		}
+		svcs = append(svcs, s)
+		if s.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal {
+			eps = append(eps, c.slicesOf(nn)...)
+		}
+	}
+	sub = computePlan(svcs, eps, p, c.filter)
+	for _, sp := range sub.services {
+		if sp.write {
+			return nil, nil, plan{}, false // an allocation race: the pool decides
+		}
+	}
+	return group, svcs, sub, true
+}
+
+// slicesOf returns the EndpointSlices of one Service from the cache.
+func (c *Controller) slicesOf(nn types.NamespacedName) []*discoveryv1.EndpointSlice {
+	if c.sliceIndex == nil {
+		return nil
+	}
+	objs, err := c.sliceIndex.ByIndex(sliceServiceIndex, nn.Namespace+"/"+nn.Name)
+	if err != nil {
+		return nil
+	}
+	out := make([]*discoveryv1.EndpointSlice, 0, len(objs))
+	for _, o := range objs {
+		if es, ok := o.(*discoveryv1.EndpointSlice); ok {
+			out = append(out, es)
+		}
+	}
+	return out
+}
+
+// spliceLocked replaces the plan of the Services in group, and of the
+// addresses they share, with sub. It returns the Services' plans it
+// replaced and whether the addresses changed. The services map is changed
+// in place (it is read under c.mu only); the addresses slice is new, as
+// Addresses hands the old one out.
+func (c *Controller) spliceLocked(group map[types.NamespacedName]bool, sub plan) (replaced map[types.NamespacedName]*servicePlan, changed bool) {
+	old := c.plan
+	replaced = make(map[types.NamespacedName]*servicePlan, len(group))
+	for nn := range group {
+		if sp := old.services[nn]; sp != nil {
+			replaced[nn] = sp
+		}
+		delete(old.services, nn)
+	}
+	maps.Copy(old.services, sub.services)
+
+	// The old addresses that a Service of the group shares are among those
+	// the group asked for (the index is still the old plan's); the others
+	// stay, merged with the new ones in IP order.
+	var drop []int
+	for nn := range group {
+		for _, a := range c.index.asks[nn] {
+			i, ok := slices.BinarySearchFunc(old.addresses, a, func(x Address, ip netip.Addr) int { return x.IP.Compare(ip) })
+			if ok && !slices.Contains(drop, i) && slices.ContainsFunc(old.addresses[i].Services, func(nn types.NamespacedName) bool { return group[nn] }) {
+				drop = append(drop, i)
+			}
+		}
+	}
+	slices.Sort(drop)
+	gone := make([]Address, len(drop))
+	for k, i := range drop {
+		gone[k] = old.addresses[i]
+	}
+	addrs := make([]Address, 0, len(old.addresses)-len(drop)+len(sub.addresses))
+	i, k := 0, 0
+	for n, a := range old.addresses {
+		if k < len(drop) && drop[k] == n {
+			k++
+			continue
+		}
+		for i < len(sub.addresses) && sub.addresses[i].IP.Less(a.IP) {
+			addrs = append(addrs, sub.addresses[i])
+			i++
+		}
+		addrs = append(addrs, a)
+	}
+	addrs = append(addrs, sub.addresses[i:]...)
+	changed = !equalAddresses(gone, sub.addresses)
+	if changed {
+		c.plan.addresses = addrs
+	}
+	return replaced, changed
+}
+
+// reindexLocked brings the index up to date from the Services a plan was
+// computed from: those of group (nil: every Service), of which svcs are the
+// served ones.
+func (c *Controller) reindexLocked(group map[types.NamespacedName]bool, svcs []*corev1.Service) {
+	if group == nil {
+		c.index = newPlanIndex()
+	} else {
+		for nn := range group {
+			c.index.set(nn, nil, false)
+		}
+	}
+	for _, s := range svcs {
+		if c.filter.serves(s) {
+			nn := types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
+			ips, poolUser := asked(s)
+			// A pending allocation (or its removal, after a lost race)
+			// depends on every address in use, as a waiting one does.
+			if sp := c.plan.services[nn]; sp != nil && sp.write {
+				poolUser = true
+			}
+			c.index.set(nn, ips, poolUser)
+		}
+	}
+}
+
+// sliceOwner returns the Service an EndpointSlice event is about.
+func sliceOwner(obj any) (types.NamespacedName, bool) {
+	if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = tomb.Obj
+	}
+	es, ok := obj.(*discoveryv1.EndpointSlice)
+	if !ok || es.Labels[discoveryv1.LabelServiceName] == "" {
+		return types.NamespacedName{}, false
+	}
+	return types.NamespacedName{Namespace: es.Namespace, Name: es.Labels[discoveryv1.LabelServiceName]}, true
+}
+
+// trimSlice keeps of an EndpointSlice what vipd reads — its Service, and
+// which nodes have a ready endpoint — so that the cache of every slice in
+// the cluster stays small. vipd never writes slices.
+func trimSlice(es *discoveryv1.EndpointSlice) *discoveryv1.EndpointSlice {
+	out := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{
+		Name: es.Name, Namespace: es.Namespace, UID: es.UID, ResourceVersion: es.ResourceVersion,
+	}}
+	if svc := es.Labels[discoveryv1.LabelServiceName]; svc != "" {
+		out.Labels = map[string]string{discoveryv1.LabelServiceName: svc}
+	}
+	for _, ep := range es.Endpoints {
+		if ep.NodeName == nil {
+			continue
+		}
+		out.Endpoints = append(out.Endpoints, discoveryv1.Endpoint{NodeName: ep.NodeName,
+			Conditions: discoveryv1.EndpointConditions{Ready: ep.Conditions.Ready}})
+	}
+	return out
+}
