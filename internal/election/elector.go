@@ -307,7 +307,8 @@ func (e *Elector) SetContests(cs []Contest) {
 	}
 	e.mu.Lock()
 	for name, c := range m {
-		if old, ok := e.contests[name]; !ok || !slices.Equal(old.Candidates, c.Candidates) || (old.Candidates == nil) != (c.Candidates == nil) {
+		if old, ok := e.contests[name]; !ok || old.Needs != c.Needs ||
+			!slices.Equal(old.Candidates, c.Candidates) || (old.Candidates == nil) != (c.Candidates == nil) {
 			e.markDirtyLocked(name)
 		}
 	}

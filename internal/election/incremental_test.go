@@ -14,10 +14,10 @@ import (
 	"k8s.io/utils/ptr"
 )
 
-// TestIncrementalEvaluateMatchesFull changes claims, node Leases, contests
-// and refusals at random, and checks after each evaluation that looking
-// only at what changed gave the statuses and writes that looking at
-// everything gives.
+// TestIncrementalEvaluateMatchesFull changes claims, node Leases, contests,
+// refusals and lacking interfaces at random, and checks after each
+// evaluation that looking only at what changed gave the statuses and
+// writes that looking at everything gives.
 func TestIncrementalEvaluateMatchesFull(t *testing.T) {
 	for seed := range uint64(10) {
 		t.Run(strconv.FormatUint(seed, 10), func(t *testing.T) { incrementalEvaluateRun(t, seed) })
@@ -73,6 +73,9 @@ func incrementalEvaluateRun(t *testing.T, seed uint64) {
 				if rng.IntN(3) == 0 {
 					c.Candidates = []string{nodes[rng.IntN(len(nodes))]}
 				}
+				if rng.IntN(3) == 0 {
+					c.Needs = []string{"eth1", "eth2"}[rng.IntN(2)]
+				}
 				contests[name] = c
 			}
 			e.SetContests(slices.Collect(maps.Values(contests)))
@@ -80,11 +83,15 @@ func incrementalEvaluateRun(t *testing.T, seed uint64) {
 			clock = clock.Add(time.Duration(rng.IntN(3000)) * time.Millisecond)
 			n := nodes[1+rng.IntN(len(nodes)-1)]
 			e.record(lease(NodeLeasePrefix+n, KindNode, n))
-		case r < 14: // this node refuses a contest
+		case r < 14: // this node refuses a contest, or lacks an interface
 			e.mu.Lock()
 			e.refusedOut = map[string]string{}
 			if rng.IntN(2) == 0 {
 				e.refusedOut[fmt.Sprintf("c%d", rng.IntN(12))] = "test"
+			}
+			e.lackingOut = map[string]string{}
+			if rng.IntN(2) == 0 {
+				e.lackingOut[[]string{"eth1", "eth2"}[rng.IntN(2)]] = "no such interface"
 			}
 			e.mu.Unlock()
 		case r < 16: // a write ends

@@ -58,15 +58,21 @@ type planIndex struct {
 	// poolUsers are the served Services that wait for an address from the
 	// pool: they ask for none, or their plan has an allocation to write.
 	poolUsers map[types.NamespacedName]bool
+	// keyedUsers are the poolUsers with a sharing key (allow-shared-ip):
+	// they may take an address in use, if its Services' keys, interface
+	// and ports agree, so any change of a Service that asks for an
+	// address may change what they get.
+	keyedUsers map[types.NamespacedName]bool
 }
 
 func newPlanIndex() planIndex {
 	return planIndex{asks: map[types.NamespacedName][]netip.Addr{}, byAddr: map[netip.Addr][]types.NamespacedName{},
-		poolUsers: map[types.NamespacedName]bool{}}
+		poolUsers: map[types.NamespacedName]bool{}, keyedUsers: map[types.NamespacedName]bool{}}
 }
 
-// set records what nn asks for now (nil: nothing, or not served).
-func (x *planIndex) set(nn types.NamespacedName, asks []netip.Addr, poolUser bool) {
+// set records what nn asks for now (nil: nothing, or not served), and
+// whether it waits for a pool address, with a sharing key or not.
+func (x *planIndex) set(nn types.NamespacedName, asks []netip.Addr, poolUser, keyed bool) {
 	for _, a := range x.asks[nn] {
 		x.byAddr[a] = slices.DeleteFunc(x.byAddr[a], func(o types.NamespacedName) bool { return o == nn })
 		if len(x.byAddr[a]) == 0 {
@@ -75,6 +81,7 @@ func (x *planIndex) set(nn types.NamespacedName, asks []netip.Addr, poolUser boo
 	}
 	delete(x.asks, nn)
 	delete(x.poolUsers, nn)
+	delete(x.keyedUsers, nn)
 	if len(asks) > 0 {
 		x.asks[nn] = asks
 		for _, a := range asks {
@@ -83,6 +90,9 @@ func (x *planIndex) set(nn types.NamespacedName, asks []netip.Addr, poolUser boo
 	}
 	if poolUser {
 		x.poolUsers[nn] = true
+		if keyed {
+			x.keyedUsers[nn] = true
+		}
 	}
 }
 
@@ -91,9 +101,9 @@ func (x *planIndex) set(nn types.NamespacedName, asks []netip.Addr, poolUser boo
 // whose pool allocation was written asks for that address like any other;
 // should it lose it to an older one (two allocations raced), its plan has
 // a write, and the whole plan is computed again.
-func asked(s *corev1.Service) (ips []netip.Addr, poolUser bool) {
+func asked(s *corev1.Service) (ips []netip.Addr, poolUser bool, sharingKey string) {
 	r := readRequest(s)
-	return r.ips, r.needPool
+	return r.ips, r.needPool, r.sharingKey
 }
 
 // planInputsEqual reports whether two versions of a Service are the same
@@ -178,12 +188,12 @@ func (c *Controller) partialPlan(dirty map[types.NamespacedName]bool, p pool) (g
 	// The new requests of the dirty Services, and whether the addresses in
 	// use change.
 	fresh := map[types.NamespacedName][]netip.Addr{}
-	usedChanged := false
+	usedChanged, anyAsks := false, false
 	for nn := range dirty {
 		var ips []netip.Addr
 		poolUser := false
 		if s := c.servedService(nn); s != nil {
-			ips, poolUser = asked(s)
+			ips, poolUser, _ = asked(s)
 		}
 		if poolUser || x.poolUsers[nn] {
 			c.mu.Unlock()
@@ -193,8 +203,9 @@ func (c *Controller) partialPlan(dirty map[types.NamespacedName]bool, p pool) (g
 		if !slices.Equal(ips, x.asks[nn]) {
 			usedChanged = true
 		}
+		anyAsks = anyAsks || len(ips) > 0 || len(x.asks[nn]) > 0
 	}
-	if usedChanged && len(x.poolUsers) > 0 && p.data != nil {
+	if (usedChanged || anyAsks && len(x.keyedUsers) > 0) && len(x.poolUsers) > 0 && p.data != nil {
 		c.mu.Unlock()
 		return nil, nil, plan{}, false // a waiting allocation may change
 	}
@@ -327,19 +338,19 @@ func (c *Controller) reindexLocked(group map[types.NamespacedName]bool, svcs []*
 		c.index = newPlanIndex()
 	} else {
 		for nn := range group {
-			c.index.set(nn, nil, false)
+			c.index.set(nn, nil, false, false)
 		}
 	}
 	for _, s := range svcs {
 		if c.filter.serves(s) {
 			nn := types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
-			ips, poolUser := asked(s)
+			ips, poolUser, key := asked(s)
 			// A pending allocation (or its removal, after a lost race)
 			// depends on every address in use, as a waiting one does.
 			if sp := c.plan.services[nn]; sp != nil && sp.write {
 				poolUser = true
 			}
-			c.index.set(nn, ips, poolUser)
+			c.index.set(nn, ips, poolUser, key != "")
 		}
 	}
 }

@@ -114,6 +114,18 @@ func incrementalRun(t *testing.T, seed uint64) {
 		if rng.IntN(5) == 0 {
 			s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv6Protocol}
 		}
+		// What couples Services beyond their addresses: sharing keys
+		// (a waiting pool user may share an address in use), interfaces
+		// and named pools.
+		if rng.IntN(3) == 0 {
+			annotate(AnnotationMetalLBSharedIP, []string{"k1", "k2"}[rng.IntN(2)])(s)
+		}
+		if rng.IntN(6) == 0 {
+			annotate(AnnotationServiceInterface, []string{"eth1", "vlan7"}[rng.IntN(2)])(s)
+		}
+		if rng.IntN(6) == 0 {
+			annotate(AnnotationAddressPool, []string{"edge", "none"}[rng.IntN(2)])(s)
+		}
 		return s
 	}
 	b.c.markDirty(types.NamespacedName{}, true)
@@ -123,6 +135,11 @@ func incrementalRun(t *testing.T, seed uint64) {
 		case r == 0:
 			cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "kubevip"},
 				Data: map[string]string{"range-global": []string{"192.0.2.1-192.0.2.3", "192.0.2.2-192.0.2.2,2001:db8::1-2001:db8::2"}[rng.IntN(2)]}}
+			if rng.IntN(2) == 0 {
+				cm.Data["pool-edge"] = []string{"192.0.2.3", "192.0.2.2-192.0.2.3"}[rng.IntN(2)]
+				cm.Data["pool-edge.node-selector"] = "zone=a"
+				cm.Data["pool-edge.interface"] = "eth1"
+			}
 			if rng.IntN(3) == 0 {
 				_ = b.cms.Delete(cm)
 			} else {
