@@ -77,12 +77,3 @@ func (h *handovers) forget(keep map[string]election.Status) {
 		}
 	}
 }
-
-// signal sends on a channel of capacity one without blocking: a value
-// already waiting says the same.
-func signal(ch chan struct{}) {
-	select {
-	case ch <- struct{}{}:
-	default:
-	}
-}

@@ -17,6 +17,7 @@ import (
 	"github.com/vipd/vipd/internal/election"
 	"github.com/vipd/vipd/internal/heartbeat"
 	"github.com/vipd/vipd/internal/nodes"
+	"github.com/vipd/vipd/internal/notify"
 	"github.com/vipd/vipd/internal/services"
 )
 
@@ -302,7 +303,7 @@ func (r *reconciler) reconcile() {
 	if at := r.handovers.next(); !at.IsZero() && !at.Equal(r.wakeAt) {
 		// Look again when a kept VIP is to go.
 		r.wakeAt = at
-		time.AfterFunc(time.Until(at)+time.Millisecond, func() { signal(r.wake) })
+		time.AfterFunc(time.Until(at)+time.Millisecond, func() { notify.Signal(r.wake) })
 	}
 	if r.hb != nil {
 		r.hb.SetAsks(asks)

@@ -41,11 +41,3 @@ func newer(a, b string) bool {
 	}
 	return ai > bi
 }
-
-// signal sends on a coalescing channel of capacity one.
-func signal(ch chan struct{}) {
-	select {
-	case ch <- struct{}{}:
-	default:
-	}
-}

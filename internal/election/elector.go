@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/vipd/vipd/internal/backoff"
+	"github.com/vipd/vipd/internal/notify"
 )
 
 // Labels on the Leases vipd writes. A claim is told from a node Lease by
@@ -319,7 +320,7 @@ func (e *Elector) SetContests(cs []Contest) {
 	}
 	e.contests = m
 	e.mu.Unlock()
-	signal(e.wake)
+	notify.Signal(e.wake)
 }
 
 // SetNodeAnnotations publishes more annotations on this agent's node Lease,

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vipd/vipd/internal/notify"
 	coordinationv1 "k8s.io/api/coordination/v1"
 )
 
@@ -87,7 +88,7 @@ func (e *Elector) Run(ctx context.Context) error {
 			e.mu.Lock()
 			e.status = map[string]Status{}
 			e.mu.Unlock()
-			signal(e.changes)
+			notify.Signal(e.changes)
 			return nil
 		case send <- next:
 			queue = queue[1:]
@@ -109,7 +110,7 @@ func (e *Elector) Run(ctx context.Context) error {
 		case <-e.wake:
 		case <-peerChanges:
 			// What peers say matters to the agent too (who holds what).
-			signal(e.changes)
+			notify.Signal(e.changes)
 		case <-timer.C:
 		}
 		jobs, wakeAt := e.evaluate(inflight, freeSince, retryAt)
@@ -184,7 +185,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		}
 		if e.cfg.Peers != nil && e.apiOK {
 			if r := e.cfg.Peers.Peer(h); r.Heard && !r.APIOK {
-				signal(e.probe)
+				notify.Signal(e.probe)
 			}
 		}
 	}
@@ -298,7 +299,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		if slices.ContainsFunc(changes, func(c statusChange) bool { return c.old.Leading != c.next.Leading }) {
 			e.leadingEpoch.Add(1)
 		}
-		signal(e.changes)
+		notify.Signal(e.changes)
 	}
 
 	if meLive {
@@ -455,7 +456,7 @@ func (e *Elector) dropHolding() {
 	e.leadingEpoch.Add(1)
 	e.reportSelfLocked(e.now())
 	e.mu.Unlock()
-	signal(e.changes)
+	notify.Signal(e.changes)
 }
 
 // reportSelfLocked keeps the failure detector's message about us current,

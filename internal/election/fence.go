@@ -1,6 +1,10 @@
 package election
 
-import "time"
+import (
+	"time"
+
+	"github.com/vipd/vipd/internal/notify"
+)
 
 // A holder that is cut off must stop holding before the others may take
 // its claims, and must not start again from a stale view when it is back.
@@ -45,7 +49,7 @@ func (e *Elector) fencedLocked(now time.Time) bool {
 	if f.cut {
 		f.cut = false
 		f.cleared = now
-		signal(e.relist)
+		notify.Signal(e.relist)
 	}
 	return !f.cleared.IsZero() && !f.freshAt.After(f.cleared)
 }
@@ -54,5 +58,5 @@ func (e *Elector) fencedLocked(now time.Time) bool {
 // be read afresh before it is trusted again.
 func (e *Elector) apiRecoveredLocked(now time.Time) {
 	e.fence.apiBack = now
-	signal(e.relist)
+	notify.Signal(e.relist)
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vipd/vipd/internal/notify"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -140,7 +141,7 @@ func (e *Elector) observe(obj any, deleted bool) {
 			e.markDirtyLocked(l.Name)
 		}
 		e.mu.Unlock()
-		signal(e.wake)
+		notify.Signal(e.wake)
 		return
 	}
 	e.record(l)
@@ -168,7 +169,7 @@ func (e *Elector) record(l *coordinationv1.Lease) {
 	}
 	e.markDirtyLocked(l.Name)
 	e.mu.Unlock()
-	signal(e.wake)
+	notify.Signal(e.wake)
 }
 
 // watchBehindLocked reports whether the watch has not delivered our own

@@ -1,6 +1,10 @@
 package election
 
-import "time"
+import (
+	"time"
+
+	"github.com/vipd/vipd/internal/notify"
+)
 
 // Who is live, as this agent judges it. The Lease is the authority: an
 // agent is live while its node Lease is renewed. The failure detector
@@ -52,7 +56,7 @@ func (e *Elector) outageHoldLocked(now time.Time) bool {
 	}
 	if e.apiBackAt.IsZero() {
 		e.apiBackAt = now
-		signal(e.probe)
+		notify.Signal(e.probe)
 	}
 	return now.Before(e.apiBackAt.Add(e.cfg.RetryPeriod / 2))
 }
@@ -109,7 +113,7 @@ func (e *Elector) peerLiveLocked(node string, leaseLive bool, now time.Time) (bo
 			e.contradicted[node] = now
 			e.log.Info("an agent that renews says it reaches the API server, but its Lease looks expired here: reading every Lease afresh",
 				"peer", node)
-			signal(e.relist)
+			notify.Signal(e.relist)
 		}
 		if !e.fence.freshAt.After(seen) {
 			return true, "heard renewing; its Lease is being read afresh"

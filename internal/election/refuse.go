@@ -3,6 +3,8 @@ package election
 import (
 	"encoding/json"
 	"maps"
+
+	"github.com/vipd/vipd/internal/notify"
 )
 
 // SetRefused replaces the set of contests this agent cannot hold (an
@@ -31,8 +33,8 @@ func (e *Elector) replacePublished(field *map[string]string, m map[string]string
 	}
 	e.mu.Unlock()
 	if changed {
-		signal(e.publish)
-		signal(e.wake)
+		notify.Signal(e.publish)
+		notify.Signal(e.wake)
 	}
 }
 

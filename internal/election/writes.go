@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vipd/vipd/internal/notify"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -68,7 +69,7 @@ func (e *Elector) renewLoop(ctx context.Context) {
 				e.log.Warn("stopped holding: not live", "renew_deadline", e.cfg.RenewDeadline, "last_renewal", last)
 			}
 			wasLive = live
-			signal(e.wake)
+			notify.Signal(e.wake)
 		}
 		next := last.Add(interval)
 		if err != nil {
@@ -115,7 +116,7 @@ func (e *Elector) refreshLoop(ctx context.Context) {
 				e.mu.Lock()
 				e.fence.freshAt = start
 				e.mu.Unlock()
-				signal(e.wake)
+				notify.Signal(e.wake)
 				break
 			}
 			d := e.retries.Policy.Delay(failures)

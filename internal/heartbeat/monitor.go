@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vipd/vipd/internal/notify"
 )
 
 // Defaults for Config.
@@ -362,11 +363,11 @@ func (m *Monitor) SetKeys(k *Keys) error {
 	switch {
 	case r != nil:
 		m.log.Info("heartbeat keys set", "signing_key", KeyID(k.Sign), "accepted_keys", r.ids(), "insecure", k.IsInsecure())
-		signal(m.kick)
+		notify.Signal(m.kick)
 	case had:
 		m.log.Warn("heartbeat keys removed: no beats are sent or accepted; failover waits for Lease expiry")
 	}
-	signal(m.changes)
+	notify.Signal(m.changes)
 	return nil
 }
 
@@ -380,7 +381,7 @@ func (m *Monitor) SetCluster(id string) error {
 	m.cluster = id
 	m.mu.Unlock()
 	if changed {
-		signal(m.kick)
+		notify.Signal(m.kick)
 	}
 	return nil
 }
@@ -437,10 +438,10 @@ func (m *Monitor) SetPeers(peers map[string]netip.AddrPort) {
 			"peer", name, "addr", peers[name], "listen", m.addr)
 	}
 	if added {
-		signal(m.kick) // greet new (or moved) peers now rather than at the next tick
+		notify.Signal(m.kick) // greet new (or moved) peers now rather than at the next tick
 	}
 	if changed {
-		signal(m.changes)
+		notify.Signal(m.changes)
 	}
 }
 
@@ -452,7 +453,7 @@ func (m *Monitor) SetState(s State) {
 	m.self, m.stateSet = s, true
 	m.mu.Unlock()
 	if changed {
-		signal(m.kick)
+		notify.Signal(m.kick)
 	}
 }
 
@@ -485,7 +486,7 @@ func (m *Monitor) SetAsks(contests []string) {
 	m.asks = asks
 	m.mu.Unlock()
 	if changed {
-		signal(m.kick)
+		notify.Signal(m.kick)
 	}
 }
 
@@ -500,11 +501,11 @@ func (m *Monitor) SetLinkUp(up bool) {
 	if changed {
 		if up {
 			m.log.Info("heartbeat link up")
-			signal(m.kick)
+			notify.Signal(m.kick)
 		} else {
 			m.log.Warn("heartbeat link down: judging no peer until it is back and heard for a full timeout")
 		}
-		signal(m.rearm)
-		signal(m.changes)
+		notify.Signal(m.rearm)
+		notify.Signal(m.changes)
 	}
 }

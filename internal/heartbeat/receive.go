@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"slices"
 	"time"
+
+	"github.com/vipd/vipd/internal/notify"
 )
 
 // receive reads beats until the socket is closed.
@@ -93,7 +95,7 @@ func (m *Monitor) handle(p []byte, from netip.AddrPort, now time.Time) {
 		m.mu.Unlock()
 		m.metrics.received("unverified")
 		if bootstrap {
-			signal(m.kick) // answer at once, so that it hears us
+			notify.Signal(m.kick) // answer at once, so that it hears us
 		}
 		return
 	}
@@ -124,16 +126,16 @@ func (m *Monitor) handle(p []byte, from netip.AddrPort, now time.Time) {
 	case !wasHeard:
 		m.log.Info("heartbeat peer heard", "peer", b.From, "from", from, "api_ok", b.State.APIOK, "live", b.State.Live,
 			"first", !wasEver, "longest_gap", gap)
-		signal(m.rearm)
-		signal(m.changes)
+		notify.Signal(m.rearm)
+		notify.Signal(m.changes)
 		// Answer at once: our next beat echoes this one, which is what
 		// makes us heard there.
-		signal(m.kick)
+		notify.Signal(m.kick)
 	case cutChanged || old.state != b.State || !slices.Equal(old.hears, b.Hears) || !slices.Equal(old.holds, b.Holds):
 		if old.state != b.State {
 			m.log.Debug("heartbeat peer state", "peer", b.From, "api_ok", b.State.APIOK, "live", b.State.Live)
 		}
-		signal(m.changes)
+		notify.Signal(m.changes)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"time"
+
+	"github.com/vipd/vipd/internal/notify"
 )
 
 // Run sends a round of beats to every peer each Interval (and at once when
@@ -135,20 +137,12 @@ func (m *Monitor) sweep(now time.Time) time.Duration {
 		}
 	}
 	if len(silent) > 0 || cutChanged || blindChanged {
-		signal(m.changes)
+		notify.Signal(m.changes)
 	}
 	if len(silent) > 0 {
 		// Whom we hear changed: tell the others at once, since they wait
 		// for that before judging the silent peer dead.
-		signal(m.kick)
+		notify.Signal(m.kick)
 	}
 	return next
-}
-
-// signal sends on a coalescing channel of capacity one.
-func signal(ch chan struct{}) {
-	select {
-	case ch <- struct{}{}:
-	default:
-	}
 }
