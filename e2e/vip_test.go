@@ -100,9 +100,11 @@ func checkGARP(t *testing.T, cp *lab.Capture, after time.Time, n *lab.Node) {
 }
 
 // TestGracefulHandover: SIGTERM to the holder's agent (a drain, a rolling
-// update) removes the VIP, releases the Lease and exits 0; another node
-// takes over at once, without waiting for the Lease to expire, and at no
-// moment do two nodes hold the VIP.
+// update) hands the VIP over without a gap for the client: the agent
+// silences the VIP but keeps it until it sees the new holder, releases the
+// Lease and exits 0; another node takes over at once, without waiting for
+// the Lease to expire; the client's pings go unanswered for no longer than
+// the graceful bound, and at no moment do two nodes answer ARP for the VIP.
 func TestGracefulHandover(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	w := watchVIP(t, e.lab.Nodes, vip4)
@@ -110,31 +112,42 @@ func TestGracefulHandover(t *testing.T) {
 	h := e.waitSoleHolder(startTimeout)
 	e.waitLeaseHolder(5*time.Second, h.Name)
 	e.mustReach(vip4, h)
+	a := watchARP(t, e, vip4, 20*time.Millisecond)
 
-	stop := time.Now()
-	if err := procs[h.Name].Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
+	var stop time.Time
 	var next string
-	took, err := w.Wait(5*time.Second, func(holders []string) bool {
-		if len(holders) == 1 && holders[0] != h.Name {
-			next = holders[0]
-			return true
+	gaps := pingGap(t, e.lab.Client, []netip.Addr{vip4}, func() {
+		stop = time.Now()
+		if err := procs[h.Name].Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
 		}
-		return false
+		took, err := w.Wait(5*time.Second, func(holders []string) bool {
+			for _, n := range holders {
+				if n != h.Name {
+					next = n
+					return true
+				}
+			}
+			return false
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Expiry would take a Lease duration; a release is seen through
+		// the watch at once.
+		if d := took.Sub(stop); d > e.timing.lease/2 {
+			t.Errorf("%s took over %v after SIGTERM; a released Lease should be taken at once (Lease duration %v)", next, d, e.timing.lease)
+		} else {
+			t.Logf("%s took over %v after SIGTERM to %s", next, d.Round(time.Millisecond), h.Name)
+		}
+		if code := waitExit(t, procs[h.Name], 5*time.Second); code != 0 {
+			t.Errorf("vipd on %s exited %d after SIGTERM, want 0", h.Name, code)
+		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Expiry would take a Lease duration; a release is seen through the
-	// watch at once.
-	if d := took.Sub(stop); d > e.timing.lease/2 {
-		t.Errorf("%s took over %v after SIGTERM; a released Lease should be taken at once (Lease duration %v)", next, d, e.timing.lease)
+	if gaps[vip4] > gracefulGap {
+		t.Errorf("the client went %v without an answer from %s across the handover, want at most %v", gaps[vip4], vip4, gracefulGap)
 	} else {
-		t.Logf("%s took over %v after SIGTERM to %s", next, d.Round(time.Millisecond), h.Name)
-	}
-	if code := waitExit(t, procs[h.Name], 5*time.Second); code != 0 {
-		t.Errorf("vipd on %s exited %d after SIGTERM, want 0", h.Name, code)
+		t.Logf("longest gap in the client's answers: %v", gaps[vip4].Round(time.Millisecond))
 	}
 	if got := e.mustHolding(); got.has(h.Name, vip4) {
 		t.Errorf("the VIP is still on %s after its agent stopped: %v", h.Name, got)
@@ -149,8 +162,20 @@ func TestGracefulHandover(t *testing.T) {
 	}
 	e.waitLeaseHolder(5*time.Second, next)
 	e.mustReach(vip4, e.node(next))
-	if d := w.Overlap(stop.Add(-time.Second), time.Now(), nil); d > 0 {
-		t.Errorf("two nodes held the VIP at once for %v: %+v", d, w.Events())
+	a.Stop()
+	if err := a.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if d := w.Overlap(stop, time.Now(), nil); d > stepDownBound {
+		t.Errorf("%s kept the VIP, silent, for %v beside %s; a stopping agent lets go once it sees the new holder", h.Name, d, next)
+	} else {
+		t.Logf("%s kept the VIP, silent, %v beside %s", h.Name, d.Round(time.Millisecond), next)
+	}
+	if d := a.Doubled(stop.Add(-time.Second), time.Now()); d > 0 {
+		t.Errorf("two nodes answered ARP for the VIP for %v across the handover", d)
+	}
+	if who := a.Answerers(stop, time.Now()); !slices.Contains(who, next) {
+		t.Errorf("the client's ARP questions were answered by %v, not by the new holder %s", who, next)
 	}
 }
 

@@ -172,6 +172,12 @@ func (w *vipWatch) Err() error {
 	return w.err
 }
 
+// stepDownBound is the longest a stopping agent keeps its VIPs on its
+// interfaces, silent, once it has released them (the agent's stepDownMax):
+// the time two nodes may carry a VIP across a graceful handover. Who
+// answers for it is checked on the wire (arpWatch).
+const stepDownBound = time.Second
+
 // Overlap is how long, between from and to, at least two of the given
 // nodes held the VIP at once (nil nodes: all).
 func (w *vipWatch) Overlap(from, to time.Time, nodes []string) time.Duration {

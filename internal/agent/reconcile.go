@@ -90,6 +90,7 @@ type reconciler struct {
 	// present are the VIPs apply last left on the interfaces; linksUp
 	// says which interfaces had carrier at their last link report.
 	present []netip.Addr
+	on      map[netip.Addr]string // the interface of each of present
 	linksUp map[string]bool
 	// conflicts probes new VIPs and watches held ones for foreign hosts.
 	conflicts *conflicts
@@ -442,7 +443,7 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 	var present, announce []netip.Addr
 	var refused map[netip.Addr]error
 	defer func() {
-		r.present = present
+		r.present, r.on = present, p.on
 		r.metrics.held.Set(float64(len(present)))
 		r.conflicts.watchHeld(present, p, r.links.main.Name)
 	}()
@@ -523,25 +524,6 @@ func (r *reconciler) refreshGuard(ctx context.Context, interval, stuck time.Dura
 		}
 		if err := r.guard.Refresh(); err != nil {
 			r.log.Error("refreshing the ARP/NDP guard", "err", err)
-		}
-	}
-}
-
-// shutdown steps down in the order that keeps one holder: silence, remove
-// the addresses, then release so the next holders start at once. The guard
-// goes last: with the addresses gone it has nothing left to guard, and
-// removing it must not delay the release.
-func (r *reconciler) shutdown() {
-	r.log.Info("shutting down: stepping down")
-	r.apply(plan{})
-	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
-	defer cancel()
-	if err := r.el.Release(ctx); err != nil {
-		r.log.Warn("could not release; others take over when this node's lease expires", "err", err)
-	}
-	if r.guard != nil {
-		if err := r.guard.Close(); err != nil {
-			r.log.Warn("removing the ARP/NDP guard", "err", err)
 		}
 	}
 }
