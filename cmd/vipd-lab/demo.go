@@ -267,9 +267,12 @@ func (d *demo) graceful(ctx context.Context) error {
 	}
 	d.report(o)
 	if o.overlap {
-		d.say("%s and %s had the VIP at the same moment", old.Name, o.newHolder.Name)
+		// Make before break: the stopping agent silenced the VIP (no
+		// announcements, no ARP answers) but kept it until it saw the
+		// new holder, so packets the client still sent to it were served.
+		d.say("%s kept %s on its eth0, silent, until it saw %s hold it: the client was answered throughout", old.Name, d.vip, o.newHolder.Name)
 	} else {
-		d.say("at no moment did two nodes have the VIP")
+		d.say("%s removed %s before %s added it", old.Name, d.vip, o.newHolder.Name)
 	}
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

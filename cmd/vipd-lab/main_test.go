@@ -78,7 +78,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo: %v\n%s", err, logs.String())
 	}
 	for _, want := range []string{
-		"at no moment did two nodes have the VIP",
+		"longest time without a ping reply",
 		"graceful (SIGTERM)",
 		"node loss (SIGKILL, link down)",
 		"shows none of",
