@@ -164,6 +164,13 @@ func (e *Elector) noteStatusLocked(changes []statusChange, meLive bool) {
 				r.LeaseUID = o.lease.UID
 			}
 			e.reports[ch.name] = r
+		case ch.next.Leading && r.Leading && r.LeaseUID == "":
+			// Our write's result came through the watch before the write
+			// returned (noteTaken): the claim is the one we wrote.
+			if o := e.leases[ch.name]; o != nil && holder(o.lease) == e.cfg.Identity {
+				r.LeaseUID = o.lease.UID
+				e.reports[ch.name] = r
+			}
 		case ch.old.Leading && !ch.next.Leading && r.Leading:
 			// A deliberate release said why already (not r.Leading).
 			why := LostTaken
