@@ -111,9 +111,7 @@ func benchmarkFailover(b *testing.B, sc scenario) {
 	nw := watchNeighbor(b, e.lab.Client, vip4)
 	procs := e.startAll()
 	h := e.waitSoleHolder(startTimeout)
-	for _, n := range e.lab.Nodes {
-		waitLog(b, procs[n.Name], 0, 10*time.Second, " holder="+h.Name)
-	}
+	e.waitKnownHolder(procs, h)
 	e.waitHeard(procs)
 
 	var rounds []failover

@@ -588,6 +588,19 @@ func waitExit(tb testing.TB, p *lab.Process, timeout time.Duration) int {
 	return exitCode(err)
 }
 
+// waitKnownHolder waits until every agent has logged that h holds the
+// control-plane VIP: h that it took it, the others that h is the holder.
+func (e *env) waitKnownHolder(procs map[string]*lab.Process, h *lab.Node) {
+	e.tb.Helper()
+	for _, n := range e.lab.Nodes {
+		if n == h {
+			waitLog(e.tb, procs[n.Name], 0, 10*time.Second, "took VIP")
+		} else {
+			waitLog(e.tb, procs[n.Name], 0, 10*time.Second, " holder="+h.Name)
+		}
+	}
+}
+
 // waitLog waits until p's output after the first from bytes holds all of
 // the substrings on one line.
 func waitLog(tb testing.TB, p *lab.Process, from int, timeout time.Duration, substrs ...string) {

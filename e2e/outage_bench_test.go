@@ -20,9 +20,7 @@ func BenchmarkAPIOutage(b *testing.B) {
 	w := watchVIP(b, e.lab.Nodes, vip4)
 	procs := e.startAll()
 	h := e.waitSoleHolder(startTimeout)
-	for _, n := range e.lab.Nodes {
-		waitLog(b, procs[n.Name], 0, 10*time.Second, " holder="+h.Name)
-	}
+	e.waitKnownHolder(procs, h)
 
 	var gaps []time.Duration
 	moved := 0
