@@ -23,7 +23,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	coreinformers "k8s.io/client-go/informers/core/v1"
@@ -454,130 +453,6 @@ func (c *Controller) RefusedHere(ip netip.Addr, reason string) {
 			warning: warning{reason: reasonRefusedHere, message: msg}})
 	}
 	c.flushLocked()
-}
-
-// replan brings the plan up to date with what changed since the last
-// one: the Services sharing addresses with the changed ones, or everything
-// (replan.go says when).
-func (c *Controller) replan() {
-	d := c.takeDirty()
-	p := c.currentPool()
-	c.mu.Lock()
-	first := !c.planned
-	c.mu.Unlock()
-
-	var group map[types.NamespacedName]bool // nil: all
-	var svcs []*corev1.Service
-	var sub plan
-	ok := false
-	if !d.full && !first {
-		if len(d.services) == 0 {
-			return
-		}
-		group, svcs, sub, ok = c.partialPlan(d.services, p)
-	}
-	if !ok {
-		var err error
-		if svcs, err = c.services.List(labels.Everything()); err != nil {
-			c.log.Error("listing Services from the cache", "err", err)
-			return
-		}
-		eps, err := c.slices.List(labels.Everything())
-		if err != nil {
-			c.log.Error("listing EndpointSlices from the cache", "err", err)
-			return
-		}
-		group, sub = nil, computePlan(svcs, eps, p, c.filter)
-	}
-
-	c.mu.Lock()
-	var prev map[types.NamespacedName]*servicePlan // the plans replaced
-	var changed bool
-	if group == nil {
-		if !slices.Equal(c.plan.poolProblems, sub.poolProblems) {
-			// Said once per change of the ConfigMap, not on every recomputation.
-			for _, p := range sub.poolProblems {
-				c.log.Warn("address pool ConfigMap has a key vipd cannot use", "configmap", c.cfg.PoolNamespace+"/"+c.cfg.PoolConfigMap, "problem", p)
-			}
-		}
-		prev, changed = c.plan.services, first || !equalAddresses(c.plan.addresses, sub.addresses)
-		c.plan = sub
-	} else {
-		prev, changed = c.spliceLocked(group, sub)
-	}
-	c.planned = true
-	c.reindexLocked(group, svcs)
-	scope := group
-	if scope == nil {
-		scope = make(map[types.NamespacedName]bool, len(sub.services)+len(prev))
-		for nn := range sub.services {
-			scope[nn] = true
-		}
-		for nn := range prev {
-			scope[nn] = true
-		}
-	}
-
-	// Warn once per problem, not on every recomputation; a problem that
-	// goes away and comes back is reported again.
-	was := c.warned
-	if group == nil {
-		c.warned = map[types.UID]map[warning]bool{}
-	} else {
-		was = map[types.UID]map[warning]bool{}
-		for nn := range group {
-			if old := prev[nn]; old != nil {
-				was[old.uid] = c.warned[old.uid]
-				delete(c.warned, old.uid)
-			}
-		}
-	}
-	for nn := range scope {
-		sp := sub.services[nn]
-		if sp == nil {
-			continue
-		}
-		for _, w := range sp.warnings {
-			if !was[sp.uid][w] {
-				c.pending = append(c.pending, pendingEvent{svc: nn, uid: sp.uid, addrs: sp.addrs, warning: w})
-			}
-			if c.warned[sp.uid] == nil {
-				c.warned[sp.uid] = map[warning]bool{}
-			}
-			c.warned[sp.uid][w] = true
-		}
-	}
-	c.flushLocked()
-	for ip := range c.rejected {
-		if len(c.plan.servicesAt(ip)) == 0 {
-			delete(c.rejected, ip)
-		}
-	}
-	var todo []item
-	for nn := range scope {
-		sp, old := sub.services[nn], prev[nn]
-		if sp == nil {
-			delete(c.assigned, nn)
-			continue
-		}
-		if sp.write {
-			todo = append(todo, item{kind: kindAllocate, svc: nn})
-		}
-		if old == nil || old.source != sp.source || !slices.Equal(old.addrs, sp.addrs) {
-			todo = append(todo, item{kind: kindStatus, svc: nn})
-		}
-	}
-	c.mu.Unlock()
-
-	if changed {
-		select {
-		case c.changes <- struct{}{}:
-		default:
-		}
-	}
-	for _, it := range todo {
-		c.queue.Add(it)
-	}
 }
 
 // currentPool reads the pool ConfigMap from the cache.
