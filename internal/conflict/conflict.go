@@ -208,6 +208,30 @@ func (d *Detector) readARP() {
 	}
 }
 
+// Advertised reads a neighbour advertisement from an IPv6 packet (header
+// included) that came from the MAC from: the address it is for, and the
+// MAC it gives for it (its target link-layer option, else the sender's).
+func Advertised(pkt []byte, from net.HardwareAddr) (target netip.Addr, mac net.HardwareAddr, ok bool) {
+	if len(pkt) < 40 {
+		return netip.Addr{}, nil, false
+	}
+	m, err := ndp.ParseMessage(pkt[40:])
+	if err != nil {
+		return netip.Addr{}, nil, false
+	}
+	na, isNA := m.(*ndp.NeighborAdvertisement)
+	if !isNA {
+		return netip.Addr{}, nil, false
+	}
+	mac = from
+	for _, o := range na.Options {
+		if l, isLL := o.(*ndp.LinkLayerAddress); isLL && l.Direction == ndp.Target {
+			mac = l.Addr
+		}
+	}
+	return na.TargetAddress, mac, true
+}
+
 func (d *Detector) readNA() {
 	buf := make([]byte, 1500)
 	for {
@@ -215,24 +239,9 @@ func (d *Detector) readNA() {
 		if err != nil {
 			return
 		}
-		if n < 40 {
-			continue
+		if target, mac, ok := Advertised(buf[:n], from.(*packet.Addr).HardwareAddr); ok {
+			d.seen(target, mac)
 		}
-		m, err := ndp.ParseMessage(buf[40:n])
-		if err != nil {
-			continue
-		}
-		na, ok := m.(*ndp.NeighborAdvertisement)
-		if !ok {
-			continue
-		}
-		mac := from.(*packet.Addr).HardwareAddr
-		for _, o := range na.Options {
-			if l, ok := o.(*ndp.LinkLayerAddress); ok && l.Direction == ndp.Target {
-				mac = l.Addr
-			}
-		}
-		d.seen(na.TargetAddress, mac)
 	}
 }
 

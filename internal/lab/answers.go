@@ -211,21 +211,9 @@ func (a *Answers) readNA() {
 		if k < 0 {
 			continue
 		}
-		m, err := ndp.ParseMessage(buf[40:n])
-		if err != nil {
-			continue
+		if target, mac, ok := conflict.Advertised(buf[:n], from.(*packet.Addr).HardwareAddr); ok {
+			a.answered(target, mac, k)
 		}
-		na, ok := m.(*ndp.NeighborAdvertisement)
-		if !ok {
-			continue
-		}
-		mac := from.(*packet.Addr).HardwareAddr
-		for _, o := range na.Options {
-			if l, ok := o.(*ndp.LinkLayerAddress); ok && l.Direction == ndp.Target {
-				mac = l.Addr
-			}
-		}
-		a.answered(na.TargetAddress, mac, k)
 	}
 }
 
