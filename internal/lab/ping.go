@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -14,14 +15,19 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 )
 
 // Echo is one echo request of a PingLoop.
 type Echo struct {
-	Seq   int       // 0, 1, 2, ... in send order
-	Sent  time.Time // when it was sent
-	Reply time.Time // when its first reply came; zero if none did
-	Dups  int       // replies after the first: more than one station answered
+	Seq  int       // 0, 1, 2, ... in send order
+	Sent time.Time // when it was sent
+	// Reply is when its first reply reached the client's namespace, as
+	// the kernel stamped it on arrival (SO_TIMESTAMPNS): a test process
+	// that a loaded machine schedules late does not move it. Zero if no
+	// reply came.
+	Reply time.Time
+	Dups  int // replies after the first: more than one station answered
 }
 
 // PingRecord is the record of one target of a running or finished
@@ -36,10 +42,11 @@ type PingRecord struct {
 // pinger sends the echo requests of PingMany: one raw socket per address
 // family, whatever the number of targets.
 type pinger struct {
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	stop   sync.Once
-	conns  []*icmp.PacketConn
+	cancel   context.CancelFunc
+	interval time.Duration
+	wg       sync.WaitGroup
+	stop     sync.Once
+	conns    []*net.IPConn
 
 	mu  sync.Mutex
 	err error // first send or receive error other than closing
@@ -69,7 +76,7 @@ func (c *Client) PingMany(ctx context.Context, ips []netip.Addr, interval time.D
 		byFamily[ip.Is6()] = append(byFamily[ip.Is6()], ip)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	p := &pinger{cancel: cancel}
+	p := &pinger{cancel: cancel, interval: interval}
 	recs := map[netip.Addr]*PingRecord{}
 	for _, ip := range ips {
 		recs[ip] = &PingRecord{p: p}
@@ -83,11 +90,18 @@ func (c *Client) PingMany(ctx context.Context, ips []netip.Addr, interval time.D
 		if v6 {
 			network, laddr = "ip6:ipv6-icmp", "::"
 		}
-		var conn *icmp.PacketConn
+		var conn *net.IPConn
 		err := InNetns(c.Netns, func() error {
-			var err error
-			conn, err = icmp.ListenPacket(network, laddr)
-			return err
+			pc, err := net.ListenPacket(network, laddr)
+			if err != nil {
+				return err
+			}
+			conn = pc.(*net.IPConn)
+			if err := stampArrivals(conn); err != nil {
+				conn.Close()
+				return err
+			}
+			return nil
 		})
 		if err != nil {
 			cancel()
@@ -122,7 +136,7 @@ func (c *Client) PingMany(ctx context.Context, ips []netip.Addr, interval time.D
 	return recs, nil
 }
 
-func (p *pinger) send(ctx context.Context, conn *icmp.PacketConn, v6 bool, targets []netip.Addr, id int, interval time.Duration, recs map[netip.Addr]*PingRecord) {
+func (p *pinger) send(ctx context.Context, conn *net.IPConn, v6 bool, targets []netip.Addr, id int, interval time.Duration, recs map[netip.Addr]*PingRecord) {
 	defer p.wg.Done()
 	// Closing the socket here ends receive too.
 	defer conn.Close()
@@ -155,27 +169,39 @@ func (p *pinger) send(ctx context.Context, conn *icmp.PacketConn, v6 bool, targe
 	}
 }
 
-func (p *pinger) receive(conn *icmp.PacketConn, v6 bool, id int, recs map[netip.Addr]*PingRecord) {
+func (p *pinger) receive(conn *net.IPConn, v6 bool, id int, recs map[netip.Addr]*PingRecord) {
 	defer p.wg.Done()
 	proto, reply := 1, icmp.Type(ipv4.ICMPTypeEchoReply)
 	if v6 {
 		proto, reply = 58, ipv6.ICMPTypeEchoReply
 	}
 	buf := make([]byte, 1500)
+	oob := make([]byte, 128)
 	for {
-		n, peer, err := conn.ReadFrom(buf)
+		n, oobn, _, peer, err := conn.ReadMsgIP(buf, oob)
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
 				p.fail(err)
 			}
 			return
 		}
-		now := time.Now()
-		pa, ok := peer.(*net.IPAddr)
+		now, ok := arrival(oob[:oobn])
 		if !ok {
+			p.fail(errors.New("an echo reply came without the kernel's arrival time (SO_TIMESTAMPNS)"))
+			return
+		}
+		msg := buf[:n]
+		if !v6 {
+			// A raw IPv4 socket reads the IP header too.
+			if len(msg) < 20 || msg[0]>>4 != 4 || len(msg) < int(msg[0]&0x0f)*4 {
+				continue
+			}
+			msg = msg[int(msg[0]&0x0f)*4:]
+		}
+		if peer == nil {
 			continue
 		}
-		src, ok := netip.AddrFromSlice(pa.IP)
+		src, ok := netip.AddrFromSlice(peer.IP)
 		if !ok {
 			continue
 		}
@@ -183,7 +209,7 @@ func (p *pinger) receive(conn *icmp.PacketConn, v6 bool, id int, recs map[netip.
 		if r == nil {
 			continue
 		}
-		m, err := icmp.ParseMessage(proto, buf[:n])
+		m, err := icmp.ParseMessage(proto, msg)
 		if err != nil || m.Type != reply {
 			continue
 		}
@@ -261,20 +287,68 @@ func (r *PingRecord) Replies() []time.Time {
 
 // LongestGap is the longest time a client went without an answer around a
 // disruption: among echoes sent within [from, to] that were answered, taken
-// in send order, the largest difference between the reply times of two
-// consecutive ones. Zero when fewer than two were answered. The window
-// should extend past recovery, or the outage has no closing reply.
+// in send order, the largest time between the reply to one and the reply to
+// the next answered one. The window should extend past recovery, or the
+// outage has no closing reply. Zero when fewer than two were answered.
+//
+// It is what the client saw, not what the test process saw: replies are
+// timed by the kernel on arrival, and a stretch in which the loop sent
+// nothing (the test process not scheduled on a loaded machine) is not
+// counted while no echo was waiting for an answer. Waiting starts at the
+// reply, or at one interval before the next echo went out if that was
+// later.
 func (r *PingRecord) LongestGap(from, to time.Time) time.Duration {
+	echoes := r.Echoes()
+	interval := r.p.interval
 	var gap time.Duration
-	var prev time.Time
-	for _, e := range r.Echoes() {
+	prev := -1 // the last answered echo
+	for i, e := range echoes {
 		if e.Sent.Before(from) || e.Sent.After(to) || e.Reply.IsZero() {
 			continue
 		}
-		if !prev.IsZero() {
-			gap = max(gap, e.Reply.Sub(prev))
+		if prev >= 0 {
+			start := echoes[prev].Reply
+			if next := echoes[prev+1].Sent.Add(-interval); next.After(start) {
+				start = next
+			}
+			gap = max(gap, e.Reply.Sub(start))
 		}
-		prev = e.Reply
+		prev = i
 	}
 	return gap
+}
+
+// stampArrivals asks the kernel to stamp each packet conn reads with the
+// time it arrived (SO_TIMESTAMPNS).
+func stampArrivals(conn *net.IPConn) error {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("asking for arrival times (SO_TIMESTAMPNS): %w", serr)
+	}
+	return nil
+}
+
+// arrival reads the kernel's arrival time from a packet's control messages.
+func arrival(oob []byte) (time.Time, bool) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return time.Time{}, false
+	}
+	for _, m := range msgs {
+		if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= 16 {
+			sec := int64(binary.NativeEndian.Uint64(m.Data[0:8]))
+			nsec := int64(binary.NativeEndian.Uint64(m.Data[8:16]))
+			return time.Unix(sec, nsec), true
+		}
+	}
+	return time.Time{}, false
 }
