@@ -36,7 +36,9 @@ func (h *handovers) keep(b binding, node string, prev, st election.Status, why e
 		h.until, h.seen = map[string]time.Time{}, map[string]bool{}
 	}
 	c := b.contest
-	if prev.Leading && !st.Leading && st.Leader == "" && why == election.LostNotCandidate &&
+	// The new holder may be seen already when the loss is (changes are
+	// gathered): then only the moment more for its announcement is left.
+	if prev.Leading && !st.Leading && st.Leader != node && why == election.LostNotCandidate &&
 		(b.local == nil || slices.Contains(b.local, node)) {
 		h.until[c], h.seen[c] = now.Add(h.max), false
 	}

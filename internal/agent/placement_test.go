@@ -124,6 +124,17 @@ func TestHandovers(t *testing.T) {
 	if !h.keep(b, "n1", held, free, election.LostNotCandidate, t0) || h.keep(b, "n1", free, free, election.LostNotCandidate, t0.Add(6*time.Second)) {
 		t.Error("not kept at first, or kept past max")
 	}
+	// Released and already taken by the time this node looks: kept for
+	// the moment the new holder's announcement takes.
+	if !h.keep(b, "n1", held, taken, election.LostNotCandidate, t0) {
+		t.Error("not kept for a moment when the new holder was seen at once")
+	}
+	if at := h.next(); !at.Equal(t0.Add(100 * time.Millisecond)) {
+		t.Errorf("next look at %v, want 100ms", at.Sub(t0))
+	}
+	if h.keep(b, "n1", taken, taken, election.LostNotCandidate, t0.Add(200*time.Millisecond)) {
+		t.Error("kept past the moment after the new holder was seen")
+	}
 	for _, why := range []election.Reason{election.LostLacking, election.LostRefused, election.LostNotLive, election.LostShutdown} {
 		if h.keep(b, "n1", held, free, why, t0) {
 			t.Errorf("kept after losing for %s", why)

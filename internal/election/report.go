@@ -136,12 +136,28 @@ func (e *Elector) noteTaken(contest string, claim *coordinationv1.Lease, err err
 	}
 }
 
-// noteLost records why this agent gave a contest up on purpose; the status
-// change that follows keeps the reason.
-func (e *Elector) noteLost(contest string, why Reason) {
+// noteReleasing records why a release about to be written gives the
+// contest up on purpose; the status change that follows keeps the reason.
+// undo puts the report back if the write fails and the contest is still
+// held.
+func (e *Elector) noteReleasing(contest string, why Reason) (undo func()) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.reports[contest] = Report{Reason: why, At: e.now()}
+	before, had := e.reports[contest]
+	mine := Report{Reason: why, At: e.now()}
+	e.reports[contest] = mine
+	return func() {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if e.reports[contest] != mine || !e.status[contest].Leading {
+			return
+		}
+		if had {
+			e.reports[contest] = before
+		} else {
+			delete(e.reports, contest)
+		}
+	}
 }
 
 // statusChange is one contest's status as an evaluation changed it.

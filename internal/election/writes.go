@@ -308,10 +308,6 @@ func (e *Elector) do(ctx context.Context, j job) error {
 		l := j.base.DeepCopy()
 		empty := ""
 		l.Spec.HolderIdentity = &empty
-		out, err := leases.Update(ctx, l, metav1.UpdateOptions{})
-		if err != nil {
-			return err
-		}
 		e.mu.Lock()
 		reason, refused := e.refused[j.name]
 		lacks, lacking := e.lacking[e.contests[j.name].Needs]
@@ -323,7 +319,16 @@ func (e *Elector) do(ctx context.Context, j job) error {
 		case lacking:
 			why, reason = LostLacking, lacks
 		}
-		e.noteLost(j.name, why)
+		// Said before the write: the watch may show the release before
+		// the write returns, and the agent acts on the reason then (a
+		// node that may no longer hold a VIP hands it over make before
+		// break).
+		undo := e.noteReleasing(j.name, why)
+		out, err := leases.Update(ctx, l, metav1.UpdateOptions{})
+		if err != nil {
+			undo()
+			return err
+		}
 		e.record(out)
 		// The agent logs the decision, with the VIPs.
 		log.Debug("released claim", "reason", why, "refused_because", reason)
