@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -142,12 +143,36 @@ func TestInterfaceRecreated(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitLog(t, procs[h.Name], from, 10*time.Second, "the VIP interface was made again")
-	// It hears the others again: it is a full member once more.
-	for _, n := range e.lab.Nodes {
-		if n != h {
-			waitLog(t, procs[h.Name], from, 10*time.Second, "heartbeat peer heard", "peer="+n.Name)
+	// It hears the others again: it is a full member once more. A peer
+	// it judged silent while its link was gone is heard again; one whose
+	// beats stopped for less than the silence timeout was never judged
+	// silent, and must not be for longer than that timeout now.
+	judgedSilent := func() error {
+		log := procs[h.Name].Log()
+		if from > len(log) {
+			from = 0 // trimmed; look at what is kept
 		}
+		silent := map[string]bool{}
+		for _, line := range strings.Split(log[from:], "\n") {
+			for _, n := range e.lab.Nodes {
+				switch {
+				case !strings.Contains(line, "peer="+n.Name+" "):
+				case strings.Contains(line, "heartbeat peer silent"):
+					silent[n.Name] = true
+				case strings.Contains(line, "heartbeat peer heard"):
+					silent[n.Name] = false
+				}
+			}
+		}
+		for n, s := range silent {
+			if s {
+				return fmt.Errorf("%s judges %s silent", h.Name, n)
+			}
+		}
+		return nil
 	}
+	waitFor(t, 10*time.Second, "every peer heard again", judgedSilent)
+	holdFor(t, time.Second, "every peer heard", judgedSilent) // the silence timeout is 200 ms
 
 	// The others step down: the VIP must come back to h.
 	for _, n := range e.lab.Nodes {

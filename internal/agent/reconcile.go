@@ -452,9 +452,22 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 	if refresh {
 		r.refreshed = now
 	}
+	// Each interface is looked up once per pass, not once per VIP: a
+	// lookup is a netlink request, and with a hundred VIPs held they were
+	// a third of the agent's steady CPU.
+	type lookup struct {
+		i   *address.Interface
+		err error
+	}
+	ifaces := map[string]lookup{}
 	for _, vip := range p.present {
 		name := p.on[vip]
-		i, err := r.links.iface(name)
+		l, ok := ifaces[name]
+		if !ok {
+			l.i, l.err = r.links.iface(name)
+			ifaces[name] = l
+		}
+		i, err := l.i, l.err
 		if err != nil {
 			// Gone since the election was told: not the address's fault.
 			r.log.Error("adding VIP", "vip", vip, "iface", name, "err", err)
