@@ -737,3 +737,38 @@ func TestNewAndRunErrors(t *testing.T) {
 	default:
 	}
 }
+
+// TestSteadyBeatsChangeNothing: once every peer hears every other, beats
+// that say the same as the last ones are no change for the agent, whatever
+// order their lists come in; a change makes the agent look at all its
+// VIPs.
+func TestSteadyBeatsChangeNothing(t *testing.T) {
+	l := newLab(t, 5)
+	ms := startAll(t, l.Nodes, Config{})
+	awaitEach(t, "every peer heard", ms, 2*time.Second, func(_ int, m *Monitor) bool { return heardAll(m) })
+	// Beats that were on their way when the last peer was heard.
+	time.Sleep(3 * DefaultInterval)
+	for _, m := range ms {
+		select {
+		case <-m.Changes():
+		default:
+		}
+	}
+	const window = time.Second // the measurement: beats every DefaultInterval from four peers
+	deadline := time.After(window)
+	changes := 0
+	for done := false; !done; {
+		select {
+		case <-ms[0].Changes():
+			changes++
+		case <-deadline:
+			done = true
+		}
+	}
+	if s := ms[0].Stats(); s.Accepted == 0 {
+		t.Fatalf("n1 accepted no beat: %+v", s)
+	}
+	if changes > 0 {
+		t.Errorf("n1 signalled %d changes in %v of steady beats, want none", changes, window)
+	}
+}

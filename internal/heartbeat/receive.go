@@ -106,6 +106,10 @@ func (m *Monitor) handle(p []byte, from netip.AddrPort, now time.Time) {
 	pr.ever, pr.heard, pr.arrival, pr.from = true, true, now, from
 	pr.last = later(pr.last, proof)
 	pr.inc, pr.seq, pr.echo = b.Incarnation, b.Seq, true
+	// Compared with the last beat's below: in a stable order, whatever
+	// order the sender used.
+	slices.Sort(b.Hears)
+	slices.Sort(b.Holds)
 	pr.state, pr.hears, pr.asks, pr.holds = b.State, b.Hears, b.Asks, b.Holds
 	otherAddr := from.Addr() != pr.addr.Addr()
 	m.stats.Accepted++

@@ -3,6 +3,7 @@ package heartbeat
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"syscall"
 	"time"
 
@@ -31,9 +32,16 @@ func (m *Monitor) round() {
 		Asks:        m.asks,
 	}
 	for name, p := range m.peers {
-		if m.heardLocked(p, now) && len(b.Hears) < maxList {
+		if m.heardLocked(p, now) {
 			b.Hears = append(b.Hears, nameHash(name))
 		}
+	}
+	// In a stable order: a receiver tells the agent when the list changes,
+	// and the map's order would change it on nearly every beat, making
+	// every agent reconcile all its VIPs tens of times a second.
+	slices.Sort(b.Hears)
+	if len(b.Hears) > maxList {
+		b.Hears = b.Hears[:maxList]
 	}
 	m.targets = m.targets[:0]
 	for name, p := range m.peers {
