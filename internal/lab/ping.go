@@ -43,7 +43,7 @@ type PingRecord struct {
 // family, whatever the number of targets.
 type pinger struct {
 	cancel   context.CancelFunc
-	interval time.Duration
+	interval time.Duration // between two echoes to each target
 	wg       sync.WaitGroup
 	stop     sync.Once
 	conns    []*net.IPConn
@@ -131,12 +131,12 @@ func (c *Client) PingMany(ctx context.Context, ips []netip.Addr, interval time.D
 		i++
 		p.wg.Add(2)
 		go p.receive(conn, v6, id, recs)
-		go p.send(ctx, conn, v6, targets, id, interval, recs)
+		go p.send(ctx, conn, v6, targets, id, recs)
 	}
 	return recs, nil
 }
 
-func (p *pinger) send(ctx context.Context, conn *net.IPConn, v6 bool, targets []netip.Addr, id int, interval time.Duration, recs map[netip.Addr]*PingRecord) {
+func (p *pinger) send(ctx context.Context, conn *net.IPConn, v6 bool, targets []netip.Addr, id int, recs map[netip.Addr]*PingRecord) {
 	defer p.wg.Done()
 	// Closing the socket here ends receive too.
 	defer conn.Close()
@@ -144,7 +144,7 @@ func (p *pinger) send(ctx context.Context, conn *net.IPConn, v6 bool, targets []
 	if v6 {
 		typ = ipv6.ICMPTypeEchoRequest
 	}
-	tick := time.NewTicker(interval)
+	tick := time.NewTicker(p.interval)
 	defer tick.Stop()
 	for seq := 0; ; seq++ {
 		// For IPv6 the kernel fills in the checksum.
