@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"syscall"
 
@@ -130,6 +131,12 @@ func (a app) run(ctx context.Context, cmd *cobra.Command) error {
 		for _, w := range config.CheckEnvironment(a.environ()) {
 			log.Warn(w)
 		}
+	}
+	if cfg.DebugAddr == "" {
+		// Nobody can read a heap profile without the debug endpoint: not
+		// sampling allocations saves the CPU of recording their stacks and
+		// the memory of the table they are kept in (docs/benchmarks.md).
+		runtime.MemProfileRate = 0
 	}
 	if a.getenv("GOGC") == "" {
 		// The agent's heap is mostly caches that change little; collecting

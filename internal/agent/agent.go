@@ -46,11 +46,21 @@ func refreshEvery(cfg config.Config) time.Duration {
 	return cfg.VIPLifetime * 3 / 8
 }
 
-// changeGap is how long changes of contests this agent neither holds nor
-// takes are gathered before a reconciliation: while a thousand Services are
-// placed, each Lease event changes one contest, and a reconciliation looks
-// at every binding. A change of what this agent holds is acted on at once.
-const changeGap = 20 * time.Millisecond
+// changeGap and busyGap are how long changes that do not touch what this
+// agent holds are gathered before a reconciliation: other agents' claims,
+// and changes of the Services. While a thousand Services are placed, each
+// Service and each Lease event changes one contest, and a pass looks at
+// every binding, so a pass per event made placing cost the number of
+// events times the number of Services (docs/benchmarks.md). The first
+// change after a quiet spell is acted on at once; later ones wait for the
+// gap. It is changeGap while this agent keeps a VIP silent for a handover
+// or keeps one after losing it (PreserveVIPOnLeadershipLoss): it is waiting
+// to see the new holder then. A change of what this agent holds is acted
+// on at once.
+const (
+	changeGap = 20 * time.Millisecond
+	busyGap   = 100 * time.Millisecond
+)
 
 // releaseTimeout bounds the final Lease release on shutdown, so a dead API
 // server cannot hold up a node drain.
@@ -274,6 +284,24 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	var later <-chan time.Time
 	var lastPass time.Time
 	epoch := el.LeadingEpoch()
+	// svcChanged: the Services changed since the last pass.
+	svcChanged := false
+	// gather reports whether a change is left for a pass within the gap
+	// (changeGap, busyGap) after the last one, and arranges that pass.
+	gather := func() bool {
+		gap := busyGap
+		if r.waiting() {
+			gap = changeGap
+		}
+		wait := gap - time.Since(lastPass)
+		if wait <= 0 {
+			return false
+		}
+		if later == nil {
+			later = time.After(wait)
+		}
+		return true
+	}
 	for {
 		h.beat()
 		select {
@@ -292,15 +320,14 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			}
 			return err
 		case <-svcChanges:
-			r.addrs = svc.Addresses()
-			r.setBindings(cfg)
+			svcChanged = true
+			if gather() {
+				continue
+			}
 		case <-r.nodeChanges():
 			r.setBindings(cfg)
 		case <-el.Changes():
-			if el.LeadingEpoch() == epoch && time.Since(lastPass) < changeGap {
-				if later == nil {
-					later = time.After(changeGap - time.Since(lastPass))
-				}
+			if el.LeadingEpoch() == epoch && gather() {
 				continue
 			}
 		case <-later:
@@ -319,7 +346,12 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			r.foreignAnswer(a)
 			continue
 		}
-		if svc != nil && r.synced && !maps.Equal(r.peerAddrs, el.NodeAnnotation(AnnotationNodeAddrs)) {
+		switch {
+		case svcChanged:
+			svcChanged = false
+			r.addrs = svc.Addresses()
+			r.setBindings(cfg)
+		case svc != nil && r.synced && !maps.Equal(r.peerAddrs, el.NodeAnnotation(AnnotationNodeAddrs)):
 			// A node joined or its addresses changed.
 			r.setBindings(cfg)
 		}

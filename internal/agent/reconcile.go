@@ -60,6 +60,9 @@ type reconciler struct {
 	memo      bindingMemo
 	preserve  bool
 	handovers handovers
+	// asking: this node keeps VIPs it lost (preserve) until it sees who
+	// holds them now.
+	asking bool
 	// wake makes the agent reconcile again, at wakeAt.
 	wake      chan struct{}
 	wakeAt    time.Time
@@ -306,6 +309,7 @@ func (r *reconciler) reconcile() {
 		r.wakeAt = at
 		time.AfterFunc(time.Until(at)+time.Millisecond, func() { notify.Signal(r.wake) })
 	}
+	r.asking = len(asks) > 0
 	if r.hb != nil {
 		r.hb.SetAsks(asks)
 		r.hb.SetHolding(holding)
@@ -321,6 +325,13 @@ func (r *reconciler) reconcile() {
 	}
 	r.metrics.live.Set(boolGauge(r.el.Live()))
 	r.passed.Store(time.Now().UnixNano())
+}
+
+// waiting reports whether this node keeps VIPs until it sees their new
+// holder (a handover, or preserve after a loss): other agents' changes
+// matter to it at once then.
+func (r *reconciler) waiting() bool {
+	return r.asking || len(r.handovers.until) > 0
 }
 
 // refuse stops this node from holding the contest that carries vip, which
