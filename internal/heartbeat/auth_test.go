@@ -47,7 +47,7 @@ func TestForgedBeatsIgnored(t *testing.T) {
 		wrongKey.KeyID = keyID(otherKey)
 		rightID := b // the right key ID, a MAC made with another key
 		rightID.KeyID = keyID(testKey)
-		return [][]byte{appendBeat(nil, wrongKey, otherKey), appendBeat(nil, rightID, otherKey)}
+		return [][]byte{appendBeat(nil, wrongKey, newMACer(otherKey)), appendBeat(nil, rightID, newMACer(otherKey))}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup

@@ -454,7 +454,7 @@ func TestGarbageIgnored(t *testing.T) {
 	awaitEach(t, "every peer heard", ms, time.Second, func(_ int, m *Monitor) bool { return heardAll(m) })
 
 	good := beat{Cluster: testCluster, From: "n2", To: "n1", Incarnation: 1, Seq: 1}
-	valid := appendBeat(nil, good, testKey)
+	valid := appendBeat(nil, good, newMACer(testKey))
 	random := make([]byte, 1400)
 	for i := range random {
 		random[i] = byte(rand.Uint32())
@@ -473,8 +473,8 @@ func TestGarbageIgnored(t *testing.T) {
 	}
 	// Authentic, but from a node that is not a peer (n1's own name too).
 	unknown := [][]byte{
-		appendBeat(nil, beat{KeyID: keyID(testKey), Cluster: testCluster, From: "n9", To: "n1", Seq: 1}, testKey),
-		appendBeat(nil, beat{KeyID: keyID(testKey), Cluster: testCluster, From: "n1", To: "n1", Seq: 1}, testKey),
+		appendBeat(nil, beat{KeyID: keyID(testKey), Cluster: testCluster, From: "n9", To: "n1", Seq: 1}, newMACer(testKey)),
+		appendBeat(nil, beat{KeyID: keyID(testKey), Cluster: testCluster, From: "n1", To: "n1", Seq: 1}, newMACer(testKey)),
 	}
 	var conn *net.UDPConn
 	if err := lab.InNetns(l.Nodes[2].Netns, func() error {

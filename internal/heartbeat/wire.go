@@ -2,6 +2,7 @@ package heartbeat
 
 import (
 	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"hash/fnv"
@@ -73,7 +74,7 @@ type beat struct {
 
 // appendBeat appends b, signed with key, to dst. Names must be at most
 // maxName bytes and lists at most maxList long; the sender ensures that.
-func appendBeat(dst []byte, b beat, key []byte) []byte {
+func appendBeat(dst []byte, b beat, key *macer) []byte {
 	start := len(dst)
 	var flags byte
 	if b.State.APIOK {
@@ -99,7 +100,7 @@ func appendBeat(dst []byte, b beat, key []byte) []byte {
 			dst = binary.BigEndian.AppendUint32(dst, h)
 		}
 	}
-	return append(dst, mac(key, dst[start:])...)
+	return key.sum(dst, dst[start:])
 }
 
 // decodeBeat parses one datagram and returns the beat, the signed part and
@@ -162,8 +163,9 @@ func decodeBeat(p []byte) (b beat, body, sum []byte, err error) {
 }
 
 // authentic checks a beat's MAC under key in constant time.
-func authentic(key, body, sum []byte) bool {
-	return hmac.Equal(mac(key, body), sum)
+func authentic(key *macer, body, sum []byte) bool {
+	var buf [sha256.Size]byte
+	return hmac.Equal(key.sum(buf[:0], body), sum)
 }
 
 // nameHash is how beats refer to node and contest names: four bytes of

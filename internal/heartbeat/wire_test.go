@@ -27,7 +27,7 @@ func TestBeatRoundTrip(t *testing.T) {
 		{Cluster: strings.Repeat("c", maxName), From: strings.Repeat("n", maxName), To: strings.Repeat("t", maxName),
 			State: State{APIOK: true, Live: true}, Hears: long, Asks: long, Holds: long},
 	} {
-		p := appendBeat(nil, b, testKey)
+		p := appendBeat(nil, b, newMACer(testKey))
 		if !bytes.HasPrefix(p, []byte("VIPDHB2")) {
 			t.Errorf("%+v encodes to %q..., want the VIPDHB2 prefix", b, p[:min(len(p), 7)])
 		}
@@ -42,10 +42,10 @@ func TestBeatRoundTrip(t *testing.T) {
 		if !reflect.DeepEqual(got, b) {
 			t.Errorf("round trip: got %+v, want %+v", got, b)
 		}
-		if !authentic(testKey, body, sum) {
+		if !authentic(newMACer(testKey), body, sum) {
 			t.Errorf("%+v: MAC does not check under its own key", b)
 		}
-		if authentic([]byte("another key, just as long as the first"), body, sum) {
+		if authentic(newMACer([]byte("another key, just as long as the first")), body, sum) {
 			t.Errorf("%+v: MAC checks under another key", b)
 		}
 	}
@@ -54,7 +54,7 @@ func TestBeatRoundTrip(t *testing.T) {
 func TestBeatLayout(t *testing.T) {
 	p := appendBeat(nil, beat{KeyID: keyID4{0xa, 0xb, 0xc, 0xd}, Cluster: "ab", From: "n1", To: "n2",
 		Incarnation: 0x0102030405060708, Seq: 9, EchoInc: 0x1112131415161718, EchoSeq: 10,
-		State: State{APIOK: true, Live: true}, Hears: []uint32{0x01020304}, Holds: []uint32{0x0a0b0c0d}}, testKey)
+		State: State{APIOK: true, Live: true}, Hears: []uint32{0x01020304}, Holds: []uint32{0x0a0b0c0d}}, newMACer(testKey))
 	want := []byte("VIPDHB2\x03\x0a\x0b\x0c\x0d\x01\x02\x03\x04\x05\x06\x07\x08\x00\x00\x00\x00\x00\x00\x00\x09" +
 		"\x11\x12\x13\x14\x15\x16\x17\x18\x00\x00\x00\x00\x00\x00\x00\x0a\x02ab\x02n1\x02n2" +
 		"\x00\x01\x01\x02\x03\x04\x00\x00\x00\x01\x0a\x0b\x0c\x0d")
@@ -75,7 +75,7 @@ func TestBeatLayout(t *testing.T) {
 }
 
 func TestDecodeRejects(t *testing.T) {
-	good := appendBeat(nil, beat{Cluster: "c", From: "n1", To: "n2", Incarnation: 7, Seq: 3}, testKey)
+	good := appendBeat(nil, beat{Cluster: "c", From: "n1", To: "n2", Incarnation: 7, Seq: 3}, newMACer(testKey))
 	nameAt := headerLen // cluster length; from and to follow
 	mutate := func(f func(p []byte) []byte) []byte {
 		return f(append([]byte(nil), good...))
@@ -107,8 +107,8 @@ func TestDecodeRejects(t *testing.T) {
 }
 
 func FuzzDecode(f *testing.F) {
-	f.Add(appendBeat(nil, beat{Cluster: "c", From: "n1", To: "n2", Incarnation: 7, Seq: 3, State: State{Live: true}}, testKey))
-	f.Add(appendBeat(nil, beat{Cluster: strings.Repeat("c", maxName), From: "n", To: "m", Seq: 1, Hears: []uint32{1, 2, 3}}, testKey))
+	f.Add(appendBeat(nil, beat{Cluster: "c", From: "n1", To: "n2", Incarnation: 7, Seq: 3, State: State{Live: true}}, newMACer(testKey)))
+	f.Add(appendBeat(nil, beat{Cluster: strings.Repeat("c", maxName), From: "n", To: "m", Seq: 1, Hears: []uint32{1, 2, 3}}, newMACer(testKey)))
 	f.Add([]byte("VIPDHB2"))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, p []byte) {
@@ -118,7 +118,7 @@ func FuzzDecode(f *testing.F) {
 		}
 		// What decodes re-encodes to the same bytes, up to ignored flag
 		// bits and the MAC, which only the key can make.
-		q := appendBeat(nil, b, testKey)
+		q := appendBeat(nil, b, newMACer(testKey))
 		want := append([]byte(nil), body...)
 		want[7] &= flagAPIOK | flagLive
 		if !bytes.Equal(q[:len(q)-macLen], want) {
