@@ -222,6 +222,20 @@ func (n *Namespace) byIndex(index int) (*Interface, error) {
 	return n.iface(link), nil
 }
 
+// namer returns a function that names an interface by index, looking each
+// one up once, not once per address: each lookup is a netlink request.
+func (n *Namespace) namer() func(index int) string {
+	named := map[int]string{}
+	return func(index int) string {
+		name, ok := named[index]
+		if !ok {
+			name = n.names([]int{index})
+			named[index] = name
+		}
+		return name
+	}
+}
+
 func (n *Namespace) names(idx []int) string {
 	var names []string
 	for _, i := range idx {
@@ -264,9 +278,10 @@ func (n *Namespace) NodeAddrs() (map[netip.Addr]string, error) {
 		return nil, fmt.Errorf("listing this node's addresses: %w", err)
 	}
 	out := make(map[netip.Addr]string, len(addrs))
+	name := n.namer()
 	for _, a := range addrs {
 		if a.proto != Proto {
-			out[a.addr] = n.names([]int{a.index})
+			out[a.addr] = name(a.index)
 		}
 	}
 	return out, nil

@@ -28,19 +28,10 @@ func (n *Namespace) OwnedAll() ([]OwnedVIP, error) {
 		return nil, fmt.Errorf("listing the VIPs vipd added: %w", err)
 	}
 	var out []OwnedVIP
-	names := map[int]string{}
+	name := n.namer()
 	for _, a := range addrs {
-		if a.proto != Proto {
-			continue
-		}
-		name, ok := names[a.index]
-		if !ok {
-			name = n.names([]int{a.index})
-			names[a.index] = name
-		}
-		o := OwnedVIP{Addr: a.addr, Interface: name, Index: a.index}
-		if !slices.Contains(out, o) {
-			out = append(out, o)
+		if a.proto == Proto {
+			out = append(out, OwnedVIP{Addr: a.addr, Interface: name(a.index), Index: a.index})
 		}
 	}
 	slices.SortFunc(out, func(x, y OwnedVIP) int {
@@ -49,7 +40,7 @@ func (n *Namespace) OwnedAll() ([]OwnedVIP, error) {
 		}
 		return x.Index - y.Index
 	})
-	return out, nil
+	return slices.Compact(out), nil
 }
 
 // OwnedAll is Current().OwnedAll().

@@ -68,7 +68,7 @@ type contestSettings struct {
 func bindingsFor(s contestSettings, addrs []services.Address, memo *bindingMemo) []binding {
 	memo.start()
 	defer memo.done()
-	var out []binding
+	out := make([]binding, 0, len(addrs)+2)
 	if len(s.cpVIPs) > 0 {
 		out = append(out, binding{contest: s.cpLease, vips: s.cpVIPs, controlPlane: true, iface: s.iface})
 	}

@@ -140,7 +140,7 @@ func (r *reconciler) screen(p plan, seen map[string]election.Status, now time.Ti
 		isNew := r.el.Report(b.contest).Reason == election.TookNew
 		heldBefore := r.last[b.contest].Leading
 		for _, v := range b.vips {
-			added := heldBefore && !slices.Contains(r.lastBound[b.contest].vips, v)
+			added := heldBefore && !slices.Contains(r.lastBinding(b.contest).vips, v)
 			if isNew || added || reported[v] {
 				fresh[v] = true
 			}

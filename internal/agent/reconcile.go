@@ -71,8 +71,8 @@ type reconciler struct {
 	metrics   *metrics
 	obs       *observer
 	last      map[string]election.Status
-	lastBound map[string]binding // the bindings of last
-	bound     map[string]binding // bindings by contest, made with them
+	lastBound map[string]*binding // the bindings of last
+	bound     map[string]*binding // bindings by contest, made with them (into bindings)
 	// rejected are the service addresses refused as node addresses, and why.
 	rejected map[netip.Addr]string
 	// settings and place decide the contests and their candidates; nodes
@@ -213,9 +213,11 @@ func (r *reconciler) setBindings(cfg config.Config) {
 	}
 	r.links.setUsed(used)
 	r.bindings = bs
-	r.bound = make(map[string]binding, len(r.bindings))
-	for _, b := range r.bindings {
-		r.bound[b.contest] = b
+	// Pointers into bindings, which is replaced, never changed, so that
+	// lastBound stays as it was: a thousand bindings are copied no more.
+	r.bound = make(map[string]*binding, len(r.bindings))
+	for i := range r.bindings {
+		r.bound[r.bindings[i].contest] = &r.bindings[i]
 	}
 	r.el.SetContests(contests(r.bindings))
 }
@@ -299,7 +301,7 @@ func (r *reconciler) reconcile() {
 	want = r.screen(want, seen, now)
 	for contest, prev := range r.last {
 		if _, ok := seen[contest]; !ok && prev.Leading {
-			r.obs.lost(r.lastBound[contest], "", election.LostRemoved) // its Services went away
+			r.obs.lost(r.lastBinding(contest), "", election.LostRemoved) // its Services went away
 		}
 	}
 	r.last, r.lastBound = seen, r.bound
@@ -325,6 +327,14 @@ func (r *reconciler) reconcile() {
 	}
 	r.metrics.live.Set(boolGauge(r.el.Live()))
 	r.passed.Store(time.Now().UnixNano())
+}
+
+// lastBinding is the binding contest had at the last pass (zero if none).
+func (r *reconciler) lastBinding(contest string) binding {
+	if b := r.lastBound[contest]; b != nil {
+		return *b
+	}
+	return binding{}
 }
 
 // waiting reports whether this node keeps VIPs until it sees their new
