@@ -569,7 +569,7 @@ func report(b *testing.B, bc svcBench, r svcResult) {
 	row("spread (VIPs per node)", strings.Join(spread, "/"), "")
 	row("agent RSS, max / mean", fmt.Sprintf("%.1f MB / %.1f MB", r.rssMax, r.rssAvg), target("≤ 40 MB"))
 	row("agent CPU to place them, max / mean", fmt.Sprintf("%.2f s / %.2f s", r.cpuPlaceMax, r.cpuPlaceAvg), placeTarget)
-	row("  of which placing (above the idle rate), max / mean", fmt.Sprintf("%.2f s / %.2f s", r.cpuAboveMax, r.cpuAboveAvg), "")
+	row("  of which placing, above idle, max / mean", fmt.Sprintf("%.2f s / %.2f s", r.cpuAboveMax, r.cpuAboveAvg), "")
 	row("agent CPU, idle (no Service), max / mean", fmt.Sprintf("%.2f %% / %.2f %% of a core", r.cpuIdleMax, r.cpuIdleAvg), "")
 	row("agent CPU, steady, max / mean", fmt.Sprintf("%.2f %% / %.2f %% of a core", r.cpuSteadyMax, r.cpuSteadyAvg), "")
 	row(fmt.Sprintf("lost node %s's %d VIPs held again after", r.lost, r.lostVIPs), dur(r.rehome), rehomeTarget)
