@@ -46,17 +46,16 @@ func refreshEvery(cfg config.Config) time.Duration {
 	return cfg.VIPLifetime * 3 / 8
 }
 
-// changeGap and busyGap are how long changes that do not touch what this
-// agent holds are gathered before a reconciliation: other agents' claims,
-// and changes of the Services. While a thousand Services are placed, each
-// Service and each Lease event changes one contest, and a pass looks at
-// every binding, so a pass per event made placing cost the number of
-// events times the number of Services (docs/benchmarks.md). The first
-// change after a quiet spell is acted on at once; later ones wait for the
-// gap. It is changeGap while this agent keeps a VIP silent for a handover
+// changeGap and busyGap are how long other agents' claims and changes of
+// the Services are gathered before a reconciliation. While a thousand
+// Services are placed, each Service and each Lease event changes one
+// contest, and a pass looks at every binding, so a pass per event made
+// placing cost the number of events times the number of Services
+// (docs/benchmarks.md). The first change after a quiet spell is acted on
+// at once; later ones wait for the gap. It is changeGap while this agent keeps a VIP silent for a handover
 // or keeps one after losing it (PreserveVIPOnLeadershipLoss): it is waiting
-// to see the new holder then. A change of what this agent holds is acted
-// on at once.
+// to see the new holder then. A VIP this agent takes or loses in the
+// election is acted on at once.
 const (
 	changeGap = 20 * time.Millisecond
 	busyGap   = 100 * time.Millisecond
