@@ -443,12 +443,11 @@ func agentCPU(tb testing.TB, procs map[string]*lab.Process) map[string]float64 {
 // cpuDelta returns the largest and the mean growth between two readings
 // of agentCPU, times scale.
 func cpuDelta(before, after map[string]float64, scale float64) (maxV, mean float64) {
+	d := map[string]float64{}
 	for name, a := range after {
-		d := (a - before[name]) * scale
-		maxV = max(maxV, d)
-		mean += d / float64(len(after))
+		d[name] = a - before[name]
 	}
-	return maxV, mean
+	return maxMean(d, scale)
 }
 
 // cpuRates returns each agent's CPU use between two readings of agentCPU
