@@ -283,8 +283,9 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	var later <-chan time.Time
 	var lastPass time.Time
 	epoch := el.LeadingEpoch()
-	// svcChanged: the Services changed since the last pass.
-	svcChanged := false
+	// svcChanged: the Services changed since the last pass; rebind: the
+	// bindings are to be made again before it (setBindings).
+	svcChanged, rebind := false, false
 	// gather reports whether a change is left for a pass within the gap
 	// (changeGap, busyGap) after the last one, and arranges that pass.
 	gather := func() bool {
@@ -324,7 +325,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 				continue
 			}
 		case <-r.nodeChanges():
-			r.setBindings(cfg)
+			rebind = true
 		case <-el.Changes():
 			if el.LeadingEpoch() == epoch && gather() {
 				continue
@@ -345,13 +346,16 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			r.foreignAnswer(a)
 			continue
 		}
-		switch {
-		case svcChanged:
-			svcChanged = false
+		if svcChanged {
+			svcChanged, rebind = false, true
 			r.addrs = svc.Addresses()
-			r.setBindings(cfg)
-		case svc != nil && r.synced && !maps.Equal(r.peerAddrs, el.NodeAnnotation(AnnotationNodeAddrs)):
-			// A node joined or its addresses changed.
+		}
+		if svc != nil && r.synced && !maps.Equal(r.peerAddrs, el.NodeAnnotation(AnnotationNodeAddrs)) {
+			rebind = true // a node joined or its addresses changed
+		}
+		if rebind {
+			// Once per pass, whatever asked for it.
+			rebind = false
 			r.setBindings(cfg)
 		}
 		epoch, lastPass = el.LeadingEpoch(), time.Now()
