@@ -440,22 +440,28 @@ func agentCPU(tb testing.TB, procs map[string]*lab.Process) map[string]float64 {
 	return out
 }
 
+// cpuGrowth returns each agent's CPU time (s) between two readings of
+// agentCPU.
+func cpuGrowth(before, after map[string]float64) map[string]float64 {
+	out := map[string]float64{}
+	for name, a := range after {
+		out[name] = a - before[name]
+	}
+	return out
+}
+
 // cpuDelta returns the largest and the mean growth between two readings
 // of agentCPU, times scale.
 func cpuDelta(before, after map[string]float64, scale float64) (maxV, mean float64) {
-	d := map[string]float64{}
-	for name, a := range after {
-		d[name] = a - before[name]
-	}
-	return maxMean(d, scale)
+	return maxMean(cpuGrowth(before, after), scale)
 }
 
 // cpuRates returns each agent's CPU use between two readings of agentCPU
 // taken d apart, in cores.
 func cpuRates(before, after map[string]float64, d time.Duration) map[string]float64 {
-	out := map[string]float64{}
-	for name, a := range after {
-		out[name] = (a - before[name]) / d.Seconds()
+	out := cpuGrowth(before, after)
+	for name := range out {
+		out[name] /= d.Seconds()
 	}
 	return out
 }
@@ -463,9 +469,9 @@ func cpuRates(before, after map[string]float64, d time.Duration) map[string]floa
 // cpuAbove returns the largest and the mean CPU time an agent spent
 // between two readings of agentCPU taken d apart beyond its idle rate.
 func cpuAbove(before, after, idle map[string]float64, d time.Duration) (maxV, mean float64) {
-	above := map[string]float64{}
-	for name, a := range after {
-		above[name] = a - before[name] - idle[name]*d.Seconds()
+	above := cpuGrowth(before, after)
+	for name := range above {
+		above[name] -= idle[name] * d.Seconds()
 	}
 	return maxMean(above, 1)
 }
