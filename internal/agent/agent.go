@@ -141,12 +141,14 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	} else {
 		log.Warn("cannot list this node's addresses for the other agents", "err", err)
 	}
+	var pr *peers
 	if cfg.HeartbeatPort != 0 {
 		if hb, err = newHeartbeat(cfg, iface, m, log); err != nil {
 			return err
 		}
 		defer hb.Close()
-		elCfg.Peers = peers{m: hb, log: log}
+		pr = newPeers(hb, log)
+		elCfg.Peers = pr
 		elCfg.PeerAddr = hb.Addr().String()
 	}
 	el, err := election.New(elCfg)
@@ -221,7 +223,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		cpVIPs = cfg.VIPs
 	}
 	done := make(chan error, 8)
-	r := &reconciler{links: links, ann: &timedAnnouncer{announcer: links, obs: obs}, el: el, svc: svc, hb: hb,
+	r := &reconciler{links: links, ann: &timedAnnouncer{announcer: links, obs: obs}, el: el, svc: svc, hb: hb, peers: pr,
 		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs, node: cfg.NodeName,
 		handovers: handovers{max: cfg.LeaseDuration, linger: handoverLinger}, wake: make(chan struct{}, 1),
 		refused: map[string]refusal{}, badAddrs: map[string]string{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()},

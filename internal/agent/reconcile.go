@@ -51,6 +51,7 @@ type reconciler struct {
 	el    *election.Elector
 	svc   *services.Controller // nil without Services
 	hb    *heartbeat.Monitor   // nil without heartbeats
+	peers *peers               // says in the beats when this node is not live; nil without heartbeats
 	addrs []services.Address   // the Services' addresses, last seen
 	// synced: the contests were set once; peerAddrs are the other nodes'
 	// addresses they were set with.
@@ -451,12 +452,14 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 	}
 	r.setGuard(union(ownedAddrs, p.present), keep)
 
+	stuck := false // a VIP that should go is still on an interface
 	for _, o := range owned {
 		if wanted[o.Addr] && p.on[o.Addr] == o.Interface {
 			continue
 		}
 		if err := r.links.remove(o); err != nil {
 			r.log.Error("removing VIP", "vip", o.Addr, "iface", o.Interface, "err", err)
+			stuck = true
 			continue
 		}
 		r.log.Info("removed VIP", "vip", o.Addr, "iface", o.Interface)
@@ -467,6 +470,7 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 		r.present, r.on = present, p.on
 		r.metrics.held.Set(float64(len(present)))
 		r.conflicts.watchHeld(present, p, r.links.main.Name)
+		r.peers.setAnswering(r.answering(present, announce, stuck))
 	}()
 	now := time.Now()
 	refresh := now.Sub(r.refreshed) >= r.refreshEvery
@@ -519,6 +523,20 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 	r.setGuard(present, announce)
 	r.ann.Set(p.byIface(announce))
 	return refused
+}
+
+// answering reports whether this node may still answer for a VIP after
+// a pass that left present on the interfaces and announced announce:
+// one is announced, or the kernel may answer for one, because the guard
+// was not set as asked or there is none, or one could not be removed.
+func (r *reconciler) answering(present, announce []netip.Addr, stuck bool) bool {
+	if len(announce) > 0 || stuck {
+		return true
+	}
+	if r.guard == nil {
+		return len(present) > 0
+	}
+	return len(r.answered) > 0
 }
 
 // setGuard tells the guard which VIPs are on the interface and which of

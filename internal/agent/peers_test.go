@@ -1,0 +1,82 @@
+package agent
+
+import (
+	"log/slog"
+	"net/netip"
+	"testing"
+
+	"github.com/vipd/vipd/internal/election"
+	"github.com/vipd/vipd/internal/heartbeat"
+)
+
+// The beats may say "not live" only once this node answers for no VIP:
+// peers take its claims at once when they hear it.
+func TestPeersSayNotLiveOnlyOnceSilent(t *testing.T) {
+	var sent []heartbeat.State
+	p := &peers{setState: func(s heartbeat.State) { sent = append(sent, s) }, log: slog.New(slog.DiscardHandler)}
+	last := func() heartbeat.State {
+		t.Helper()
+		if len(sent) == 0 {
+			t.Fatal("nothing published")
+		}
+		return sent[len(sent)-1]
+	}
+
+	p.SetSelf(election.PeerReport{APIOK: true, Live: true})
+	p.setAnswering(true)
+	if s := last(); !s.Live || !s.APIOK {
+		t.Fatalf("live and holding: published %+v", s)
+	}
+	p.SetSelf(election.PeerReport{APIOK: false, Live: false})
+	if s := last(); !s.Live || s.APIOK {
+		t.Fatalf("election let go but the VIPs are still answered: published %+v, want live, not api_ok", s)
+	}
+	n := len(sent)
+	p.setAnswering(true)
+	if len(sent) != n {
+		t.Fatalf("published again without a change: %+v", sent[n:])
+	}
+	p.setAnswering(false)
+	if s := last(); s.Live {
+		t.Fatalf("VIPs silenced after the election let go: published %+v, want not live", s)
+	}
+	p.SetSelf(election.PeerReport{APIOK: true, Live: true})
+	if s := last(); !s.Live {
+		t.Fatalf("live again: published %+v", s)
+	}
+	var none *peers
+	none.setAnswering(true) // no heartbeats: nothing to tell
+}
+
+type fakeGuard struct{}
+
+func (fakeGuard) Set(guarded, answer []netip.Addr) error { return nil }
+func (fakeGuard) Refresh() error                         { return nil }
+func (fakeGuard) Close() error                           { return nil }
+
+func TestAnswering(t *testing.T) {
+	v := []netip.Addr{netip.MustParseAddr("192.0.2.10")}
+	guarded := &reconciler{guard: fakeGuard{}}
+	bare := &reconciler{}
+	for _, c := range []struct {
+		name              string
+		r                 *reconciler
+		present, announce []netip.Addr
+		answered          []netip.Addr
+		stuck             bool
+		want              bool
+	}{
+		{name: "nothing left", r: guarded, want: false},
+		{name: "announced", r: guarded, present: v, announce: v, answered: v, want: true},
+		{name: "kept silent behind the guard", r: guarded, present: v, want: false},
+		{name: "guard not updated, still lets the kernel answer", r: guarded, present: v, answered: v, want: true},
+		{name: "removal failed", r: guarded, stuck: true, want: true},
+		{name: "kept without a guard: the kernel answers", r: bare, present: v, want: true},
+		{name: "nothing left, no guard", r: bare, want: false},
+	} {
+		c.r.answered = c.answered
+		if got := c.r.answering(c.present, c.announce, c.stuck); got != c.want {
+			t.Errorf("%s: answering = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
