@@ -7,9 +7,9 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/vipd/vipd/internal/kube"
 	"github.com/vipd/vipd/internal/status"
 )
 
@@ -40,7 +40,7 @@ agents publish on their node Leases.`,
 				return fmt.Errorf("reading the kubeconfig: %w", err)
 			}
 			rc.UserAgent = "vipd-status"
-			if o.Client, err = kubernetes.NewForConfig(rc); err != nil {
+			if o.Client, err = kube.NewForConfig(rc); err != nil {
 				return fmt.Errorf("building the Kubernetes client: %w", err)
 			}
 			ctx := cmd.Context()

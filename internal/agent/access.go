@@ -8,9 +8,9 @@ import (
 
 	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/vipd/vipd/internal/config"
+	"github.com/vipd/vipd/internal/kube"
 )
 
 // permission is one thing the agent's identity should be allowed to do,
@@ -62,7 +62,7 @@ func permissions(cfg config.Config) []permission {
 // has each permission the agent uses, and logs one line for each it lacks:
 // a missing permission must read as such, not as an agent that does
 // nothing. It gives up quietly when ctx ends.
-func reportAccess(ctx context.Context, client kubernetes.Interface, cfg config.Config, log *slog.Logger) {
+func reportAccess(ctx context.Context, client kube.Interface, cfg config.Config, log *slog.Logger) {
 	for _, p := range permissions(cfg) {
 		allowed, err := mayRetry(ctx, client, p)
 		if err != nil {
@@ -84,14 +84,14 @@ func reportAccess(ctx context.Context, client kubernetes.Interface, cfg config.C
 
 // mayRetry asks with a SelfSubjectAccessReview, retrying until the API
 // server answers or ctx ends.
-func mayRetry(ctx context.Context, client kubernetes.Interface, p permission) (bool, error) {
+func mayRetry(ctx context.Context, client kube.Interface, p permission) (bool, error) {
 	review := &authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{
 		ResourceAttributes: &authorizationv1.ResourceAttributes{
 			Verb: p.verb, Group: p.group, Resource: p.resource, Namespace: p.namespace, Name: p.name,
 		}}}
 	delay := 250 * time.Millisecond
 	for {
-		r, err := client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
+		r, err := client.SelfSubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
 		if err == nil {
 			return r.Status.Allowed, nil
 		}

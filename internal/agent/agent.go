@@ -160,7 +160,9 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	defer stopBG()
 	var events *leaseEvents
 	if cfg.ControlPlane {
-		events = newLeaseEvents(bg, client, cfg.NodeName, cfg.Namespace, cfg.LeaseName)
+		if events, err = newLeaseEvents(bg, client, cfg.NodeName, cfg.Namespace, cfg.LeaseName); err != nil {
+			return err
+		}
 	}
 	obs := newObserver(log, cfg.NodeName, el, vm, events)
 	scrape := scrapeSources{obs: obs, el: el, hb: hb, version: version}

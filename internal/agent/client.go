@@ -9,13 +9,13 @@ import (
 	"slices"
 
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/transport"
 	"k8s.io/client-go/util/flowcontrol"
 
 	"github.com/vipd/vipd/internal/config"
+	"github.com/vipd/vipd/internal/kube"
 )
 
 // bypassVIP points a client whose server is the control-plane VIP at the
@@ -54,7 +54,7 @@ func bypassVIP(rc *rest.Config, vips []netip.Addr, log *slog.Logger) error {
 
 // newClient builds the API client. Its client-side rate limiter is off: a
 // holder must never miss a renewal because its own client queued it.
-func newClient(cfg config.Config, log *slog.Logger, wrap transport.WrapperFunc) (kubernetes.Interface, error) {
+func newClient(cfg config.Config, log *slog.Logger, wrap transport.WrapperFunc) (kube.Interface, error) {
 	var (
 		rc  *rest.Config
 		err error
@@ -85,7 +85,7 @@ func newClient(cfg config.Config, log *slog.Logger, wrap transport.WrapperFunc) 
 	rc.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
 	rc.Wrap(wrap)
 	rc.UserAgent = "vipd"
-	client, err := kubernetes.NewForConfig(rc)
+	client, err := kube.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("building the Kubernetes client: %w", err)
 	}

@@ -2,16 +2,15 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/record"
 
 	"github.com/vipd/vipd/internal/election"
+	"github.com/vipd/vipd/internal/kube"
 	"github.com/vipd/vipd/internal/services"
 )
 
@@ -27,15 +26,19 @@ type leaseEvents struct {
 }
 
 // newLeaseEvents starts an Event broadcaster that lives as long as ctx.
-func newLeaseEvents(ctx context.Context, client kubernetes.Interface, node, namespace, lease string) *leaseEvents {
+func newLeaseEvents(ctx context.Context, client kube.Interface, node, namespace, lease string) (*leaseEvents, error) {
+	sch, err := kube.NewScheme()
+	if err != nil {
+		return nil, fmt.Errorf("recording Events: %w", err)
+	}
 	b := record.NewBroadcaster(record.WithContext(ctx))
-	b.StartRecordingToSink(&refusedSink{sink: &typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events(namespace)}})
+	b.StartRecordingToSink(&refusedSink{sink: kube.EventSink{Client: client}})
 	go func() {
 		<-ctx.Done()
 		b.Shutdown()
 	}()
 	return &leaseEvents{namespace: namespace, lease: lease,
-		recorder: b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "vipd", Host: node})}
+		recorder: b.NewRecorder(sch, corev1.EventSource{Component: "vipd", Host: node})}, nil
 }
 
 // concerns reports whether contest is the control-plane election.

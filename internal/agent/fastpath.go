@@ -9,13 +9,13 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/vipd/vipd/internal/address"
 	"github.com/vipd/vipd/internal/backoff"
 	"github.com/vipd/vipd/internal/config"
 	"github.com/vipd/vipd/internal/hbkey"
 	"github.com/vipd/vipd/internal/heartbeat"
+	"github.com/vipd/vipd/internal/kube"
 )
 
 // clusterNamespace is the namespace whose UID identifies the cluster in
@@ -49,7 +49,7 @@ func newHeartbeat(cfg config.Config, iface *address.Interface, m *metrics, log *
 // identity (the UID of kube-system), then the key, and keeps the key
 // current. Until both are there, failover waits for Lease expiry; the log
 // says why.
-func runFastPath(ctx context.Context, cfg config.Config, client kubernetes.Interface, hb *heartbeat.Monitor, log *slog.Logger) error {
+func runFastPath(ctx context.Context, cfg config.Config, client kube.Interface, hb *heartbeat.Monitor, log *slog.Logger) error {
 	id, err := clusterID(ctx, client, log)
 	if err != nil {
 		return nil // ctx ended
@@ -91,11 +91,11 @@ func runFastPath(ctx context.Context, cfg config.Config, client kubernetes.Inter
 
 // clusterID reads the UID of kube-system, retrying until it succeeds or
 // ctx ends.
-func clusterID(ctx context.Context, client kubernetes.Interface, log *slog.Logger) (string, error) {
+func clusterID(ctx context.Context, client kube.Interface, log *slog.Logger) (string, error) {
 	retry := backoff.Policy{Base: time.Second, Max: time.Minute}
 	for failures := 1; ; failures++ {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		ns, err := client.CoreV1().Namespaces().Get(rctx, clusterNamespace, metav1.GetOptions{})
+		ns, err := client.Namespaces().Get(rctx, clusterNamespace, metav1.GetOptions{})
 		cancel()
 		if err == nil {
 			return string(ns.UID), nil

@@ -11,9 +11,9 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/vipd/vipd/internal/backoff"
+	"github.com/vipd/vipd/internal/kube"
 	"github.com/vipd/vipd/internal/notify"
 )
 
@@ -62,7 +62,7 @@ type Contest struct {
 
 // Config describes an agent's elector.
 type Config struct {
-	Client kubernetes.Interface
+	Client kube.Interface
 	// Namespace holds the agents' node Leases and, unless LeaseNamespaces
 	// says otherwise, the claims.
 	Namespace string

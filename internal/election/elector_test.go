@@ -32,7 +32,7 @@ func newNamespace(t *testing.T) string {
 	}
 	name = fmt.Sprintf("%s-%d", name, time.Now().UnixNano()%100000)
 	c := newClient(t, nil)
-	if _, err := c.CoreV1().Namespaces().Create(context.Background(),
+	if _, err := c.Namespaces().Create(context.Background(),
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("creating namespace: %v", err)
 	}
@@ -93,7 +93,7 @@ func holders(name string, as ...*agent) []string {
 
 func claimHolder(t *testing.T, ns, name string) string {
 	t.Helper()
-	l, err := newClient(t, nil).CoordinationV1().Leases(ns).Get(context.Background(), name, metav1.GetOptions{})
+	l, err := newClient(t, nil).Leases(ns).Get(context.Background(), name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,7 +310,7 @@ func TestRemovedContestLeavesNoClaim(t *testing.T) {
 		return a.e.Status(keep.Name).Leading && a.e.Status(gone.Name).Leading
 	})
 	a.e.SetContests([]Contest{keep})
-	leases := newClient(t, nil).CoordinationV1().Leases(ns)
+	leases := newClient(t, nil).Leases(ns)
 	waitFor(t, 5*time.Second, "the claim deleted", func() bool {
 		_, err := leases.Get(context.Background(), gone.Name, metav1.GetOptions{})
 		return apierrors.IsNotFound(err)

@@ -8,13 +8,16 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+
 	"k8s.io/utils/ptr"
+
+	"github.com/vipd/vipd/internal/kube/kubetest"
 )
 
 // benchElector is an Elector that has seen the node Leases of 10 agents
 // and n claims spread over them, as in e2e's BenchmarkServices.
 func benchElector(b testing.TB, n int) *Elector {
-	e, err := New(Config{Client: fake.NewClientset(), Namespace: "ns", Identity: "n1",
+	e, err := New(Config{Client: kubetest.Wrap(fake.NewClientset()), Namespace: "ns", Identity: "n1",
 		LeaseDuration: 5 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: time.Second})
 	if err != nil {
 		b.Fatal(err)

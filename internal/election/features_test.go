@@ -11,9 +11,10 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/flowcontrol"
+
+	"github.com/vipd/vipd/internal/kube"
 )
 
 // TestClaimInAnotherNamespace: kube-vip's Lease stays in its namespace
@@ -30,7 +31,7 @@ func TestClaimInAnotherNamespace(t *testing.T) {
 	// A decoy in the agents' namespace that names a node that is not here.
 	client := newClient(t, nil)
 	decoy, other := "ghost", "plndr-cp-lock"
-	if _, err := client.CoordinationV1().Leases(agents).Create(context.Background(), &coordinationv1.Lease{
+	if _, err := client.Leases(agents).Create(context.Background(), &coordinationv1.Lease{
 		ObjectMeta: metav1.ObjectMeta{Name: other},
 		Spec:       coordinationv1.LeaseSpec{HolderIdentity: &decoy},
 	}, metav1.CreateOptions{}); err != nil {
@@ -46,7 +47,7 @@ func TestClaimInAnotherNamespace(t *testing.T) {
 		t.Errorf("the decoy in %s was changed: names %q", agents, got)
 	}
 	for _, id := range []string{"a", "b"} {
-		if _, err := client.CoordinationV1().Leases(agents).Get(context.Background(), NodeLeasePrefix+id, metav1.GetOptions{}); err != nil {
+		if _, err := client.Leases(agents).Get(context.Background(), NodeLeasePrefix+id, metav1.GetOptions{}); err != nil {
 			t.Errorf("node Lease of %s not in %s: %v", id, agents, err)
 		}
 	}
@@ -127,7 +128,7 @@ func TestRefusedContestIsReleasedAndSkipped(t *testing.T) {
 func TestDeniedDeleteBacksOff(t *testing.T) {
 	cp := needAPI(t)
 	ns := newNamespace(t)
-	admin := newClient(t, nil)
+	admin := newAdmin(t)
 	ctx := context.Background()
 	const user = "no-lease-delete"
 	role := &rbacv1.Role{
@@ -160,7 +161,7 @@ func TestDeniedDeleteBacksOff(t *testing.T) {
 			return rt.RoundTrip(r)
 		})
 	}
-	client, err := kubernetes.NewForConfig(rc)
+	client, err := kube.NewForConfig(rc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +215,7 @@ func startAgentWith(t *testing.T, id string, cfg Config, contests ...Contest) *a
 func TestForeignHolderWhileItRenews(t *testing.T) {
 	needAPI(t)
 	ns := newNamespace(t)
-	leases := newClient(t, nil).CoordinationV1().Leases(ns)
+	leases := newClient(t, nil).Leases(ns)
 	ctx := context.Background()
 	foreign := func(name string, secs int32) {
 		id := "kube-vip-node"

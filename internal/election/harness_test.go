@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/flowcontrol"
 
+	"github.com/vipd/vipd/internal/kube"
 	"github.com/vipd/vipd/internal/lab/controlplane"
 )
 
@@ -59,14 +60,25 @@ func (d *cutDialer) setCut(cut bool) {
 	}
 }
 
-func newClient(t *testing.T, d *cutDialer) kubernetes.Interface {
+// newAdmin is a clientset with the suite's rights, for what vipd's own
+// client cannot do (RBAC objects).
+func newAdmin(t *testing.T) kubernetes.Interface {
+	t.Helper()
+	c, err := kubernetes.NewForConfig(suite.Need(t).Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func newClient(t *testing.T, d *cutDialer) kube.Interface {
 	t.Helper()
 	rc := suite.Need(t).Config()
 	rc.RateLimiter = flowcontrol.NewFakeAlwaysRateLimiter()
 	if d != nil {
 		rc.Dial = d.DialContext
 	}
-	c, err := kubernetes.NewForConfig(rc)
+	c, err := kube.NewForConfig(rc)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,11 +7,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vipd/vipd/internal/kube"
 	"github.com/vipd/vipd/internal/notify"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -41,24 +41,24 @@ func (e *Elector) watch(ctx context.Context) (stop func(), synced bool, err erro
 		UpdateFunc: func(_, obj any) { e.observe(obj, false) },
 		DeleteFunc: func(obj any) { e.observe(obj, true) },
 	}
-	var factories []informers.SharedInformerFactory
+	var infs []cache.SharedIndexInformer
 	var hasSynced []cache.InformerSynced
-	add := func(ns string, opts ...informers.SharedInformerOption) error {
-		opts = append(opts, informers.WithNamespace(ns),
+	add := func(ns string, tweak func(*metav1.ListOptions)) error {
+		inf := kube.NewInformer(e.cfg.Client.Leases(ns), &coordinationv1.Lease{}, kube.InformerOptions{
+			Tweak: tweak,
 			// Nothing here reads managedFields; dropping them keeps a
 			// large cache small. Writes without them leave the server's
 			// copy as is.
-			informers.WithTransform(stripManagedFields))
-		f := informers.NewSharedInformerFactoryWithOptions(e.cfg.Client, 0, opts...)
-		inf := f.Coordination().V1().Leases().Informer()
+			Transform: stripManagedFields,
+		})
 		if _, err := inf.AddEventHandler(handler); err != nil {
 			return fmt.Errorf("watching leases in %s: %w", ns, err)
 		}
-		factories = append(factories, f)
+		infs = append(infs, inf)
 		hasSynced = append(hasSynced, inf.HasSynced)
 		return nil
 	}
-	if err := add(e.cfg.Namespace); err != nil {
+	if err := add(e.cfg.Namespace, nil); err != nil {
 		return nil, false, err
 	}
 	for name, ns := range e.cfg.LeaseNamespaces {
@@ -67,18 +67,11 @@ func (e *Elector) watch(ctx context.Context) (stop func(), synced bool, err erro
 		}
 		// One Lease by name: RBAC can grant exactly that one.
 		sel := fields.OneTermEqualSelector("metadata.name", name).String()
-		if err := add(ns, informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = sel })); err != nil {
+		if err := add(ns, func(o *metav1.ListOptions) { o.FieldSelector = sel }); err != nil {
 			return nil, false, err
 		}
 	}
-	for _, f := range factories {
-		f.StartWithContext(ctx)
-	}
-	stop = func() {
-		for _, f := range factories {
-			f.Shutdown()
-		}
-	}
+	stop = kube.Start(ctx, infs...)
 	// Judge only from what the API holds: an empty cache would make every
 	// contest look free.
 	return stop, cache.WaitForCacheSync(ctx.Done(), hasSynced...), nil
@@ -90,7 +83,7 @@ func (e *Elector) watch(ctx context.Context) (stop func(), synced bool, err erro
 func (e *Elector) refresh(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.RenewDeadline)
 	defer cancel()
-	leases := e.cfg.Client.CoordinationV1()
+	leases := e.cfg.Client
 	list, err := leases.Leases(e.cfg.Namespace).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return fmt.Errorf("listing leases in %s: %w", e.cfg.Namespace, err)

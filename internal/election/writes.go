@@ -196,7 +196,7 @@ func (e *Elector) renewOnce(ctx context.Context, start time.Time) error {
 	out, err := e.writeLease(ctx, e.node, KindNode, base, annotations, drop)
 	if apierrors.IsConflict(err) {
 		// Our view was stale; read once and retry at the next tick.
-		if cur, gerr := e.cfg.Client.CoordinationV1().Leases(e.nsFor(e.node)).Get(ctx, e.node, metav1.GetOptions{}); gerr == nil {
+		if cur, gerr := e.cfg.Client.Leases(e.nsFor(e.node)).Get(ctx, e.node, metav1.GetOptions{}); gerr == nil {
 			e.record(cur)
 		}
 	}
@@ -218,7 +218,7 @@ func (e *Elector) renewOnce(ctx context.Context, start time.Time) error {
 // in drop.
 func (e *Elector) writeLease(ctx context.Context, name, kind string, base *coordinationv1.Lease, annotations map[string]string, drop []string) (*coordinationv1.Lease, error) {
 	ns := e.nsFor(name)
-	leases := e.cfg.Client.CoordinationV1().Leases(ns)
+	leases := e.cfg.Client.Leases(ns)
 	now := metav1.NewMicroTime(e.now())
 	secs := int32(math.Ceil(e.cfg.LeaseDuration.Seconds()))
 	id := e.cfg.Identity
@@ -283,7 +283,7 @@ func isRace(err error) bool {
 func (e *Elector) do(ctx context.Context, j job) error {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.RenewDeadline)
 	defer cancel()
-	leases := e.cfg.Client.CoordinationV1().Leases(e.nsFor(j.name))
+	leases := e.cfg.Client.Leases(e.nsFor(j.name))
 	log := e.log.With("contest", j.name)
 	switch j.op {
 	case opAcquire:
@@ -353,7 +353,7 @@ func (e *Elector) Release(ctx context.Context) error {
 	e.mu.Unlock()
 	e.dropHolding()
 
-	leases := e.cfg.Client.CoordinationV1().Leases(e.nsFor(e.node))
+	leases := e.cfg.Client.Leases(e.nsFor(e.node))
 	for {
 		e.mu.Lock()
 		o := e.leases[e.node]

@@ -13,8 +13,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
+	"github.com/vipd/vipd/internal/kube"
 	"github.com/vipd/vipd/internal/lab/controlplane"
 )
 
@@ -138,14 +138,14 @@ func TestWatchFile(t *testing.T) {
 
 func TestWatchSecret(t *testing.T) {
 	cp := suite.Need(t)
-	client, err := kubernetes.NewForConfig(cp.Config())
+	client, err := kube.NewForConfig(cp.Config())
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
 	ns := "hbkey-" + strings.ToLower(time.Now().Format("150405.000000"))
 	ns = strings.ReplaceAll(ns, ".", "-")
-	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+	if _, err := client.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	var u updates
@@ -161,7 +161,7 @@ func TestWatchSecret(t *testing.T) {
 		}
 	})
 	u.wait(t, "no Secret yet", func(x Update) bool { return errors.Is(x.Err, ErrNoKey) })
-	secrets := client.CoreV1().Secrets(ns)
+	secrets := client.Secrets(ns)
 	s, err := secrets.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "vipd-heartbeat-key"},
 		Data: map[string][]byte{"key": []byte(k1)}}, metav1.CreateOptions{})
 	if err != nil {

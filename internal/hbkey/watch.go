@@ -15,11 +15,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/vipd/vipd/internal/heartbeat"
+	"github.com/vipd/vipd/internal/kube"
 )
 
 // Update is the outcome of one look at the key: keys, or why there are
@@ -75,13 +74,12 @@ func fileSignature(path string) []byte {
 // WatchSecret reports the keys in the named Secret now and whenever it
 // changes, until ctx ends. It watches that one Secret by name, so RBAC
 // can grant exactly that.
-func WatchSecret(ctx context.Context, client kubernetes.Interface, namespace, name string, log *slog.Logger, report func(Update)) error {
+func WatchSecret(ctx context.Context, client kube.Interface, namespace, name string, log *slog.Logger, report func(Update)) error {
 	where := namespace + "/" + name
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+	inf := kube.NewInformer(client.Secrets(namespace), &corev1.Secret{}, kube.InformerOptions{
+		Tweak: func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
-		}))
-	inf := factory.Core().V1().Secrets().Informer()
+		}})
 	var lastErr string
 	if err := inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
 		// Said once per kind of failure: an identity that may not read the
@@ -125,8 +123,7 @@ func WatchSecret(ctx context.Context, client kubernetes.Interface, namespace, na
 	}); err != nil {
 		return fmt.Errorf("watching Secret %s: %w", where, err)
 	}
-	factory.StartWithContext(ctx)
-	defer factory.Shutdown()
+	defer kube.Start(ctx, inf)()
 	if cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 		mu.Lock()
 		empty := !have

@@ -16,9 +16,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/vipd/vipd/internal/kube"
 )
 
 // LabelControlPlane marks the nodes of the control plane (kubeadm sets it,
@@ -27,7 +27,7 @@ const LabelControlPlane = "node-role.kubernetes.io/control-plane"
 
 // Watcher holds the labels of every Node, from a watch.
 type Watcher struct {
-	client  kubernetes.Interface
+	client  kube.Interface
 	log     *slog.Logger
 	changes chan struct{}
 	synced  atomic.Bool
@@ -38,7 +38,7 @@ type Watcher struct {
 }
 
 // New returns a Watcher; Run starts it. log may be nil.
-func New(client kubernetes.Interface, log *slog.Logger) *Watcher {
+func New(client kube.Interface, log *slog.Logger) *Watcher {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -51,16 +51,15 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if !w.running.CompareAndSwap(false, true) {
 		return errors.New("nodes: Run called twice")
 	}
-	f := informers.NewSharedInformerFactoryWithOptions(w.client, 0,
+	inf := kube.NewInformer(w.client.Nodes(), &corev1.Node{}, kube.InformerOptions{
 		// Only names and labels matter; a Node's status (images, conditions)
 		// is most of its size and changes all the time.
-		informers.WithTransform(func(obj any) (any, error) {
+		Transform: func(obj any) (any, error) {
 			if n, ok := obj.(*corev1.Node); ok {
 				return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: n.Labels, ResourceVersion: n.ResourceVersion}}, nil
 			}
 			return obj, nil
-		}))
-	inf := f.Core().V1().Nodes().Informer()
+		}})
 	var forbidden atomic.Bool
 	if err := inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
 		// Said once while it lasts: without Nodes no node selector can be
@@ -84,8 +83,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if _, err := inf.AddEventHandler(handler); err != nil {
 		return err
 	}
-	f.StartWithContext(ctx)
-	defer f.Shutdown()
+	defer kube.Start(ctx, inf)()
 	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 		return nil
 	}

@@ -10,8 +10,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/kubernetes"
 
+	"github.com/vipd/vipd/internal/kube"
 	"github.com/vipd/vipd/internal/lab/controlplane"
 )
 
@@ -23,7 +23,7 @@ func TestMain(m *testing.M) { os.Exit(suite.Run(m)) }
 // added, relabelled and deleted, and each change is signalled.
 func TestMatchingFollowsLabels(t *testing.T) {
 	cp := suite.Need(t)
-	client, err := kubernetes.NewForConfig(cp.Config())
+	client, err := kube.NewForConfig(cp.Config())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,10 +36,10 @@ func TestMatchingFollowsLabels(t *testing.T) {
 		if i == 2 {
 			l = map[string]string{"zone": "b", LabelControlPlane: ""}
 		}
-		if _, err := client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n, Labels: l}}, metav1.CreateOptions{}); err != nil {
+		if _, err := client.Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n, Labels: l}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = client.CoreV1().Nodes().Delete(context.Background(), n, metav1.DeleteOptions{}) })
+		t.Cleanup(func() { _ = client.Nodes().Delete(context.Background(), n, metav1.DeleteOptions{}) })
 	}
 	w := New(client, nil)
 	done := make(chan error, 1)
@@ -79,16 +79,16 @@ func TestMatchingFollowsLabels(t *testing.T) {
 		t.Errorf("labels of %s: %v, %v", names[2], l, ok)
 	}
 
-	n, err := client.CoreV1().Nodes().Get(ctx, names[0], metav1.GetOptions{})
+	n, err := client.Nodes().Get(ctx, names[0], metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	n.Labels["zone"] = "b"
-	if _, err := client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+	if _, err := client.Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	wait("after relabelling", zoneA, names[1:2])
-	if err := client.CoreV1().Nodes().Delete(ctx, names[1], metav1.DeleteOptions{}); err != nil {
+	if err := client.Nodes().Delete(ctx, names[1], metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	wait("after deleting", zoneA, []string{})

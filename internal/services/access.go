@@ -36,13 +36,13 @@ func (a access) annotate() bool { return a.patch || a.update }
 // serve Services without: its absence is an error.
 func (c *Controller) probeAccess(ctx context.Context) (access, error) {
 	var a access
-	core := c.cfg.Client.CoreV1()
+	core := c.cfg.Client
 	if _, err := core.Services(c.cfg.Namespace).List(ctx, metav1.ListOptions{Limit: 1}); err != nil {
 		return a, fmt.Errorf("listing Services%s: %w", c.scope(), err)
 	}
 	var err error
 	if a.slices, err = c.mayList(ctx, "EndpointSlices", func() error {
-		_, err := c.cfg.Client.DiscoveryV1().EndpointSlices(c.cfg.Namespace).List(ctx, metav1.ListOptions{Limit: 1})
+		_, err := c.cfg.Client.EndpointSlices(c.cfg.Namespace).List(ctx, metav1.ListOptions{Limit: 1})
 		return err
 	}); err != nil {
 		return a, err
@@ -112,7 +112,7 @@ func (c *Controller) mayList(ctx context.Context, what string, list func() error
 
 // may asks the API server whether this identity may do verb on resource.
 func (c *Controller) may(ctx context.Context, verb, resource, sub, namespace string) (bool, error) {
-	r, err := c.cfg.Client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
+	r, err := c.cfg.Client.SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
 		Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
 			Namespace: namespace, Verb: verb, Resource: resource, Subresource: sub,
 		}},

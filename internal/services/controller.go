@@ -18,17 +18,13 @@ import (
 	"time"
 
 	"github.com/vipd/vipd/internal/backoff"
+	"github.com/vipd/vipd/internal/kube"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
-	coreinformers "k8s.io/client-go/informers/core/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
@@ -38,7 +34,7 @@ import (
 
 // Config describes the Services one agent serves.
 type Config struct {
-	Client kubernetes.Interface
+	Client kube.Interface
 	// Namespace restricts the Services served (svc_namespace); "" means all.
 	Namespace string
 	// Class is vipd's loadBalancerClass.
@@ -203,28 +199,30 @@ func (c *Controller) Run(ctx context.Context) error {
 	if acc.events {
 		broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 		defer broadcaster.Shutdown()
-		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.cfg.Client.CoreV1().Events("")})
-		recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: reportingController, Host: c.cfg.NodeName})
+		broadcaster.StartRecordingToSink(kube.EventSink{Client: c.cfg.Client})
+		sch, err := kube.NewScheme()
+		if err != nil {
+			return fmt.Errorf("recording Events: %w", err)
+		}
+		recorder = broadcaster.NewRecorder(sch, corev1.EventSource{Component: reportingController, Host: c.cfg.NodeName})
 	}
 
-	factory := informers.NewSharedInformerFactoryWithOptions(c.cfg.Client, 0, informers.WithNamespace(c.cfg.Namespace),
-		// Nothing here reads managedFields; dropping them keeps the cache
-		// of every Service small. Updates without them leave the server's
-		// copy as is. EndpointSlices, never written, keep only what the
-		// plan reads (trimSlice).
-		informers.WithTransform(func(obj any) (any, error) {
-			if es, ok := obj.(*discoveryv1.EndpointSlice); ok {
-				return trimSlice(es), nil
-			}
-			if m, ok := obj.(metav1.Object); ok {
-				m.SetManagedFields(nil)
-			}
-			return obj, nil
-		}))
-	svcInf := factory.Core().V1().Services()
-	epInf := factory.Discovery().V1().EndpointSlices()
-	c.services = svcInf.Lister()
-	synced := []cache.InformerSynced{svcInf.Informer().HasSynced}
+	// Nothing here reads managedFields; dropping them keeps the cache of
+	// every Service small. Updates without them leave the server's copy
+	// as is. EndpointSlices, never written, keep only what the plan reads
+	// (trimSlice).
+	byNamespace := cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}
+	stripManaged := func(obj any) (any, error) {
+		if m, ok := obj.(metav1.Object); ok {
+			m.SetManagedFields(nil)
+		}
+		return obj, nil
+	}
+	svcInf := kube.NewInformer(c.cfg.Client.Services(c.cfg.Namespace), &corev1.Service{}, kube.InformerOptions{
+		Indexers: byNamespace, Transform: stripManaged})
+	infs := []cache.SharedIndexInformer{svcInf}
+	c.services = corelisters.NewServiceLister(svcInf.GetIndexer())
+	synced := []cache.InformerSynced{svcInf.HasSynced}
 
 	replanAll := func(any) { c.markDirty(types.NamespacedName{}, true) }
 	onService := func(old, obj any) {
@@ -246,7 +244,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 		c.queue.Add(item{kind: kindStatus, svc: nn})
 	}
-	if _, err := svcInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	if _, err := svcInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) { onService(nil, obj) }, UpdateFunc: onService, DeleteFunc: func(obj any) { onService(nil, obj) },
 	}); err != nil {
 		return fmt.Errorf("watching Services: %w", err)
@@ -260,13 +258,19 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 	}
 	if acc.slices {
-		c.slices = epInf.Lister()
-		if err := epInf.Informer().AddIndexers(cache.Indexers{sliceServiceIndex: sliceService}); err != nil {
-			return fmt.Errorf("indexing EndpointSlices: %w", err)
-		}
-		c.sliceIndex = epInf.Informer().GetIndexer()
-		synced = append(synced, epInf.Informer().HasSynced)
-		if _, err := epInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		epInf := kube.NewInformer(c.cfg.Client.EndpointSlices(c.cfg.Namespace), &discoveryv1.EndpointSlice{}, kube.InformerOptions{
+			Indexers: cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc, sliceServiceIndex: sliceService},
+			Transform: func(obj any) (any, error) {
+				if es, ok := obj.(*discoveryv1.EndpointSlice); ok {
+					return trimSlice(es), nil
+				}
+				return obj, nil
+			}})
+		infs = append(infs, epInf)
+		c.slices = discoverylisters.NewEndpointSliceLister(epInf.GetIndexer())
+		c.sliceIndex = epInf.GetIndexer()
+		synced = append(synced, epInf.HasSynced)
+		if _, err := epInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc: onSlice, UpdateFunc: func(_, obj any) { onSlice(obj) }, DeleteFunc: onSlice,
 		}); err != nil {
 			return fmt.Errorf("watching EndpointSlices: %w", err)
@@ -277,15 +281,14 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	other := cache.ResourceEventHandlerFuncs{AddFunc: replanAll, UpdateFunc: func(_, obj any) { replanAll(obj) }, DeleteFunc: replanAll}
 	if acc.pool {
-		// The pool lives in its own namespace and is one object, so it gets
-		// an informer of its own, still run by the shared factory.
-		cmInf := factory.InformerFor(&corev1.ConfigMap{}, func(client kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
-			return coreinformers.NewFilteredConfigMapInformer(client, c.cfg.PoolNamespace, resync,
-				cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
-				func(o *metav1.ListOptions) {
-					o.FieldSelector = fields.OneTermEqualSelector("metadata.name", c.cfg.PoolConfigMap).String()
-				})
-		})
+		// The pool lives in its own namespace and is one object, watched by
+		// name.
+		cmInf := kube.NewInformer(c.cfg.Client.ConfigMaps(c.cfg.PoolNamespace), &corev1.ConfigMap{}, kube.InformerOptions{
+			Indexers: byNamespace, Transform: stripManaged,
+			Tweak: func(o *metav1.ListOptions) {
+				o.FieldSelector = fields.OneTermEqualSelector("metadata.name", c.cfg.PoolConfigMap).String()
+			}})
+		infs = append(infs, cmInf)
 		c.configMaps = corelisters.NewConfigMapLister(cmInf.GetIndexer())
 		synced = append(synced, cmInf.HasSynced)
 		if _, err := cmInf.AddEventHandler(other); err != nil {
@@ -293,8 +296,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 	}
 
-	factory.StartWithContext(ctx)
-	defer factory.Shutdown()
+	defer kube.Start(ctx, infs...)()
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return nil
 	}

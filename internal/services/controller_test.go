@@ -16,11 +16,11 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 
+	"github.com/vipd/vipd/internal/kube"
 	"github.com/vipd/vipd/internal/lab/controlplane"
 )
 
@@ -39,11 +39,11 @@ func needAPI(t *testing.T) *controlplane.ControlPlane {
 
 const waitTimeout = 15 * time.Second
 
-func newClient(t *testing.T) kubernetes.Interface {
+func newClient(t *testing.T) kube.Interface {
 	t.Helper()
 	rc := suite.Need(t).Config()
 	rc.RateLimiter = flowcontrol.NewFakeAlwaysRateLimiter()
-	c, err := kubernetes.NewForConfig(rc)
+	c, err := kube.NewForConfig(rc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,20 +64,24 @@ func namespace(t *testing.T, prefix string) string {
 	t.Helper()
 	client := newClient(t)
 	name := fmt.Sprintf("%s-%d-%04x", prefix, os.Getpid()%100000, rand.IntN(1<<16))
-	if _, err := client.CoreV1().Namespaces().Create(context.Background(),
+	if _, err := client.Namespaces().Create(context.Background(),
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("creating namespace %s: %v", name, err)
 	}
 	t.Cleanup(func() {
 		ctx := context.Background()
-		list, err := client.CoreV1().Services(name).List(ctx, metav1.ListOptions{})
+		list, err := client.Services(name).List(ctx, metav1.ListOptions{})
 		if err == nil {
 			for _, s := range list.Items {
-				_ = client.CoreV1().Services(name).Delete(ctx, s.Name, metav1.DeleteOptions{})
+				_ = client.Services(name).Delete(ctx, s.Name, metav1.DeleteOptions{})
 			}
 		}
-		_ = client.DiscoveryV1().EndpointSlices(name).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
-		_ = client.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{})
+		if slices, err := client.EndpointSlices(name).List(ctx, metav1.ListOptions{}); err == nil {
+			for _, es := range slices.Items {
+				_ = client.EndpointSlices(name).Delete(ctx, es.Name, metav1.DeleteOptions{})
+			}
+		}
+		_ = client.Namespaces().Delete(ctx, name, metav1.DeleteOptions{})
 	})
 	return name
 }
@@ -119,11 +123,11 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 // create makes a Service built by svc (plan_test.go) in ns.
-func create(t *testing.T, client kubernetes.Interface, ns, name string, opts ...svcOpt) *corev1.Service {
+func create(t *testing.T, client kube.Interface, ns, name string, opts ...svcOpt) *corev1.Service {
 	t.Helper()
 	s := svc(ns+"/"+name, 0, opts...)
 	s.UID, s.ResourceVersion, s.CreationTimestamp = "", "", metav1.Time{}
-	out, err := client.CoreV1().Services(ns).Create(context.Background(), s, metav1.CreateOptions{})
+	out, err := client.Services(ns).Create(context.Background(), s, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("creating Service %s/%s: %v", ns, name, err)
 	}
@@ -131,15 +135,15 @@ func create(t *testing.T, client kubernetes.Interface, ns, name string, opts ...
 }
 
 // update changes a Service, retrying on conflicts.
-func update(t *testing.T, client kubernetes.Interface, ns, name string, change func(*corev1.Service)) {
+func update(t *testing.T, client kube.Interface, ns, name string, change func(*corev1.Service)) {
 	t.Helper()
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		s, err := client.CoreV1().Services(ns).Get(context.Background(), name, metav1.GetOptions{})
+		s, err := client.Services(ns).Get(context.Background(), name, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
 		change(s)
-		_, err = client.CoreV1().Services(ns).Update(context.Background(), s, metav1.UpdateOptions{})
+		_, err = client.Services(ns).Update(context.Background(), s, metav1.UpdateOptions{})
 		return err
 	})
 	if err != nil {
@@ -147,9 +151,9 @@ func update(t *testing.T, client kubernetes.Interface, ns, name string, change f
 	}
 }
 
-func get(t *testing.T, client kubernetes.Interface, ns, name string) *corev1.Service {
+func get(t *testing.T, client kube.Interface, ns, name string) *corev1.Service {
 	t.Helper()
-	s, err := client.CoreV1().Services(ns).Get(context.Background(), name, metav1.GetOptions{})
+	s, err := client.Services(ns).Get(context.Background(), name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("reading Service %s/%s: %v", ns, name, err)
 	}
@@ -157,9 +161,9 @@ func get(t *testing.T, client kubernetes.Interface, ns, name string) *corev1.Ser
 }
 
 // events returns the Events about a Service with the given reason.
-func events(t *testing.T, client kubernetes.Interface, ns, name, reason string) []corev1.Event {
+func events(t *testing.T, client kube.Interface, ns, name, reason string) []corev1.Event {
 	t.Helper()
-	list, err := client.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{
+	list, err := client.Events(ns).List(context.Background(), metav1.ListOptions{
 		FieldSelector: fields.AndSelectors(fields.OneTermEqualSelector("involvedObject.name", name),
 			fields.OneTermEqualSelector("reason", reason)).String(),
 	})
@@ -169,7 +173,7 @@ func events(t *testing.T, client kubernetes.Interface, ns, name, reason string) 
 	return list.Items
 }
 
-func hasEvent(t *testing.T, client kubernetes.Interface, ns, name, reason string, match func(corev1.Event) bool) bool {
+func hasEvent(t *testing.T, client kube.Interface, ns, name, reason string, match func(corev1.Event) bool) bool {
 	return slices.ContainsFunc(events(t, client, ns, name, reason), match)
 }
 
@@ -222,7 +226,7 @@ func TestAddressesFromAnnotationAndSpec(t *testing.T) {
 	case <-c.Changes():
 	default:
 	}
-	if err := client.CoreV1().Services(ns).Delete(context.Background(), "web", metav1.DeleteOptions{}); err != nil {
+	if err := client.Services(ns).Delete(context.Background(), "web", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	update(t, client, ns, "legacy", func(s *corev1.Service) { s.Spec.LoadBalancerIP = "192.0.2.14" })
@@ -304,9 +308,9 @@ func held(ips ...string) []Held {
 }
 
 // pool creates the pool ConfigMap.
-func createPool(t *testing.T, client kubernetes.Interface, ns string, data map[string]string) {
+func createPool(t *testing.T, client kube.Interface, ns string, data map[string]string) {
 	t.Helper()
-	_, err := client.CoreV1().ConfigMaps(ns).Create(context.Background(),
+	_, err := client.ConfigMaps(ns).Create(context.Background(),
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "kubevip"}, Data: data}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("creating pool ConfigMap: %v", err)
@@ -370,7 +374,7 @@ func TestRacingAllocation(t *testing.T) {
 		go func() {
 			s := svc(fmt.Sprintf("%s/svc-%c", ns, 'a'+n-1-i), 0)
 			s.UID, s.ResourceVersion, s.CreationTimestamp = "", "", metav1.Time{}
-			_, err := client.CoreV1().Services(ns).Create(context.Background(), s, metav1.CreateOptions{})
+			_, err := client.Services(ns).Create(context.Background(), s, metav1.CreateOptions{})
 			errs <- err
 		}()
 	}
@@ -393,7 +397,7 @@ func TestRacingAllocation(t *testing.T) {
 				return false
 			}
 		}
-		list, err := client.CoreV1().Services(ns).List(context.Background(), metav1.ListOptions{})
+		list, err := client.Services(ns).List(context.Background(), metav1.ListOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -518,7 +522,7 @@ func TestLocalCandidatesFollowEndpointSlices(t *testing.T) {
 	client := newClient(t)
 	ns := namespace(t, "svc-local")
 	c := start(t, "n1", Config{Namespace: ns})
-	slicesAPI := client.DiscoveryV1().EndpointSlices(ns)
+	slicesAPI := client.EndpointSlices(ns)
 	ctx := context.Background()
 
 	create(t, client, ns, "web", ann("192.0.2.50"), local())
@@ -579,7 +583,7 @@ func ingressIs(s *corev1.Service, ips ...string) bool {
 }
 
 // assignedBy counts the VIPAssigned Events a node recorded, repeats included.
-func assignedBy(t *testing.T, client kubernetes.Interface, ns, name, node string) int32 {
+func assignedBy(t *testing.T, client kube.Interface, ns, name, node string) int32 {
 	var n int32
 	for _, e := range events(t, client, ns, name, reasonAssigned) {
 		if e.ReportingInstance == node {

@@ -13,10 +13,13 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
+
+	"github.com/vipd/vipd/internal/kube/kubetest"
 )
 
 // planTestBed is a Controller whose caches the test fills by hand.
@@ -27,7 +30,7 @@ type planTestBed struct {
 
 func newPlanTestBed(t testing.TB) *planTestBed {
 	t.Helper()
-	c, err := New(Config{Client: fake.NewClientset(), NodeName: "n1", Class: "vipd", PoolNamespace: "kube-system", PoolConfigMap: "kubevip"})
+	c, err := New(Config{Client: kubetest.Wrap(fake.NewClientset()), NodeName: "n1", Class: "vipd", PoolNamespace: "kube-system", PoolConfigMap: "kubevip"})
 	if err != nil {
 		t.Fatal(err)
 	}

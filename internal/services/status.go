@@ -128,7 +128,7 @@ func (c *Controller) release(ctx context.Context, svc *corev1.Service, sp *servi
 	if err != nil {
 		return fmt.Errorf("encoding %s patch: %w", AnnotationVIPHost, err)
 	}
-	services := c.cfg.Client.CoreV1().Services(svc.Namespace)
+	services := c.cfg.Client.Services(svc.Namespace)
 	_, err = services.Patch(ctx, svc.Name, types.JSONPatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
 	if err == nil || apierrors.IsNotFound(err) {
 		return nil
@@ -148,7 +148,7 @@ func (c *Controller) updateIngress(ctx context.Context, svc *corev1.Service, wan
 	if !c.access.status {
 		return nil // said once at start
 	}
-	services := c.cfg.Client.CoreV1().Services(svc.Namespace)
+	services := c.cfg.Client.Services(svc.Namespace)
 	cur := svc
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		desired, ok := want(cur)
@@ -227,7 +227,7 @@ func jsonPointerEscape(s string) string {
 // releaseByUpdate removes this node's vipHost annotation with an update
 // conditional on the version read, for identities that may not patch.
 func (c *Controller) releaseByUpdate(ctx context.Context, svc *corev1.Service) error {
-	fresh, err := c.cfg.Client.CoreV1().Services(svc.Namespace).Get(ctx, svc.Name, metav1.GetOptions{})
+	fresh, err := c.cfg.Client.Services(svc.Namespace).Get(ctx, svc.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) || (err == nil && fresh.Annotations[AnnotationVIPHost] != c.cfg.NodeName) {
 		return nil
 	}

@@ -19,7 +19,7 @@ import (
 // not update. Under kube-vip's RBAC, which grants update and not patch, the
 // Service is updated whole from svc, conditional on its version.
 func (c *Controller) setAnnotations(ctx context.Context, svc *corev1.Service, set map[string]*string, rv string) (*corev1.Service, error) {
-	services := c.cfg.Client.CoreV1().Services(svc.Namespace)
+	services := c.cfg.Client.Services(svc.Namespace)
 	if c.access.patch {
 		meta := map[string]any{"annotations": set}
 		if rv != "" {

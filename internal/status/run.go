@@ -6,7 +6,7 @@ import (
 	"io"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
+	"github.com/vipd/vipd/internal/kube"
 )
 
 // DefaultNamespace is where vipd's Leases are unless configured otherwise.
@@ -14,7 +14,7 @@ const DefaultNamespace = "kube-system"
 
 // Options configures Run.
 type Options struct {
-	Client kubernetes.Interface
+	Client kube.Interface
 	// Namespace holds the agents' node Leases; "" looks for them across
 	// the cluster, and falls back to DefaultNamespace.
 	Namespace string

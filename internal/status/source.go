@@ -15,13 +15,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
-	coordinformers "k8s.io/client-go/informers/coordination/v1"
-	coreinformers "k8s.io/client-go/informers/core/v1"
-	discoveryinformers "k8s.io/client-go/informers/discovery/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/vipd/vipd/internal/election"
+	"github.com/vipd/vipd/internal/kube"
 )
 
 // source reads the objects a Snapshot holds. A missing ConfigMap is nil
@@ -108,10 +105,10 @@ func hint(err error) error {
 }
 
 // apiSource reads straight from the API server: for one report.
-type apiSource struct{ client kubernetes.Interface }
+type apiSource struct{ client kube.Interface }
 
 func (a apiSource) leases(ctx context.Context, ns string) ([]coordinationv1.Lease, error) {
-	l, err := a.client.CoordinationV1().Leases(ns).List(ctx, metav1.ListOptions{})
+	l, err := a.client.Leases(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +116,7 @@ func (a apiSource) leases(ctx context.Context, ns string) ([]coordinationv1.Leas
 }
 
 func (a apiSource) services(ctx context.Context, ns string) ([]*corev1.Service, error) {
-	l, err := a.client.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
+	l, err := a.client.Services(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +128,7 @@ func (a apiSource) services(ctx context.Context, ns string) ([]*corev1.Service, 
 }
 
 func (a apiSource) endpointSlices(ctx context.Context, ns string) ([]*discoveryv1.EndpointSlice, error) {
-	l, err := a.client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{})
+	l, err := a.client.EndpointSlices(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +140,7 @@ func (a apiSource) endpointSlices(ctx context.Context, ns string) ([]*discoveryv
 }
 
 func (a apiSource) configMap(ctx context.Context, ns, name string) (*corev1.ConfigMap, error) {
-	cm, err := a.client.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+	cm, err := a.client.ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil, nil
 	}
@@ -156,7 +153,7 @@ const syncTimeout = 30 * time.Second
 // watchSource reads from informers it starts on first use, for --watch;
 // changed receives a value (coalesced) on every change.
 type watchSource struct {
-	client  kubernetes.Interface
+	client  kube.Interface
 	ctx     context.Context
 	changed chan struct{}
 
@@ -164,7 +161,7 @@ type watchSource struct {
 	informers map[string]cache.SharedIndexInformer
 }
 
-func newWatchSource(ctx context.Context, client kubernetes.Interface) *watchSource {
+func newWatchSource(ctx context.Context, client kube.Interface) *watchSource {
 	return &watchSource{client: client, ctx: ctx, changed: make(chan struct{}, 1), informers: map[string]cache.SharedIndexInformer{}}
 }
 
@@ -212,7 +209,7 @@ func (w *watchSource) informer(key string, newInf func() cache.SharedIndexInform
 
 func (w *watchSource) leases(_ context.Context, ns string) ([]coordinationv1.Lease, error) {
 	inf, err := w.informer("leases/"+ns, func() cache.SharedIndexInformer {
-		return coordinformers.NewLeaseInformer(w.client, ns, 0, cache.Indexers{})
+		return kube.NewInformer(w.client.Leases(ns), &coordinationv1.Lease{}, kube.InformerOptions{})
 	})
 	if err != nil {
 		return nil, err
@@ -226,7 +223,7 @@ func (w *watchSource) leases(_ context.Context, ns string) ([]coordinationv1.Lea
 
 func (w *watchSource) services(_ context.Context, ns string) ([]*corev1.Service, error) {
 	inf, err := w.informer("services/"+ns, func() cache.SharedIndexInformer {
-		return coreinformers.NewServiceInformer(w.client, ns, 0, cache.Indexers{})
+		return kube.NewInformer(w.client.Services(ns), &corev1.Service{}, kube.InformerOptions{})
 	})
 	if err != nil {
 		return nil, err
@@ -236,7 +233,7 @@ func (w *watchSource) services(_ context.Context, ns string) ([]*corev1.Service,
 
 func (w *watchSource) endpointSlices(_ context.Context, ns string) ([]*discoveryv1.EndpointSlice, error) {
 	inf, err := w.informer("endpointslices/"+ns, func() cache.SharedIndexInformer {
-		return discoveryinformers.NewEndpointSliceInformer(w.client, ns, 0, cache.Indexers{})
+		return kube.NewInformer(w.client.EndpointSlices(ns), &discoveryv1.EndpointSlice{}, kube.InformerOptions{})
 	})
 	if err != nil {
 		return nil, err
@@ -246,9 +243,9 @@ func (w *watchSource) endpointSlices(_ context.Context, ns string) ([]*discovery
 
 func (w *watchSource) configMap(_ context.Context, ns, name string) (*corev1.ConfigMap, error) {
 	inf, err := w.informer("configmaps/"+ns+"/"+name, func() cache.SharedIndexInformer {
-		return coreinformers.NewFilteredConfigMapInformer(w.client, ns, 0, cache.Indexers{}, func(o *metav1.ListOptions) {
+		return kube.NewInformer(w.client.ConfigMaps(ns), &corev1.ConfigMap{}, kube.InformerOptions{Tweak: func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
-		})
+		}})
 	})
 	if err != nil {
 		return nil, err
@@ -276,9 +273,9 @@ var errManyNamespaces = errors.New("vipd agents in several namespaces")
 
 // findNamespace looks for the namespace of the agents' node Leases across
 // the cluster; def when listing across namespaces is forbidden.
-func findNamespace(ctx context.Context, client kubernetes.Interface, def string) (string, error) {
+func findNamespace(ctx context.Context, client kube.Interface, def string) (string, error) {
 	sel := labels.SelectorFromSet(labels.Set{election.LabelKind: election.KindNode}).String()
-	l, err := client.CoordinationV1().Leases("").List(ctx, metav1.ListOptions{LabelSelector: sel})
+	l, err := client.Leases("").List(ctx, metav1.ListOptions{LabelSelector: sel})
 	if apierrors.IsForbidden(err) {
 		return def, nil
 	}
