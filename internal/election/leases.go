@@ -83,8 +83,7 @@ func (e *Elector) watch(ctx context.Context) (stop func(), synced bool, err erro
 func (e *Elector) refresh(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.RenewDeadline)
 	defer cancel()
-	leases := e.cfg.Client
-	list, err := leases.Leases(e.cfg.Namespace).List(ctx, metav1.ListOptions{})
+	list, err := e.cfg.Client.Leases(e.cfg.Namespace).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return fmt.Errorf("listing leases in %s: %w", e.cfg.Namespace, err)
 	}
@@ -94,7 +93,7 @@ func (e *Elector) refresh(ctx context.Context) error {
 			continue
 		}
 		sel := fields.OneTermEqualSelector("metadata.name", name).String()
-		l, err := leases.Leases(ns).List(ctx, metav1.ListOptions{FieldSelector: sel})
+		l, err := e.cfg.Client.Leases(ns).List(ctx, metav1.ListOptions{FieldSelector: sel})
 		if err != nil {
 			return fmt.Errorf("listing lease %s/%s: %w", ns, name, err)
 		}
