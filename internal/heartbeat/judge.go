@@ -107,9 +107,13 @@ func (m *Monitor) heardLocked(p *peer, now time.Time) bool {
 func (m *Monitor) peerStateLocked(p *peer, now time.Time) PeerState {
 	heard := m.heardLocked(p, now)
 	return PeerState{
-		Heard:      heard,
-		Ever:       p.ever,
-		Silent:     p.ever && !heard && !m.blindLocked(now),
+		Heard: heard,
+		Ever:  p.ever,
+		// Isolation is judged at the same instant as the silence, not
+		// when the loop next notices it (m.cut): when every peer falls
+		// silent at once, this agent is the one cut off, and for a moment
+		// it would otherwise call them all dead.
+		Silent:     p.ever && !heard && !m.blindLocked(now) && !m.isolatedLocked(now),
 		Last:       p.last,
 		State:      p.state,
 		From:       p.from,
