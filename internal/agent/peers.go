@@ -25,6 +25,7 @@ type peers struct {
 
 	mu        sync.Mutex
 	self      election.PeerReport // what the election last said of itself
+	reported  bool                // the election has said it
 	answering bool                // this node announces or answers for a VIP
 	sent      heartbeat.State
 	set       bool
@@ -51,7 +52,7 @@ func (p *peers) Changes() <-chan struct{} { return p.m.Changes() }
 func (p *peers) SetSelf(r election.PeerReport) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.self = r
+	p.self, p.reported = r, true
 	p.publishLocked()
 }
 
@@ -67,7 +68,12 @@ func (p *peers) setAnswering(answering bool) {
 	p.publishLocked()
 }
 
+// publishLocked hands the monitor the state to send, once the election
+// has said what it is: until then the monitor sends no beats.
 func (p *peers) publishLocked() {
+	if !p.reported {
+		return
+	}
 	s := heartbeat.State{APIOK: p.self.APIOK, Live: p.self.Live || p.answering}
 	if s == p.sent && p.set {
 		return

@@ -22,6 +22,10 @@ func TestPeersSayNotLiveOnlyOnceSilent(t *testing.T) {
 		return sent[len(sent)-1]
 	}
 
+	p.setAnswering(false) // a pass before the election has said anything
+	if len(sent) != 0 {
+		t.Fatalf("published %+v before the election reported", sent)
+	}
 	p.SetSelf(election.PeerReport{APIOK: true, Live: true})
 	p.setAnswering(true)
 	if s := last(); !s.Live || !s.APIOK {
