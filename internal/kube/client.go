@@ -81,7 +81,6 @@ func NewScheme() (*runtime.Scheme, error) {
 type Client struct {
 	core, coordination, discovery, authorization rest.Interface
 	params                                       runtime.ParameterCodec
-	scheme                                       *runtime.Scheme
 }
 
 // NewForConfig makes a Client; its groups share one HTTP client.
@@ -108,7 +107,7 @@ func NewForConfig(rc *rest.Config) (*Client, error) {
 		}
 		return rc, nil
 	}
-	c := &Client{params: runtime.NewParameterCodec(s), scheme: s}
+	c := &Client{params: runtime.NewParameterCodec(s)}
 	for _, g := range []struct {
 		into *rest.Interface
 		gv   schema.GroupVersion
@@ -125,9 +124,6 @@ func NewForConfig(rc *rest.Config) (*Client, error) {
 	}
 	return c, nil
 }
-
-// Scheme is the scheme the client decodes with, for an Event recorder.
-func (c *Client) Scheme() *runtime.Scheme { return c.scheme }
 
 type object interface {
 	runtime.Object
