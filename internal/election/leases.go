@@ -49,7 +49,7 @@ func (e *Elector) watch(ctx context.Context) (stop func(), synced bool, err erro
 			// Nothing here reads managedFields; dropping them keeps a
 			// large cache small. Writes without them leave the server's
 			// copy as is.
-			Transform: stripManagedFields,
+			Transform: kube.StripManagedFields,
 		})
 		if _, err := inf.AddEventHandler(handler); err != nil {
 			return fmt.Errorf("watching leases in %s: %w", ns, err)
@@ -216,13 +216,6 @@ func (e *Elector) peerLeasesLocked() iter.Seq2[string, *observed] {
 // expiry is when o's Lease runs out for this agent, on its own clock.
 func (e *Elector) expiry(o *observed) time.Time {
 	return o.seen.Add(leaseDuration(o.lease, e.cfg.LeaseDuration))
-}
-
-func stripManagedFields(obj any) (any, error) {
-	if m, ok := obj.(metav1.Object); ok {
-		m.SetManagedFields(nil)
-	}
-	return obj, nil
 }
 
 func leaseDuration(l *coordinationv1.Lease, def time.Duration) time.Duration {

@@ -53,6 +53,16 @@ func NewInformer[L runtime.Object](r Lister[L], example runtime.Object, o Inform
 	return inf
 }
 
+// StripManagedFields is a transform that drops an object's managedFields:
+// nothing in vipd reads them, they are much of a small object's size, and
+// a write without them leaves the server's copy as is.
+func StripManagedFields(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
+}
+
 // Start runs infs until ctx ends or stop is called; stop waits until they
 // have stopped.
 func Start(ctx context.Context, infs ...cache.SharedIndexInformer) (stop func()) {

@@ -212,14 +212,8 @@ func (c *Controller) Run(ctx context.Context) error {
 	// as is. EndpointSlices, never written, keep only what the plan reads
 	// (trimSlice).
 	byNamespace := cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}
-	stripManaged := func(obj any) (any, error) {
-		if m, ok := obj.(metav1.Object); ok {
-			m.SetManagedFields(nil)
-		}
-		return obj, nil
-	}
 	svcInf := kube.NewInformer(c.cfg.Client.Services(c.cfg.Namespace), &corev1.Service{}, kube.InformerOptions{
-		Indexers: byNamespace, Transform: stripManaged})
+		Indexers: byNamespace, Transform: kube.StripManagedFields})
 	infs := []cache.SharedIndexInformer{svcInf}
 	c.services = corelisters.NewServiceLister(svcInf.GetIndexer())
 	synced := []cache.InformerSynced{svcInf.HasSynced}
@@ -284,7 +278,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		// The pool lives in its own namespace and is one object, watched by
 		// name.
 		cmInf := kube.NewInformer(c.cfg.Client.ConfigMaps(c.cfg.PoolNamespace), &corev1.ConfigMap{}, kube.InformerOptions{
-			Indexers: byNamespace, Transform: stripManaged,
+			Indexers: byNamespace, Transform: kube.StripManagedFields,
 			Tweak: func(o *metav1.ListOptions) {
 				o.FieldSelector = fields.OneTermEqualSelector("metadata.name", c.cfg.PoolConfigMap).String()
 			}})

@@ -175,12 +175,7 @@ func (w *watchSource) informer(key string, newInf func() cache.SharedIndexInform
 		return inf, nil
 	}
 	inf = newInf()
-	_ = inf.SetTransform(func(obj any) (any, error) {
-		if m, ok := obj.(metav1.Object); ok {
-			m.SetManagedFields(nil)
-		}
-		return obj, nil
-	})
+	_ = inf.SetTransform(kube.StripManagedFields)
 	notify := func(any) {
 		select {
 		case w.changed <- struct{}{}:
