@@ -82,6 +82,22 @@ func (w *arpWatch) LastFrom(node string) time.Time {
 	return time.Time{}
 }
 
+// FirstFrom is the time of the first question at or after from that node
+// answered, zero if none.
+func (w *arpWatch) FirstFrom(node string, from time.Time) time.Time {
+	for _, x := range w.nodes {
+		if x.Name != node {
+			continue
+		}
+		for _, r := range w.a.Rounds(w.vip) {
+			if !r.At.Before(from) && slices.Contains(r.MACs, x.MAC.String()) {
+				return r.At
+			}
+		}
+	}
+	return time.Time{}
+}
+
 // Answerers lists who answered any question asked in [from, to].
 func (w *arpWatch) Answerers(from, to time.Time) []string {
 	var who []string

@@ -182,8 +182,9 @@ func TestGracefulHandover(t *testing.T) {
 // TestHolderCrash: the holder's agent is killed; its node stays up, so its
 // kernel would answer ARP for the VIP it still carries. The heartbeats show
 // the agent dead within about 200 ms and another node takes over at once;
-// the guard's dead-man switch lapses within 200 ms, so the crashed node's
-// kernel stops answering ARP for the VIP long before the address expires.
+// the guard's dead-man switch lapses within about 150 ms, so the crashed
+// node's kernel stops answering ARP for the VIP before the new holder
+// starts, and long before the address expires.
 func TestHolderCrash(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	procs := e.startAll()
@@ -191,7 +192,7 @@ func TestHolderCrash(t *testing.T) {
 	// The fast path needs the others to hear the holder first.
 	e.waitHeard(procs)
 	e.mustReach(vip4, h)
-	a := watchARP(t, e, vip4, 20*time.Millisecond)
+	a := watchARP(t, e, vip4, 10*time.Millisecond)
 	waitFor(t, time.Second, "ARP answers from "+h.Name, func() error {
 		if a.LastFrom(h.Name).IsZero() {
 			return errors.New("none yet")
@@ -214,13 +215,21 @@ func TestHolderCrash(t *testing.T) {
 	e.waitNeighbor(2*time.Second, vip4, next)
 	e.mustReach(vip4, next)
 
-	// The old MAC falls silent within the guard's timeout (200 ms, plus up
-	// to one 50 ms refresh); the request interval adds 20 ms.
+	// The old MAC falls silent within the guard's timeout (100 ms, plus up
+	// to one 25 ms refresh); the request interval adds 10 ms.
 	holdFor(t, time.Second, "ARP probes to go on after the kill", func() error { return a.Err() })
 	last := a.LastFrom(h.Name)
-	t.Logf("%s's kernel last answered ARP for %s %v after the kill", h.Name, vip4, last.Sub(kill).Round(time.Millisecond))
+	first := a.FirstFrom(next.Name, kill)
+	t.Logf("%s's kernel last answered ARP for %s %v after the kill; %s first answered %v after it", h.Name, vip4,
+		last.Sub(kill).Round(time.Millisecond), next.Name, first.Sub(kill).Round(time.Millisecond))
 	if silent := last.Sub(kill); silent > 300*time.Millisecond {
 		t.Errorf("%s still answered ARP for %s %v after its agent was killed, want at most 300ms", h.Name, vip4, silent)
+	}
+	// The two must not answer side by side: a client whose question both
+	// answer may keep the dead node's MAC.
+	if !first.After(last) {
+		t.Errorf("%s's kernel answered ARP for %s until %v after the kill, after %s started answering (%v): two answerers",
+			h.Name, vip4, last.Sub(kill).Round(time.Millisecond), next.Name, first.Sub(kill).Round(time.Millisecond))
 	}
 	if who := e.mustAnswerers(vip4); !slices.Equal(who, []string{next.Name}) {
 		t.Errorf("ARP for %s answered by %v, want only %s", vip4, who, next.Name)

@@ -66,14 +66,28 @@ const (
 const releaseTimeout = 2 * time.Second
 
 // The guard's dead-man switch: renewed every guardRefresh while the
-// reconciler has run within guardStuck, it lapses guard.DefaultAnswerTimeout
-// (200 ms) after the agent dies or gets stuck, and the node stops answering
+// reconciler has run within guardStuck and, with heartbeats, while this
+// agent's last round of beats went out within guardBeatFresh; it lapses
+// guardAnswerTimeout after the last renewal, and the node stops answering
 // ARP and NDP for its VIPs. The reconciler runs at least every
 // guardResync, so a healthy agent always has.
+//
+// The survivors of a crash judge it silent a heartbeat Timeout (200 ms)
+// after the send time of their last beat it echoed, which can be one beat
+// interval (20 ms) before its last round: the earliest takeover comes
+// 180 ms after that round. The last renewal comes at most guardBeatFresh
+// after it, and nftables rounds the timeout to the millisecond, so the
+// crashed node's kernel falls silent at most 30 + 100 + 4 = 134 ms after
+// it: the two never answer together, with 46 ms to spare for the crashed
+// agent's own delays in reading beats (docs/guard.md). A 200 ms timeout
+// renewed every 50 ms, as before, let it answer for up to ~40 ms beside
+// the new holder.
 const (
-	guardRefresh = 50 * time.Millisecond
-	guardResync  = time.Second
-	guardStuck   = 4 * guardResync
+	guardRefresh       = 25 * time.Millisecond
+	guardBeatFresh     = 30 * time.Millisecond
+	guardAnswerTimeout = 100 * time.Millisecond
+	guardResync        = time.Second
+	guardStuck         = 4 * guardResync
 )
 
 // newGuard sets up the ARP/NDP guard. Its entries for the VIPs outlive
@@ -84,7 +98,7 @@ func newGuard(cfg config.Config, log *slog.Logger) (*guard.Guard, error) {
 	if cfg.VIPLifetime > 0 {
 		keep = cfg.VIPLifetime + 2*time.Second
 	}
-	g, err := guard.New(guard.Options{GuardTimeout: keep, Log: log})
+	g, err := guard.New(guard.Options{AnswerTimeout: guardAnswerTimeout, GuardTimeout: keep, Log: log})
 	if err != nil {
 		return nil, fmt.Errorf("setting up the ARP/NDP guard: %w", err)
 	}
@@ -264,7 +278,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	}
 	r.conflicts = r.newConflicts(m.reg)
 	defer r.conflicts.close()
-	go r.refreshGuard(bg, guardRefresh, guardStuck)
+	go r.refreshGuard(bg, guardRefresh, guardStuck, lastRound(hb))
 	ifaceEv := watchIface(bg, links, hb, log)
 	var svcChanges <-chan struct{}
 	if svc != nil {

@@ -557,9 +557,12 @@ func (r *reconciler) setGuard(guarded, answer []netip.Addr) {
 }
 
 // refreshGuard renews the guard's dead-man switch every interval while
-// the reconciler keeps running: if the agent dies or gets stuck, the node
-// stops answering ARP and NDP for its VIPs within the guard's timeout.
-func (r *reconciler) refreshGuard(ctx context.Context, interval, stuck time.Duration) {
+// the reconciler keeps running and, if beats is not nil, while the last
+// round of heartbeats (beats, zero before the first) went out within
+// guardBeatFresh: if the agent dies or gets stuck, or its beats stop, the
+// node stops answering ARP and NDP for its VIPs within the guard's timeout,
+// before the peers can judge it silent and take them.
+func (r *reconciler) refreshGuard(ctx context.Context, interval, stuck time.Duration, beats func() time.Time) {
 	if r.guard == nil {
 		return
 	}
@@ -571,13 +574,27 @@ func (r *reconciler) refreshGuard(ctx context.Context, interval, stuck time.Dura
 			return
 		case <-t.C:
 		}
-		if time.Since(time.Unix(0, r.passed.Load())) > stuck {
+		now := time.Now()
+		if now.Sub(time.Unix(0, r.passed.Load())) > stuck {
 			continue
+		}
+		if beats != nil {
+			if last := beats(); !last.IsZero() && now.Sub(last) > guardBeatFresh {
+				continue
+			}
 		}
 		if err := r.guard.Refresh(); err != nil {
 			r.log.Error("refreshing the ARP/NDP guard", "err", err)
 		}
 	}
+}
+
+// lastRound is hb's LastRound, or nil without heartbeats.
+func lastRound(hb *heartbeat.Monitor) func() time.Time {
+	if hb == nil {
+		return nil
+	}
+	return hb.LastRound
 }
 
 func union(a, b []netip.Addr) []netip.Addr {

@@ -83,6 +83,19 @@ func (m *Monitor) Self() SelfState {
 	}
 }
 
+// LastRound reports when this agent last sent its peers a round of beats;
+// zero before the first. The peers judge this node by those beats, so
+// what must fall silent when they would judge it silent (the ARP/NDP
+// guard) is kept alive only while rounds go out.
+func (m *Monitor) LastRound() time.Time {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.seq == 0 {
+		return time.Time{}
+	}
+	return m.sent[m.seq%ringSize].at
+}
+
 // Stats reports the datagram counters.
 func (m *Monitor) Stats() Stats {
 	m.mu.Lock()
