@@ -182,7 +182,7 @@ func TestGracefulHandover(t *testing.T) {
 // TestHolderCrash: the holder's agent is killed; its node stays up, so its
 // kernel would answer ARP for the VIP it still carries. The heartbeats show
 // the agent dead within about 200 ms and another node takes over at once;
-// the guard's dead-man switch lapses within about 150 ms, so the crashed
+// the guard's dead-man switch lapses within about 130 ms, so the crashed
 // node's kernel stops answering ARP for the VIP before the new holder
 // starts, and long before the address expires.
 func TestHolderCrash(t *testing.T) {
@@ -215,8 +215,9 @@ func TestHolderCrash(t *testing.T) {
 	e.waitNeighbor(2*time.Second, vip4, next)
 	e.mustReach(vip4, next)
 
-	// The old MAC falls silent within the guard's timeout (100 ms, plus up
-	// to one 25 ms refresh); the request interval adds 10 ms.
+	// The old MAC falls silent 130 ms after the agent's last round of
+	// heartbeats, at most 20 ms before the kill; the request interval adds
+	// 10 ms.
 	holdFor(t, time.Second, "ARP probes to go on after the kill", func() error { return a.Err() })
 	last := a.LastFrom(h.Name)
 	first := a.FirstFrom(next.Name, kill)

@@ -66,26 +66,25 @@ const (
 const releaseTimeout = 2 * time.Second
 
 // The guard's dead-man switch: renewed every guardRefresh while the
-// reconciler has run within guardStuck and, with heartbeats, while this
-// agent's last round of beats went out within guardBeatFresh; it lapses
-// guardAnswerTimeout after the last renewal, and the node stops answering
-// ARP and NDP for its VIPs. The reconciler runs at least every
-// guardResync, so a healthy agent always has.
+// reconciler has run within guardStuck, it lapses guardAnswerTimeout after
+// the last renewal and, with heartbeats, no later than guardAnswerTimeout
+// after this agent's last round of beats (Guard.RefreshUntil); then the
+// node stops answering ARP and NDP for its VIPs. The reconciler runs at
+// least every guardResync, so a healthy agent always has.
 //
 // The survivors of a crash judge it silent a heartbeat Timeout (200 ms)
 // after the send time of their last beat it echoed, which can be one beat
 // interval (20 ms) before its last round: the earliest takeover comes
-// 180 ms after that round. The last renewal comes at most guardBeatFresh
-// after it, and nftables rounds the timeout to the millisecond, so the
-// crashed node's kernel falls silent at most 30 + 100 + 4 = 134 ms after
-// it: the two never answer together, with 46 ms to spare for the crashed
-// agent's own delays in reading beats (docs/guard.md). A 200 ms timeout
-// renewed every 50 ms, as before, let it answer for up to ~40 ms beside
-// the new holder.
+// 180 ms after that round. The crashed node's kernel falls silent at most
+// 130 + 4 (nftables' millisecond rounding) = 134 ms after it: the two
+// never answer together, with 46 ms to spare for the crashed agent's own
+// delays in reading beats (docs/guard.md). A 200 ms timeout from the last
+// renewal, as before, let it answer for up to ~40 ms beside the new
+// holder. A live agent's node falls silent only if its beats stop for
+// 130 ms, or no renewal comes for about 100 ms.
 const (
 	guardRefresh       = 25 * time.Millisecond
-	guardBeatFresh     = 30 * time.Millisecond
-	guardAnswerTimeout = 100 * time.Millisecond
+	guardAnswerTimeout = 130 * time.Millisecond
 	guardResync        = time.Second
 	guardStuck         = 4 * guardResync
 )

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,18 +12,38 @@ import (
 	"github.com/vipd/vipd/internal/heartbeat"
 )
 
-// countingGuard counts the renewals of the dead-man switch.
-type countingGuard struct{ refreshed atomic.Int64 }
+// recordingGuard records how the dead-man switch was last renewed.
+type recordingGuard struct {
+	mu        sync.Mutex
+	renewals  int
+	lastUntil time.Time // zero: renewed by Refresh
+}
 
-func (*countingGuard) Set(guarded, answer []netip.Addr) error { return nil }
-func (g *countingGuard) Refresh() error                       { g.refreshed.Add(1); return nil }
-func (*countingGuard) Close() error                           { return nil }
+func (*recordingGuard) Set(guarded, answer []netip.Addr) error { return nil }
+func (*recordingGuard) Close() error                           { return nil }
 
-// TestGuardRenewedOnlyWhileBeatsGoOut: the switch is renewed while the
-// reconciler runs and the last round of beats is fresh, and not once the
-// beats stop (the peers will judge this node silent) or the reconciler is
-// stuck; before the first round it is renewed (nobody judges it by beats).
-func TestGuardRenewedOnlyWhileBeatsGoOut(t *testing.T) {
+func (g *recordingGuard) Refresh() error { return g.RefreshUntil(time.Time{}) }
+
+func (g *recordingGuard) RefreshUntil(until time.Time) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.renewals++
+	g.lastUntil = until
+	return nil
+}
+
+func (g *recordingGuard) last() (int, time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.renewals, g.lastUntil
+}
+
+// TestGuardFollowsTheBeats: with heartbeats the switch is renewed to lapse
+// guardAnswerTimeout after the last round of beats, not after the renewal,
+// so a node whose beats stop falls silent before its peers can find it
+// silent; before the first round it is renewed plainly (nobody judges it
+// by beats yet); with the reconciler stuck it is not renewed at all.
+func TestGuardFollowsTheBeats(t *testing.T) {
 	var lastRound atomic.Int64 // Unix nanoseconds; 0: no round yet
 	beats := func() time.Time {
 		if n := lastRound.Load(); n != 0 {
@@ -30,56 +51,55 @@ func TestGuardRenewedOnlyWhileBeatsGoOut(t *testing.T) {
 		}
 		return time.Time{}
 	}
-	g := &countingGuard{}
+	g := &recordingGuard{}
 	r := &reconciler{guard: g, log: slog.New(slog.DiscardHandler)}
 	r.passed.Store(time.Now().UnixNano())
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	go r.refreshGuard(ctx, time.Millisecond, time.Hour, beats)
 
-	renews := func(what string, want bool) {
+	// renewedWith waits for a renewal after this call and returns its
+	// deadline; ok is false if none came within a second.
+	renewedWith := func() (until time.Time, ok bool) {
 		t.Helper()
-		// Settle: a renewal that had passed its checks may still be under way.
-		time.Sleep(5 * time.Millisecond)
-		before := g.refreshed.Load()
-		deadline := time.Now().Add(200 * time.Millisecond)
-		for time.Now().Before(deadline) {
-			if want && g.refreshed.Load() > before {
-				return
+		n0, _ := g.last()
+		for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			// Two renewals: the first may have passed its checks before the call.
+			if n, u := g.last(); n >= n0+2 {
+				return u, true
 			}
-			if lastRound.Load() != 0 && want {
-				lastRound.Store(time.Now().UnixNano()) // beats keep going out
-			}
-			time.Sleep(time.Millisecond)
 		}
-		if got := g.refreshed.Load() > before; got != want {
-			t.Errorf("%s: renewed %v, want %v", what, got, want)
-		}
+		return time.Time{}, false
 	}
-	renews("before the first round of beats", true)
-	lastRound.Store(time.Now().UnixNano())
-	renews("while beats go out", true)
-	lastRound.Store(time.Now().Add(-guardBeatFresh - time.Millisecond).UnixNano())
-	renews("once the beats stopped", false)
-	lastRound.Store(time.Now().UnixNano())
-	renews("once they go out again", true)
+
+	if until, ok := renewedWith(); !ok || !until.IsZero() {
+		t.Errorf("before the first round of beats: renewed %v with deadline %v, want a plain renewal", ok, until)
+	}
+	round := time.Now().Add(-50 * time.Millisecond)
+	lastRound.Store(round.UnixNano())
+	if until, ok := renewedWith(); !ok || !until.Equal(round.Add(guardAnswerTimeout)) {
+		t.Errorf("with the last round at %v: renewed %v until %v, want until %v", round, ok, until, round.Add(guardAnswerTimeout))
+	}
 	r.passed.Store(time.Now().Add(-2 * time.Hour).UnixNano())
-	renews("with the reconciler stuck", false)
+	if _, ok := renewedWith(); ok {
+		t.Error("renewed with the reconciler stuck")
+	}
 }
 
-// TestGuardLapsesBeforeTakeover checks the arithmetic of the guard's
-// timings against the heartbeats': the crashed node's kernel falls silent
-// before the earliest takeover, with room for its own delays.
+// TestGuardLapsesBeforeTakeover checks the guard's timing against the
+// heartbeats': the crashed node's kernel falls silent before the earliest
+// takeover, with room for its own delays, and a live agent has several
+// renewals within the timeout.
 func TestGuardLapsesBeforeTakeover(t *testing.T) {
 	const nftRounding = 4 * time.Millisecond
 	interval := heartbeat.DefaultInterval
 	earliestTake := interval*heartbeat.DefaultTimeoutIntervals - interval // after the crashed node's last round
-	lastAnswer := guardBeatFresh + guardAnswerTimeout + nftRounding
+	lastAnswer := guardAnswerTimeout + nftRounding
 	if margin := earliestTake - lastAnswer; margin < 40*time.Millisecond {
 		t.Errorf("the guard lapses %v after the last round, the earliest takeover comes %v after it: margin %v, want at least 40ms",
 			lastAnswer, earliestTake, margin)
 	}
-	if guardRefresh*3 > guardAnswerTimeout {
-		t.Errorf("renewed every %v, the switch (%v) survives fewer than three missed renewals", guardRefresh, guardAnswerTimeout)
+	if guardRefresh*4 > guardAnswerTimeout {
+		t.Errorf("renewed every %v, the switch (%v) survives fewer than four missed renewals", guardRefresh, guardAnswerTimeout)
 	}
 }

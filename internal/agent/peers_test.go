@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/vipd/vipd/internal/election"
 	"github.com/vipd/vipd/internal/heartbeat"
@@ -56,6 +57,7 @@ type fakeGuard struct{}
 
 func (fakeGuard) Set(guarded, answer []netip.Addr) error { return nil }
 func (fakeGuard) Refresh() error                         { return nil }
+func (fakeGuard) RefreshUntil(time.Time) error           { return nil }
 func (fakeGuard) Close() error                           { return nil }
 
 func TestAnswering(t *testing.T) {

@@ -34,6 +34,7 @@ type announcer interface {
 type arpGuard interface {
 	Set(guarded, answer []netip.Addr) error
 	Refresh() error
+	RefreshUntil(until time.Time) error
 	Close() error
 }
 
@@ -557,11 +558,13 @@ func (r *reconciler) setGuard(guarded, answer []netip.Addr) {
 }
 
 // refreshGuard renews the guard's dead-man switch every interval while
-// the reconciler keeps running and, if beats is not nil, while the last
-// round of heartbeats (beats, zero before the first) went out within
-// guardBeatFresh: if the agent dies or gets stuck, or its beats stop, the
-// node stops answering ARP and NDP for its VIPs within the guard's timeout,
-// before the peers can judge it silent and take them.
+// the reconciler keeps running: if the agent dies or gets stuck, the node
+// stops answering ARP and NDP for its VIPs within the guard's timeout.
+// beats gives the time of this agent's last round of heartbeats (zero
+// before the first, or without heartbeats); once there is one, the switch
+// lapses no later than guardAnswerTimeout after the last round, whatever
+// renews it: before the peers, who judge this node by those beats, can
+// find it silent and take its VIPs.
 func (r *reconciler) refreshGuard(ctx context.Context, interval, stuck time.Duration, beats func() time.Time) {
 	if r.guard == nil {
 		return
@@ -574,25 +577,25 @@ func (r *reconciler) refreshGuard(ctx context.Context, interval, stuck time.Dura
 			return
 		case <-t.C:
 		}
-		now := time.Now()
-		if now.Sub(time.Unix(0, r.passed.Load())) > stuck {
+		if time.Since(time.Unix(0, r.passed.Load())) > stuck {
 			continue
 		}
-		if beats != nil {
-			if last := beats(); !last.IsZero() && now.Sub(last) > guardBeatFresh {
-				continue
-			}
+		var err error
+		if last := beats(); !last.IsZero() {
+			err = r.guard.RefreshUntil(last.Add(guardAnswerTimeout))
+		} else {
+			err = r.guard.Refresh()
 		}
-		if err := r.guard.Refresh(); err != nil {
+		if err != nil {
 			r.log.Error("refreshing the ARP/NDP guard", "err", err)
 		}
 	}
 }
 
-// lastRound is hb's LastRound, or nil without heartbeats.
+// lastRound is hb's LastRound; without heartbeats, always zero.
 func lastRound(hb *heartbeat.Monitor) func() time.Time {
 	if hb == nil {
-		return nil
+		return func() time.Time { return time.Time{} }
 	}
 	return hb.LastRound
 }

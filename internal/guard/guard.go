@@ -67,7 +67,10 @@ type Guard struct {
 	// The current members, sorted; answer is part of guarded.
 	guarded, answer []netip.Addr
 	guardRenewed    time.Time
-	closed          bool
+	// until, if set (RefreshUntil), is when the switch lapses, whatever
+	// renews it; zero: AnswerTimeout after each renewal.
+	until  time.Time
+	closed bool
 }
 
 // New sets up the guard in the network namespace of the process,
@@ -160,12 +163,42 @@ func (g *Guard) Set(guarded, answer []netip.Addr) error {
 func (g *Guard) Refresh() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	return g.refreshLocked()
+}
+
+// RefreshUntil is Refresh, but the switch lapses at until (at most
+// AnswerTimeout from now; nftables counts milliseconds), and every later
+// renewal, Set's included, keeps that moment until the next RefreshUntil:
+// the caller ties the node's answers to a deadline of its own, such as
+// the last sign of life its peers judge it by. An until already past
+// renews nothing, so the switch lapses.
+func (g *Guard) RefreshUntil(until time.Time) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.until = until
+	return g.refreshLocked()
+}
+
+// aliveTimeoutLocked is the timeout to renew the switch with; 0: let it
+// lapse.
+func (g *Guard) aliveTimeoutLocked() time.Duration {
+	if g.until.IsZero() {
+		return g.opts.AnswerTimeout
+	}
+	d := min(time.Until(g.until), g.opts.AnswerTimeout).Truncate(time.Millisecond)
+	if d < time.Millisecond {
+		return 0
+	}
+	return d
+}
+
+func (g *Guard) refreshLocked() error {
 	if g.closed {
 		return ErrClosed
 	}
 	withMembers := g.opts.GuardTimeout > 0 && len(g.guarded) > 0 && time.Since(g.guardRenewed) >= guardRenewal
-	if len(g.answer) == 0 && !withMembers {
-		return nil
+	if (len(g.answer) == 0 || g.aliveTimeoutLocked() == 0) && !withMembers {
+		return nil // nothing to renew, or the switch is to lapse
 	}
 	err := g.updateLocked(g.guarded, g.answer, withMembers, func(c *nftables.Conn, f *family) error {
 		return g.renewLocked(c, f, g.guarded, g.answer, withMembers, false)
@@ -223,8 +256,8 @@ func (g *Guard) renewLocked(c *nftables.Conn, f *family, gs, as []netip.Addr, wi
 		}
 	}
 	var alive []nftables.SetElement
-	if len(as) > 0 {
-		alive = []nftables.SetElement{aliveElement(f, g.opts.AnswerTimeout)}
+	if t := g.aliveTimeoutLocked(); len(as) > 0 && t > 0 {
+		alive = []nftables.SetElement{aliveElement(f, t)}
 	}
 	return renew(c, f.alive, alive, always)
 }

@@ -380,3 +380,48 @@ func BenchmarkRefresh(b *testing.B) {
 		}
 	}
 }
+
+// TestRefreshUntil: the switch lapses at the deadline RefreshUntil gives,
+// well before AnswerTimeout, and a Set after it keeps that deadline rather
+// than granting AnswerTimeout afresh; a deadline already past silences
+// the node at the next Set.
+func TestRefreshUntil(t *testing.T) {
+	p := newPair(t)
+	g := p.guard(Options{AnswerTimeout: time.Second})
+	a := newARPAsker(t, p.b, "b0")
+	set(t, g, []netip.Addr{vip4}, []netip.Addr{vip4})
+	expect(t, a, vip4, true, "once answered")
+
+	const deadline = 150 * time.Millisecond
+	start := time.Now()
+	if err := g.RefreshUntil(start.Add(deadline)); err != nil {
+		t.Fatal(err)
+	}
+	// A Set within the deadline must not extend it to AnswerTimeout.
+	set(t, g, []netip.Addr{vip4}, []netip.Addr{vip4})
+	silent, last, err := firstSilence(a, vip4, start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("silent %v after RefreshUntil(+%v) (last answer %v after it; AnswerTimeout 1s)", silent.Round(time.Millisecond),
+		deadline, last.Round(time.Millisecond))
+	if silent > deadline+100*time.Millisecond {
+		t.Errorf("still answering %v after RefreshUntil(+%v): the deadline was not kept", silent, deadline)
+	}
+	if silent < deadline/2 {
+		t.Errorf("silent %v after RefreshUntil(+%v) already", silent, deadline)
+	}
+
+	// A deadline in the past: nothing renews the switch, even a Set.
+	if err := g.RefreshUntil(time.Now().Add(-time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	set(t, g, []netip.Addr{vip4}, []netip.Addr{vip4})
+	expect(t, a, vip4, false, "after Set with the deadline past")
+
+	// A fresh deadline answers again.
+	if err := g.RefreshUntil(time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, a, vip4, true, "after RefreshUntil(+1s)")
+}
