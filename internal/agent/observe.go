@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -116,8 +117,15 @@ func (o *observer) changed(b binding, prev, st election.Status) {
 	case prev.Leading && !st.Leading:
 		o.lost(b, st.Leader, "")
 	case prev.Leader != st.Leader:
-		// Not a decision of this agent, but what it now follows.
-		o.bindingLog(b).Info("VIP holder changed", "holder", st.Leader, "previous_holder", prev.Leader)
+		// Not a decision of this agent, but what it now follows. A lost
+		// node's hundred per-address Service VIPs would make every agent
+		// log two lines each (holder gone, then the new one) beside the
+		// new holders' "took VIP": those are for debugging.
+		level := slog.LevelInfo
+		if strings.HasPrefix(b.contest, ServiceLeasePrefix) {
+			level = slog.LevelDebug
+		}
+		o.bindingLog(b).Log(context.Background(), level, "VIP holder changed", "holder", st.Leader, "previous_holder", prev.Leader)
 	}
 }
 
