@@ -267,6 +267,9 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	if err := removeStale(links, log); err != nil {
 		return err
 	}
+	// A claim this node must let go is released only once its VIPs are
+	// silent here, so that the next holder never answers beside it.
+	el.SetSilenced(r.silenced)
 	go func() { done <- wrap("election", el.Run(bg)) }()
 	go reportAccess(bg, client, cfg, log)
 	if hb != nil {

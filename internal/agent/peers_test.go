@@ -86,3 +86,35 @@ func TestAnswering(t *testing.T) {
 		}
 	}
 }
+
+// TestSilenced: the election may release a claim only once, after a pass,
+// this node neither announces nor lets the kernel answer for any of its
+// VIPs; before any pass it may not.
+func TestSilenced(t *testing.T) {
+	v1, v2 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	bound := map[string]*binding{"one": {contest: "one", vips: []netip.Addr{v1}}, "two": {contest: "two", vips: []netip.Addr{v2}}}
+	for _, c := range []struct {
+		name             string
+		guard            arpGuard
+		answered         []netip.Addr // the guard's answer set
+		present, announc []netip.Addr
+		want             map[string]bool
+	}{
+		{"announced", fakeGuard{}, []netip.Addr{v1}, []netip.Addr{v1, v2}, []netip.Addr{v1}, map[string]bool{"one": false, "two": true}},
+		{"answered by the kernel, not announced", fakeGuard{}, []netip.Addr{v2}, []netip.Addr{v1, v2}, nil, map[string]bool{"one": true, "two": false}},
+		{"present, guarded, silent", fakeGuard{}, nil, []netip.Addr{v1, v2}, nil, map[string]bool{"one": true, "two": true}},
+		{"present without a guard", nil, nil, []netip.Addr{v2}, nil, map[string]bool{"one": true, "two": false}},
+	} {
+		r := &reconciler{guard: c.guard, answered: c.answered}
+		if r.silenced("one") {
+			t.Errorf("%s: silenced before any pass", c.name)
+		}
+		r.boundNow.Store(&bound)
+		r.publishAnswering(c.present, c.announc, false)
+		for contest, want := range c.want {
+			if got := r.silenced(contest); got != want {
+				t.Errorf("%s: silenced(%s) = %v, want %v", c.name, contest, got, want)
+			}
+		}
+	}
+}

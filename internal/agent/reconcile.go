@@ -112,6 +112,11 @@ type reconciler struct {
 	// a netlink write each per Lease event.
 	refreshEvery time.Duration
 	refreshed    time.Time
+	// boundNow and answeringNow are bound and the VIPs this node answers
+	// for (announced, or answered by the kernel) after the last pass, for
+	// the election's goroutine (silenced).
+	boundNow     atomic.Pointer[map[string]*binding]
+	answeringNow atomic.Pointer[map[netip.Addr]bool]
 }
 
 type refusal struct {
@@ -221,6 +226,7 @@ func (r *reconciler) setBindings(cfg config.Config) {
 	for i := range r.bindings {
 		r.bound[r.bindings[i].contest] = &r.bindings[i]
 	}
+	r.boundNow.Store(&r.bound) // never changed once made
 	r.el.SetContests(contests(r.bindings))
 }
 
@@ -472,6 +478,7 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 		r.metrics.held.Set(float64(len(present)))
 		r.conflicts.watchHeld(present, p, r.links.main.Name)
 		r.peers.setAnswering(r.answering(present, announce, stuck))
+		r.publishAnswering(present, announce, stuck)
 	}()
 	now := time.Now()
 	refresh := now.Sub(r.refreshed) >= r.refreshEvery
@@ -524,6 +531,63 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 	r.setGuard(present, announce)
 	r.ann.Set(p.byIface(announce))
 	return refused
+}
+
+// publishAnswering records, for silenced, the VIPs this node may still
+// answer for after a pass: those announced, and those the kernel may
+// answer for (the guard lets it, or there is no guard); with a removal
+// stuck, every VIP on the interfaces.
+func (r *reconciler) publishAnswering(present, announce []netip.Addr, stuck bool) {
+	m := setOf(announce)
+	switch {
+	case stuck:
+		owned, err := r.links.owned()
+		if err != nil {
+			m = nil // unknown: silenced says no
+			break
+		}
+		for _, o := range owned {
+			m[o.Addr] = true
+		}
+	case r.guard == nil:
+		for _, v := range present {
+			m[v] = true
+		}
+	default:
+		for _, v := range r.answered {
+			m[v] = true
+		}
+	}
+	if m == nil {
+		r.answeringNow.Store(nil)
+		return
+	}
+	r.answeringNow.Store(&m)
+}
+
+// silenced reports whether, after the last pass, this node answers for
+// none of contest's VIPs (election.Elector.SetSilenced): before any pass,
+// or if the last one could not tell, it says no. It runs on the election's
+// goroutine and reads only what the passes publish.
+func (r *reconciler) silenced(contest string) bool {
+	ans := r.answeringNow.Load()
+	if ans == nil {
+		return false
+	}
+	bound := r.boundNow.Load()
+	if bound == nil {
+		return true // no contest bound yet: none of its VIPs is here
+	}
+	b := (*bound)[contest]
+	if b == nil {
+		return true
+	}
+	for _, v := range b.vips {
+		if (*ans)[v] {
+			return false
+		}
+	}
+	return true
 }
 
 // answering reports whether this node may still answer for a VIP after

@@ -249,6 +249,10 @@ type Elector struct {
 	// badAnnotations are node Lease annotations that did not parse, by
 	// Lease, as last logged.
 	badAnnotations map[string]string
+	// silenced, if set (SetSilenced), reports whether this node answers
+	// for none of a contest's VIPs any more: a claim it lets go is
+	// released only then.
+	silenced func(contest string) bool
 }
 
 // New returns an Elector; it starts once Run is called and contends only
@@ -321,6 +325,20 @@ func (e *Elector) SetContests(cs []Contest) {
 	e.contests = m
 	e.mu.Unlock()
 	notify.Signal(e.wake)
+}
+
+// SetSilenced gives the election a way to ask whether this node still
+// answers for a contest's VIPs. A claim this agent must let go (it is no
+// candidate any more, refuses it, or lacks its interface) is then given up
+// in two steps: its status stops Leading at once, with the reason in its
+// Report, so that the agent silences its VIPs (or keeps them silent for a
+// handover); the claim is released only once silenced says so, so that the
+// next holder never answers beside this node. silenced is called with the
+// election's lock held: it must not call the Elector.
+func (e *Elector) SetSilenced(silenced func(contest string) bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.silenced = silenced
 }
 
 // SetNodeAnnotations publishes more annotations on this agent's node Lease,

@@ -140,6 +140,11 @@ func (e *Elector) retryDelay(r result) time.Duration {
 	return d
 }
 
+// releaseRecheck is how often the election asks whether the agent has
+// silenced a contest it is letting go (SetSilenced): the agent's pass
+// takes about a millisecond.
+const releaseRecheck = 5 * time.Millisecond
+
 // evaluate publishes the status of every contest and decides the writes
 // this agent should make. It returns them and when to look again.
 func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[string]time.Time) ([]job, time.Time) {
@@ -279,7 +284,17 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 			lacking = lacking && c.Needs != ""
 			if h == me && (notCandidate || refused || lacking) {
 				e.eval.watch[name] = true // until released
-				if !inflight[name] && !now.Before(retryAt[name]) {
+				if e.silenced != nil {
+					// Let go here first (SetSilenced): no holder, as after
+					// the release, so that the agent silences the VIPs,
+					// or keeps them silent for a handover.
+					st = Status{}
+					e.noteLettingGoLocked(name, refused, lacking, now)
+				}
+				switch {
+				case e.silenced != nil && !e.silenced(name):
+					soon(now.Add(releaseRecheck))
+				case !inflight[name] && !now.Before(retryAt[name]):
 					jobs = append(jobs, job{name: name, base: lease, op: opRelease})
 				}
 			}

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -265,4 +266,42 @@ func TestForeignHolderWhileItRenews(t *testing.T) {
 		return len(holders("renewed", a, b)) == 1
 	})
 	t.Logf("taken %v after the foreign holder stopped renewing", time.Since(gone).Round(time.Millisecond))
+}
+
+// TestLetGoWaitsForSilence: a holder that must let a claim go (here it
+// refuses it) stops Leading at once, with the reason in its Report, but
+// releases the claim only once the agent says the VIPs are silent
+// (SetSilenced): until then nobody else may take it and answer beside it.
+func TestLetGoWaitsForSilence(t *testing.T) {
+	needAPI(t)
+	ns := newNamespace(t)
+	c := Contest{Name: "let-go"}
+	as := []*agent{startAgent(t, ns, "a", c), startAgent(t, ns, "b", c)}
+	waitFor(t, 5*time.Second, "one holder", func() bool { return len(holders(c.Name, as...)) == 1 })
+	h, other := as[0], as[1]
+	if !h.e.Status(c.Name).Leading {
+		h, other = other, h
+	}
+	var silent atomic.Bool
+	h.e.SetSilenced(func(name string) bool { return name != c.Name || silent.Load() })
+	h.e.SetRefused(map[string]string{c.Name: "interface refuses the address"})
+
+	waitFor(t, 2*time.Second, h.id+" to stop leading", func() bool { return !h.e.Status(c.Name).Leading })
+	if r := h.e.Report(c.Name); r.Reason != LostRefused {
+		t.Errorf("report while letting go: %+v, want reason %s", r, LostRefused)
+	}
+	// Several retry periods: the claim stays, and nobody else leads.
+	for end := time.Now().Add(5 * testRetry); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if got := claimHolder(t, ns, c.Name); got != h.id {
+			t.Fatalf("the claim names %q before %s said its VIPs are silent, want %s still", got, h.id, h.id)
+		}
+		if other.e.Status(c.Name).Leading {
+			t.Fatalf("%s leads before %s said its VIPs are silent", other.id, h.id)
+		}
+	}
+	silent.Store(true)
+	took := waitFor(t, 2*time.Second, other.id+" to take it once silenced", func() bool {
+		return other.e.Status(c.Name).Leading && claimHolder(t, ns, c.Name) == other.id
+	})
+	t.Logf("%s took the claim %v after %s's VIPs were silent", other.id, took, h.id)
 }

@@ -160,6 +160,24 @@ func (e *Elector) noteReleasing(contest string, why Reason) (undo func()) {
 	}
 }
 
+// noteLettingGoLocked records why this agent lets contest go, before its
+// release is written (SetSilenced): the agent acts on the reason when the
+// status stops Leading (a node that may no longer hold a VIP hands it
+// over make before break). A reason already noted is kept.
+func (e *Elector) noteLettingGoLocked(contest string, refused, lacking bool, now time.Time) {
+	why := LostNotCandidate
+	switch {
+	case refused:
+		why = LostRefused
+	case lacking:
+		why = LostLacking
+	}
+	if r, ok := e.reports[contest]; ok && !r.Leading && r.Reason == why {
+		return
+	}
+	e.reports[contest] = Report{Reason: why, At: now}
+}
+
 // statusChange is one contest's status as an evaluation changed it.
 type statusChange struct {
 	name      string
