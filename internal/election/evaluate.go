@@ -141,8 +141,8 @@ func (e *Elector) retryDelay(r result) time.Duration {
 }
 
 // releaseRecheck is how often the election asks whether the agent has
-// silenced a contest it is letting go (SetSilenced): the agent's pass
-// takes about a millisecond.
+// silenced a contest it is letting go (SetSilenced), for the first second:
+// the agent's pass takes about a millisecond.
 const releaseRecheck = 5 * time.Millisecond
 
 // evaluate publishes the status of every contest and decides the writes
@@ -293,7 +293,14 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 				}
 				switch {
 				case e.silenced != nil && !e.silenced(name):
-					soon(now.Add(releaseRecheck))
+					// Asked often at first; after a second (a removal
+					// that keeps failing, a stuck agent), once a retry
+					// period, not hundreds of evaluations a second.
+					if now.Sub(e.reports[name].At) < time.Second {
+						soon(now.Add(releaseRecheck))
+					} else {
+						soon(now.Add(e.cfg.RetryPeriod))
+					}
 				case !inflight[name] && !now.Before(retryAt[name]):
 					jobs = append(jobs, job{name: name, base: lease, op: opRelease})
 				}
