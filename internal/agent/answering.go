@@ -10,44 +10,28 @@ import (
 )
 
 // What this node answers for: the ARP/NDP guard's members and its
-// dead-man switch, and what the agent tells the beats (answering) and the
-// election (silenced) about whether it still answers for a VIP.
+// dead-man switch, and what the agent tells the beats and the election
+// (answeringSet, silenced) about whether it still answers for a VIP.
 
-// publishAnswering records, for silenced, the VIPs this node may still
-// answer for after a pass: those announced, and those the kernel may
-// answer for (the guard lets it, or there is no guard); with a removal
-// stuck, every VIP on the interfaces.
-func (r *reconciler) publishAnswering(present, announce []netip.Addr, stuck bool) {
+// answeringSet is the VIPs this node may still answer for after a pass
+// that left present on the interfaces, announced announce and failed to
+// remove stuck: those announced or stuck, and those the kernel may answer
+// for (the guard lets it, or there is no guard).
+func (r *reconciler) answeringSet(present, announce, stuck []netip.Addr) map[netip.Addr]bool {
 	m := setOf(announce)
-	switch {
-	case stuck:
-		owned, err := r.links.owned()
-		if err != nil {
-			m = nil // unknown: silenced says no
-			break
-		}
-		for _, o := range owned {
-			m[o.Addr] = true
-		}
-	case r.guard == nil:
-		for _, v := range present {
-			m[v] = true
-		}
-	default:
-		for _, v := range r.answered {
-			m[v] = true
-		}
+	kernel := r.answered
+	if r.guard == nil {
+		kernel = present
 	}
-	if m == nil {
-		r.answeringNow.Store(nil)
-		return
+	for _, v := range slices.Concat(stuck, kernel) {
+		m[v] = true
 	}
-	r.answeringNow.Store(&m)
+	return m
 }
 
 // silenced reports whether, after the last pass, this node answers for
-// none of contest's VIPs (election.Elector.SetSilenced): before any pass,
-// or if the last one could not tell, it says no. It runs on the election's
+// none of contest's VIPs (election.Elector.SetSilenced): before any pass
+// it says no. It runs on the election's
 // goroutine and reads only what the passes publish.
 func (r *reconciler) silenced(contest string) bool {
 	ans := r.answeringNow.Load()
@@ -68,20 +52,6 @@ func (r *reconciler) silenced(contest string) bool {
 		}
 	}
 	return true
-}
-
-// answering reports whether this node may still answer for a VIP after
-// a pass that left present on the interfaces and announced announce:
-// one is announced, or the kernel may answer for one, because the guard
-// was not set as asked or there is none, or one could not be removed.
-func (r *reconciler) answering(present, announce []netip.Addr, stuck bool) bool {
-	if len(announce) > 0 || stuck {
-		return true
-	}
-	if r.guard == nil {
-		return len(present) > 0
-	}
-	return len(r.answered) > 0
 }
 
 // setGuard tells the guard which VIPs are on the interface and which of

@@ -69,19 +69,19 @@ func TestAnswering(t *testing.T) {
 		r                 *reconciler
 		present, announce []netip.Addr
 		answered          []netip.Addr
-		stuck             bool
+		stuck             []netip.Addr
 		want              bool
 	}{
 		{name: "nothing left", r: guarded, want: false},
 		{name: "announced", r: guarded, present: v, announce: v, answered: v, want: true},
 		{name: "kept silent behind the guard", r: guarded, present: v, want: false},
 		{name: "guard not updated, still lets the kernel answer", r: guarded, present: v, answered: v, want: true},
-		{name: "removal failed", r: guarded, stuck: true, want: true},
+		{name: "removal failed", r: guarded, stuck: v, want: true},
 		{name: "kept without a guard: the kernel answers", r: bare, present: v, want: true},
 		{name: "nothing left, no guard", r: bare, want: false},
 	} {
 		c.r.answered = c.answered
-		if got := c.r.answering(c.present, c.announce, c.stuck); got != c.want {
+		if got := len(c.r.answeringSet(c.present, c.announce, c.stuck)) > 0; got != c.want {
 			t.Errorf("%s: answering = %v, want %v", c.name, got, c.want)
 		}
 	}
@@ -110,7 +110,8 @@ func TestSilenced(t *testing.T) {
 			t.Errorf("%s: silenced before any pass", c.name)
 		}
 		r.boundNow.Store(&bound)
-		r.publishAnswering(c.present, c.announc, false)
+		ans := r.answeringSet(c.present, c.announc, nil)
+		r.answeringNow.Store(&ans)
 		for contest, want := range c.want {
 			if got := r.silenced(contest); got != want {
 				t.Errorf("%s: silenced(%s) = %v, want %v", c.name, contest, got, want)

@@ -458,14 +458,14 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 	}
 	r.setGuard(union(ownedAddrs, p.present), keep)
 
-	stuck := false // a VIP that should go is still on an interface
+	var stuck []netip.Addr // VIPs that should go and are still on an interface
 	for _, o := range owned {
 		if wanted[o.Addr] && p.on[o.Addr] == o.Interface {
 			continue
 		}
 		if err := r.links.remove(o); err != nil {
 			r.log.Error("removing VIP", "vip", o.Addr, "iface", o.Interface, "err", err)
-			stuck = true
+			stuck = append(stuck, o.Addr)
 			continue
 		}
 		r.log.Info("removed VIP", "vip", o.Addr, "iface", o.Interface)
@@ -476,8 +476,9 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 		r.present, r.on = present, p.on
 		r.metrics.held.Set(float64(len(present)))
 		r.conflicts.watchHeld(present, p, r.links.main.Name)
-		r.peers.setAnswering(r.answering(present, announce, stuck))
-		r.publishAnswering(present, announce, stuck)
+		ans := r.answeringSet(present, announce, stuck)
+		r.answeringNow.Store(&ans)
+		r.peers.setAnswering(len(ans) > 0)
 	}()
 	now := time.Now()
 	refresh := now.Sub(r.refreshed) >= r.refreshEvery
