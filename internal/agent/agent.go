@@ -353,15 +353,20 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		case <-later:
 			later = nil
 		case <-r.wake:
+			r.recheck = true
 		case <-resync.C:
+			r.recheck = true // someone may have changed what vipd put in place
 		case l := <-ifaceEv.link:
 			r.linkChanged(l.name, l.st)
+			r.recheck = true
 		case a := <-ifaceEv.gone:
 			if !r.lostHeld(a) {
 				continue
 			}
+			r.recheck = true
 		case res := <-r.conflicts.results:
 			r.probed(res, time.Now())
+			r.recheck = true
 		case a := <-r.conflicts.foreign:
 			r.foreignAnswer(a)
 			continue

@@ -55,20 +55,22 @@ func (r *reconciler) silenced(contest string) bool {
 }
 
 // setGuard tells the guard which VIPs are on the interface and which of
-// them the kernel may answer for, when that changed.
-func (r *reconciler) setGuard(guarded, answer []netip.Addr) {
+// them the kernel may answer for, when that changed. It reports whether
+// the guard is as asked.
+func (r *reconciler) setGuard(guarded, answer []netip.Addr) bool {
 	if r.guard == nil {
-		return
+		return true
 	}
 	guarded, answer = sorted(guarded), sorted(answer)
 	if slices.Equal(guarded, r.guarded) && slices.Equal(answer, r.answered) {
-		return
+		return true
 	}
 	if err := r.guard.Set(guarded, answer); err != nil {
 		r.log.Error("updating the ARP/NDP guard", "err", err)
-		return
+		return false
 	}
 	r.guarded, r.answered = guarded, answer
+	return true
 }
 
 // refreshGuard renews the guard's dead-man switch every interval while

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/vipd/vipd/internal/election"
 )
@@ -61,4 +62,21 @@ func planFor(st election.Status, vips []netip.Addr, preserve, handover bool, onI
 		}
 	}
 	return p
+}
+
+// same reports whether p and q ask for the same state: the same VIPs
+// present, each on the same interface, and the same ones announced.
+func (p plan) same(q plan) bool {
+	if len(p.present) != len(q.present) || len(p.announce) != len(q.announce) {
+		return false
+	}
+	if !slices.Equal(sorted(p.present), sorted(q.present)) || !slices.Equal(sorted(p.announce), sorted(q.announce)) {
+		return false
+	}
+	for _, v := range p.present {
+		if p.on[v] != q.on[v] {
+			return false
+		}
+	}
+	return true
 }

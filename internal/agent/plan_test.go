@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/vipd/vipd/internal/election"
 )
@@ -44,5 +45,72 @@ func TestPlanFor(t *testing.T) {
 				t.Errorf("announce = %v, want %v", p.announce, tt.wantAnnounce)
 			}
 		})
+	}
+}
+
+func TestPlanSame(t *testing.T) {
+	a, b, c := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("2001:db8::1")
+	base := plan{present: []netip.Addr{a, b, c}, announce: []netip.Addr{a, c}, on: map[netip.Addr]string{a: "eth0", b: "eth0", c: "eth1"}}
+	cases := []struct {
+		name string
+		q    plan
+		same bool
+	}{
+		{"another order", plan{present: []netip.Addr{c, b, a}, announce: []netip.Addr{c, a},
+			on: map[netip.Addr]string{a: "eth0", b: "eth0", c: "eth1"}}, true},
+		{"an interface entry for a VIP screened out", plan{present: []netip.Addr{a, b, c}, announce: []netip.Addr{a, c},
+			on: map[netip.Addr]string{a: "eth0", b: "eth0", c: "eth1", netip.MustParseAddr("192.0.2.9"): "eth0"}}, true},
+		{"one VIP fewer", plan{present: []netip.Addr{a, b}, announce: []netip.Addr{a},
+			on: map[netip.Addr]string{a: "eth0", b: "eth0"}}, false},
+		{"another VIP announced", plan{present: []netip.Addr{a, b, c}, announce: []netip.Addr{a, b},
+			on: map[netip.Addr]string{a: "eth0", b: "eth0", c: "eth1"}}, false},
+		{"a VIP on another interface", plan{present: []netip.Addr{a, b, c}, announce: []netip.Addr{a, c},
+			on: map[netip.Addr]string{a: "eth0", b: "eth1", c: "eth1"}}, false},
+		{"nothing", plan{}, false},
+	}
+	for _, tc := range cases {
+		if got := base.same(tc.q); got != tc.same {
+			t.Errorf("%s: same = %v, want %v", tc.name, got, tc.same)
+		}
+		if got := tc.q.same(base); got != tc.same {
+			t.Errorf("%s, the other way: same = %v, want %v", tc.name, got, tc.same)
+		}
+	}
+	if !(plan{}).same(plan{}) {
+		t.Error("two empty plans differ")
+	}
+}
+
+// TestApplyNeeded: a pass leaves the node alone only when its plan is the
+// one last applied without error, no recheck was asked for and the
+// lifetimes are not due for renewal.
+func TestApplyNeeded(t *testing.T) {
+	a := netip.MustParseAddr("192.0.2.1")
+	p := plan{present: []netip.Addr{a}, announce: []netip.Addr{a}, on: map[netip.Addr]string{a: "eth0"}}
+	now := time.Now()
+	fresh := func() *reconciler {
+		return &reconciler{applied: p, appliedOK: true, refreshEvery: time.Minute, refreshed: now}
+	}
+	if r := fresh(); r.applyNeeded(p, now) {
+		t.Error("the same plan, applied without error, is applied again")
+	}
+	if r := fresh(); !r.applyNeeded(plan{}, now) {
+		t.Error("a changed plan is not applied")
+	}
+	r := fresh()
+	r.appliedOK = false
+	if !r.applyNeeded(p, now) {
+		t.Error("a plan whose last apply failed is not applied again")
+	}
+	r = fresh()
+	r.recheck = true
+	if !r.applyNeeded(p, now) {
+		t.Error("a recheck does not apply the plan")
+	}
+	if r := fresh(); !r.applyNeeded(p, now.Add(time.Minute)) {
+		t.Error("the plan is not applied when the lifetimes are due")
+	}
+	if r := (&reconciler{refreshEvery: time.Minute, refreshed: now}); !r.applyNeeded(plan{}, now) {
+		t.Error("the first pass does not apply")
 	}
 }

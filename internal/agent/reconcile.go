@@ -96,6 +96,15 @@ type reconciler struct {
 	present []netip.Addr
 	on      map[netip.Addr]string // the interface of each of present
 	linksUp map[string]bool
+	// applied is the plan apply last made the node match, and appliedOK
+	// whether it did so without an error. A pass whose plan is the same
+	// leaves the interfaces, the guard and the announcers alone unless
+	// recheck asks to look at them (a resync, a link or address event):
+	// while a thousand Services are placed, most passes change nothing
+	// on this node, and each look costs netlink dumps and lookups.
+	applied   plan
+	appliedOK bool
+	recheck   bool
 	// conflicts probes new VIPs and watches held ones for foreign hosts.
 	conflicts *conflicts
 	// refused are the contests this node cannot hold now, until when, and
@@ -323,8 +332,11 @@ func (r *reconciler) reconcile() {
 		r.hb.SetAsks(asks)
 		r.hb.SetHolding(holding)
 	}
-	for vip, err := range r.apply(want) {
-		r.refuse(vip, err, now)
+	if r.applyNeeded(want, now) {
+		r.recheck = false
+		for vip, err := range r.apply(want) {
+			r.refuse(vip, err, now)
+		}
 	}
 	r.obs.reconciled(r.bindings, seen)
 	if r.svc != nil {
@@ -422,12 +434,21 @@ func (r *reconciler) onIface(name string, vip netip.Addr) bool {
 	return ok
 }
 
+// applyNeeded reports whether the node must be made to match want: it
+// changed since the last apply, that one failed in part, the VIPs'
+// lifetimes are due for renewal, or something asked for a recheck.
+func (r *reconciler) applyNeeded(want plan, now time.Time) bool {
+	return r.recheck || !r.appliedOK || now.Sub(r.refreshed) >= r.refreshEvery || !want.same(r.applied)
+}
+
 // apply makes the interfaces, the guard and the announcers match p: every
 // VIP vipd put on any interface that p does not want there goes, every one
 // it wants is added on its interface. Announcements and the kernel's
 // answers stop before an address goes, and start only after it is in
 // place. It returns the VIPs an interface refused, with why.
 func (r *reconciler) apply(p plan) map[netip.Addr]error {
+	r.applied, r.appliedOK = p, false
+	clean := true
 	owned, err := r.links.owned()
 	if err != nil {
 		r.log.Error("listing VIPs on the interfaces", "err", err)
@@ -456,7 +477,7 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 	for _, o := range owned {
 		ownedAddrs = append(ownedAddrs, o.Addr)
 	}
-	r.setGuard(union(ownedAddrs, p.present), keep)
+	clean = r.setGuard(union(ownedAddrs, p.present), keep) && clean
 
 	var stuck []netip.Addr // VIPs that should go and are still on an interface
 	for _, o := range owned {
@@ -474,6 +495,7 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 	var refused map[netip.Addr]error
 	defer func() {
 		r.present, r.on = present, p.on
+		r.appliedOK = clean && len(stuck) == 0 && len(refused) == 0
 		r.metrics.held.Set(float64(len(present)))
 		r.conflicts.watchHeld(present, p, r.links.main.Name)
 		ans := r.answeringSet(present, announce, stuck)
@@ -504,6 +526,7 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 		if err != nil {
 			// Gone since the election was told: not the address's fault.
 			r.log.Error("adding VIP", "vip", vip, "iface", name, "err", err)
+			clean = false
 			continue
 		}
 		if in(vip, name) {
@@ -528,7 +551,7 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 			announce = append(announce, vip)
 		}
 	}
-	r.setGuard(present, announce)
+	clean = r.setGuard(present, announce) && clean
 	r.ann.Set(p.byIface(announce))
 	return refused
 }
