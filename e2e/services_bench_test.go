@@ -104,7 +104,7 @@ func benchmarkServices(b *testing.B, bc svcBench) {
 		addServiceCIDR(b)
 	}
 	prof := newBenchProfiler(b, b.Name())
-	s := newSvcEnv(b, svcOptions{nodes: bc.nodes, perService: bc.mode == "per-service", defaults: true, quiet: true, dir: prof.logDir()})
+	s := newSvcEnv(b, svcOptions{nodes: bc.nodes, perService: bc.mode == "per-service", defaults: true, quiet: true, dir: prof.logDir(b, b.Name())})
 	vips := benchVIPs(bc.services)
 	poll := newAddrPoller(b, s.lab.Nodes)
 	var r svcResult

@@ -58,14 +58,22 @@ func newBenchProfiler(tb testing.TB, name string) *benchProfiler {
 }
 
 // logDir is where the agents' logs are kept: beside the profiles, or
-// nowhere ("") when profiling is off.
-func (p *benchProfiler) logDir() string {
-	if p == nil {
+// without profiling under VIPD_BENCH_LOGS=<dir> (<dir>/<sub-benchmark>,
+// to read what the agents decided in a run the profiler did not slow
+// down), or nowhere ("").
+func (p *benchProfiler) logDir(tb testing.TB, name string) string {
+	var dir string
+	switch root := os.Getenv("VIPD_BENCH_LOGS"); {
+	case p != nil:
+		dir = filepath.Join(p.dir, "logs")
+	case root != "":
+		dir = filepath.Join(root, filepath.FromSlash(name))
+		tb.Logf("keeping the agents' logs in %s", dir)
+	default:
 		return ""
 	}
-	dir := filepath.Join(p.dir, "logs")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		p.tb.Fatal(err)
+		tb.Fatal(err)
 	}
 	return dir
 }
