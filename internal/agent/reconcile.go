@@ -438,7 +438,12 @@ func (r *reconciler) onIface(name string, vip netip.Addr) bool {
 // changed since the last apply, that one failed in part, the VIPs'
 // lifetimes are due for renewal, or something asked for a recheck.
 func (r *reconciler) applyNeeded(want plan, now time.Time) bool {
-	return r.recheck || !r.appliedOK || now.Sub(r.refreshed) >= r.refreshEvery || !want.same(r.applied)
+	return r.recheck || !r.appliedOK || r.lifetimesDue(now) || !want.same(r.applied)
+}
+
+// lifetimesDue reports whether the held VIPs' lifetimes are to be renewed.
+func (r *reconciler) lifetimesDue(now time.Time) bool {
+	return now.Sub(r.refreshed) >= r.refreshEvery
 }
 
 // apply makes the interfaces, the guard and the announcers match p: every
@@ -503,7 +508,7 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 		r.peers.setAnswering(len(ans) > 0)
 	}()
 	now := time.Now()
-	refresh := now.Sub(r.refreshed) >= r.refreshEvery
+	refresh := r.lifetimesDue(now)
 	if refresh {
 		r.refreshed = now
 	}
