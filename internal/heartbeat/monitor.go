@@ -23,7 +23,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -141,19 +140,17 @@ type Stats struct {
 type Monitor struct {
 	cfg  Config
 	log  *slog.Logger
-	conn *net.UDPConn
-	raw  syscall.RawConn
-	// probeRaw is a send-only socket for the peers not heard now. Beats to
+	conn *socket
+	// probe is a send-only socket for the peers not heard now. Beats to
 	// an address nobody answers wait in the kernel for neighbour
 	// resolution and fill their socket's buffer; on a socket of their own
 	// they never crowd out the beats to live peers.
-	probe    *net.UDPConn
-	probeRaw syscall.RawConn
-	addr     netip.AddrPort
-	v6sock   bool
-	inc      uint64
-	metrics  *metrics
-	limit    limiter
+	probe   *socket
+	addr    netip.AddrPort
+	v6sock  bool
+	inc     uint64
+	metrics *metrics
+	limit   limiter
 
 	changes chan struct{} // for the user
 	kick    chan struct{} // send a round now
@@ -183,6 +180,7 @@ type Monitor struct {
 
 	// Owned by Run's goroutine.
 	buf     []byte
+	rbuf    []byte // a longer datagram than MaxBeatLen is cut, and then too long
 	targets []target
 }
 
@@ -245,35 +243,22 @@ func New(cfg Config) (*Monitor, error) {
 	case listen.Addr().IsUnspecified():
 		network = "udp" // [::]: IPv4 and IPv6
 	}
-	conn, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(listen))
+	conn, local, err := listenUDP(network, listen)
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat: listening on %s: %w", cfg.Listen, err)
 	}
-	raw, err := conn.SyscallConn()
+	probe, _, err := listenUDP(network, netip.AddrPortFrom(listen.Addr(), 0))
 	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("heartbeat: socket on %s: %w", cfg.Listen, err)
-	}
-	probe, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(listen.Addr(), 0)))
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("heartbeat: second socket on %s: %w", listen.Addr(), err)
-	}
-	probeRaw, err := probe.SyscallConn()
-	if err != nil {
-		conn.Close()
-		probe.Close()
+		conn.close()
 		return nil, fmt.Errorf("heartbeat: second socket on %s: %w", listen.Addr(), err)
 	}
 	m := &Monitor{
-		cfg:      cfg,
-		log:      cfg.Log,
-		conn:     conn,
-		raw:      raw,
-		probe:    probe,
-		probeRaw: probeRaw,
-		addr:     unmap(conn.LocalAddr().(*net.UDPAddr).AddrPort()),
-		v6sock:   network != "udp4",
+		cfg:    cfg,
+		log:    cfg.Log,
+		conn:   conn,
+		probe:  probe,
+		addr:   unmap(local),
+		v6sock: network != "udp4",
 		// The start time: a later run of the same agent has a larger one,
 		// and receivers refuse beats of an older run.
 		inc:     uint64(time.Now().UnixNano()),
@@ -285,10 +270,11 @@ func New(cfg Config) (*Monitor, error) {
 		keys:    keys,
 		cluster: cfg.Cluster,
 		limit:   limiter{every: 10 * time.Second},
+		rbuf:    make([]byte, MaxBeatLen+1),
 	}
 	if m.metrics, err = newMetrics(cfg.Registerer); err != nil {
-		conn.Close()
-		probe.Close()
+		conn.close()
+		probe.close()
 		return nil, err
 	}
 	return m, nil
@@ -335,8 +321,8 @@ func (m *Monitor) Changes() <-chan struct{} { return m.changes }
 // for a Monitor whose Run never started or should stop at once.
 func (m *Monitor) Close() error {
 	var errs []error
-	for _, c := range []*net.UDPConn{m.conn, m.probe} {
-		if err := c.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+	for _, c := range []*socket{m.conn, m.probe} {
+		if err := c.close(); err != nil && !errors.Is(err, net.ErrClosed) {
 			errs = append(errs, err)
 		}
 	}

@@ -226,8 +226,12 @@ func TestPeersHearEachOther(t *testing.T) {
 			for i, m := range ms {
 				took := at[i].Sub(start)
 				t.Logf("%s heard all peers %v after the first Run started", m.cfg.Node, took.Round(10*time.Microsecond))
-				if took > 2*DefaultInterval {
-					t.Errorf("%s heard all peers only after %v, want within 2 intervals (%v)", m.cfg.Node, took, 2*DefaultInterval)
+				// Three hops (a first beat, the answer that echoes it,
+				// the answer to that), each read at the receiver's next
+				// wake-up, at most an Interval later; one more for a
+				// loaded machine.
+				if took > 4*DefaultInterval {
+					t.Errorf("%s heard all peers only after %v, want within 4 intervals (%v)", m.cfg.Node, took, 4*DefaultInterval)
 				}
 				ps := m.Peers()
 				if len(ps) != len(l.Nodes)-1 {
@@ -248,10 +252,23 @@ func TestPeersHearEachOther(t *testing.T) {
 
 func TestStateChangePropagatesAtOnce(t *testing.T) {
 	l := newLab(t, 3)
-	// A long interval, so that only the beat sent on the change can carry it.
+	// A long interval on n1, so that only the beat it sends on the change
+	// can carry it; the receivers read their socket every default
+	// interval, and a long timeout keeps n1's rare beats fresh for them.
 	const interval = time.Second
-	ms := startAll(t, l.Nodes, Config{Interval: interval})
-	awaitEach(t, "every peer heard", ms, 2*time.Second, func(_ int, m *Monitor) bool { return heardAll(m) })
+	ms := make([]*Monitor, len(l.Nodes))
+	for i, n := range l.Nodes {
+		cfg := Config{Timeout: 5 * time.Second}
+		if i == 0 {
+			cfg.Interval = interval
+		}
+		ms[i] = newMonitor(t, n, cfg)
+		ms[i].SetPeers(peersAt(l.Nodes, 7947, false))
+	}
+	for _, m := range ms {
+		run(t, m)
+	}
+	awaitEach(t, "every peer heard", ms, 4*interval, func(_ int, m *Monitor) bool { return heardAll(m) })
 
 	var worst time.Duration
 	for _, s := range []State{
@@ -269,8 +286,10 @@ func TestStateChangePropagatesAtOnce(t *testing.T) {
 		}
 	}
 	t.Logf("slowest state change: %v (interval %v)", worst.Round(10*time.Microsecond), interval)
-	if worst > 50*time.Millisecond {
-		t.Errorf("a state change took %v to reach a peer, want well under the interval", worst)
+	// Sent at once, read at the receiver's next wake-up: a default
+	// interval, and margin for a loaded machine.
+	if worst > DefaultInterval+30*time.Millisecond {
+		t.Errorf("a state change took %v to reach a peer, want well under n1's interval", worst)
 	}
 	// Setting the same state again sends nothing extra.
 	before := ms[0].Stats().Sent
@@ -592,7 +611,9 @@ func TestSetPeersForgets(t *testing.T) {
 		t.Fatalf("n3 does not hear n1 again: %+v", n3.Peer("n1"))
 	}
 	t.Logf("n3 hears n1 again %v after n1 listed it", at.Sub(start).Round(10*time.Microsecond))
-	if at.Sub(start) > DefaultInterval/2 {
+	// n1 greets at once; n3 reads it at its next wake-up, an interval at
+	// most, and answers at once; n1 reads that within an interval.
+	if at.Sub(start) > 2*DefaultInterval+20*time.Millisecond {
 		t.Errorf("n1 greeted the re-added n3 only after %v", at.Sub(start))
 	}
 	if _, ok := await(n1, time.Second, func() bool { return n1.Peer("n3").Heard }); !ok {

@@ -9,27 +9,39 @@ import (
 	"slices"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vipd/vipd/internal/notify"
 )
 
-// receive reads beats until the socket is closed.
-func (m *Monitor) receive() {
-	buf := make([]byte, MaxBeatLen+1) // a longer datagram is cut, and then too long
-	for {
-		n, from, err := m.conn.ReadFromUDPAddrPort(buf)
+// maxDrain bounds the datagrams one drain reads, so that a flood of junk
+// cannot keep the loop from sending and judging; what is left waits for
+// the next wake-up, an Interval at most.
+const maxDrain = 4096
+
+// drain handles every datagram waiting on the socket, and returns
+// net.ErrClosed once the socket is closed. It runs on Run's loop, which
+// wakes at least every Interval: nothing waits on the socket in between
+// (see socket).
+func (m *Monitor) drain() error {
+	for range maxDrain {
+		n, from, err := m.conn.recvfrom(m.rbuf)
+		if err == unix.EAGAIN || err == unix.EWOULDBLOCK {
+			return nil
+		}
 		now := time.Now()
 		if errors.Is(err, net.ErrClosed) {
-			return
+			return err
 		}
 		if err != nil {
 			if ok, s := m.limit.allow("receive", now); ok {
 				m.log.Debug("receiving heartbeat", "err", err, "suppressed", s)
 			}
-			time.Sleep(time.Millisecond) // no busy loop on a persistent error
-			continue
+			return nil // try again at the next wake-up
 		}
-		m.handle(buf[:n], unmap(from), now)
+		m.handle(m.rbuf[:n], unmap(from), now)
 	}
+	return nil
 }
 
 // handle takes in one datagram received at now. The checks run cheapest

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"time"
 
@@ -12,49 +11,61 @@ import (
 )
 
 // Run sends a round of beats to every peer each Interval (and at once when
-// the State, the asks or the set of peers change), receives beats and
-// reports silences, until ctx is done. It closes the socket when it
-// returns; it can run only once.
+// the State, the asks or the set of peers change), reads the beats that
+// arrived meanwhile each time it wakes, and reports silences, until ctx is
+// done. It closes the sockets when it returns; it can run only once.
 func (m *Monitor) Run(ctx context.Context) error {
 	if !m.started.CompareAndSwap(false, true) {
 		return errors.New("heartbeat: Run called twice")
 	}
-	recvDone := make(chan struct{})
-	go func() {
-		defer close(recvDone)
-		m.receive()
-	}()
-	defer func() {
-		m.Close()
-		<-recvDone
-	}()
+	defer m.Close()
 
 	// A ticker keeps the schedule fixed however long a send takes.
 	ticker := time.NewTicker(m.cfg.Interval)
 	defer ticker.Stop()
 	// The silence timer fires at the exact moment the next Heard peer would
-	// turn Silent, or this agent's rejoining ends; beats arriving meanwhile
+	// turn Silent, or this agent's rejoining ends; beats read meanwhile
 	// only push that moment later, so an early firing just re-arms it.
 	silence := time.NewTimer(m.cfg.Timeout)
 	defer silence.Stop()
 	m.round()
 	for {
+		send := false
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-recvDone:
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("heartbeat: socket on %s: %w", m.addr, net.ErrClosed)
 		case <-ticker.C:
-			m.round()
+			send = true
 		case <-m.kick:
-			m.round()
+			send = true
 		case <-m.rearm:
 		case <-silence.C:
 		}
 		m.wake(time.Now())
+		// Every beat that arrived counts before anything is sent or
+		// judged: the round echoes the newest of them, and no peer is
+		// found silent whose beat is waiting in the socket.
+		if err := m.drain(); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("heartbeat: socket on %s: %w", m.addr, err)
+		}
+		// A beat just read may ask for an answer at once (a peer heard
+		// for the first time): this round is it; and the sweep below
+		// re-arms the silence timer anyway.
+		select {
+		case <-m.kick:
+			send = true
+		default:
+		}
+		select {
+		case <-m.rearm:
+		default:
+		}
+		if send {
+			m.round()
+		}
 		// Cheap enough to do on every wake-up: one pass over the peers.
 		if next := m.sweep(time.Now()); next > 0 {
 			silence.Reset(next)

@@ -1,10 +1,11 @@
 package heartbeat
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -72,11 +73,11 @@ func (m *Monitor) round() {
 	for _, t := range m.targets {
 		b.To, b.EchoInc, b.EchoSeq, b.Holds = t.name, t.echoInc, t.echoSeq, t.holds
 		m.buf = appendBeat(m.buf[:0], b, key)
-		raw := m.raw
+		sock := m.conn
 		if !t.heard {
-			raw = m.probeRaw
+			sock = m.probe
 		}
-		err := m.send(raw, m.buf, t.addr, t.confirm)
+		err := m.send(sock, m.buf, t.addr, t.confirm)
 		switch {
 		case err == nil:
 			sent++
@@ -100,14 +101,14 @@ func (m *Monitor) round() {
 	m.metrics.sent(sent, failed, dropped)
 }
 
-// send writes one datagram on raw without ever waiting for buffer space
+// send writes one datagram on sock without ever waiting for buffer space
 // (MSG_DONTWAIT). With confirm it passes MSG_CONFIRM, which tells the
 // kernel the neighbour is reachable: beats are the only traffic to a peer,
 // and without upper-layer confirmation Linux re-probes the neighbour every
 // ~30 s. Under heavy loss those probes can fail, and a peer whose entry
 // turned FAILED gets no beats until ARP or neighbour discovery resolves it
 // again, seconds later, which would make it suspect us.
-func (m *Monitor) send(raw syscall.RawConn, b []byte, to netip.AddrPort, confirm bool) error {
+func (m *Monitor) send(sock *socket, b []byte, to netip.AddrPort, confirm bool) error {
 	var sa unix.Sockaddr
 	switch {
 	case m.v6sock:
@@ -130,13 +131,9 @@ func (m *Monitor) send(raw syscall.RawConn, b []byte, to netip.AddrPort, confirm
 	if confirm {
 		flags |= unix.MSG_CONFIRM
 	}
-	var serr error
-	err := raw.Write(func(fd uintptr) bool {
-		serr = unix.Sendto(int(fd), b, flags, sa)
-		return true // never wait for the socket to become writable
-	})
-	if err != nil {
-		return err
+	serr := sock.sendto(b, flags, sa)
+	if errors.Is(serr, net.ErrClosed) {
+		return serr
 	}
 	if serr == unix.EAGAIN || serr == unix.EWOULDBLOCK {
 		return serr

@@ -1,0 +1,131 @@
+package heartbeat
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// socket is a UDP socket that Go's network poller does not know about.
+// The monitor reads it only when its loop wakes anyway (each Interval, or
+// sooner for a reason of its own), never because a datagram arrived: with
+// a poller-registered socket, every beat of every peer woke the process,
+// hundreds of times a second, which cost an idle agent more CPU than the
+// beats themselves (docs/benchmarks.md). Its methods are safe for
+// concurrent use; after close they return net.ErrClosed.
+type socket struct {
+	mu sync.RWMutex
+	fd int // -1 once closed
+}
+
+// listenUDP binds a non-blocking UDP socket like net.ListenUDP does:
+// "udp4" an IPv4 socket; "udp6" an IPv6-only one; "udp" (for [::]) an IPv6
+// socket that takes IPv4 as well.
+func listenUDP(network string, addr netip.AddrPort) (*socket, netip.AddrPort, error) {
+	family, sa := unix.AF_INET6, unix.Sockaddr(nil)
+	if network == "udp4" {
+		family = unix.AF_INET
+		sa = &unix.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}
+	} else {
+		sa6 := &unix.SockaddrInet6{Port: int(addr.Port()), Addr: addr.Addr().As16()}
+		if z := addr.Addr().Zone(); z != "" {
+			ifi, err := netInterfaceIndex(z)
+			if err != nil {
+				return nil, netip.AddrPort{}, err
+			}
+			sa6.ZoneId = uint32(ifi)
+		}
+		sa = sa6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return nil, netip.AddrPort{}, fmt.Errorf("socket: %w", err)
+	}
+	if family == unix.AF_INET6 {
+		v6only := 1
+		if network == "udp" {
+			v6only = 0
+		}
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, v6only); err != nil {
+			unix.Close(fd)
+			return nil, netip.AddrPort{}, fmt.Errorf("setsockopt IPV6_V6ONLY: %w", err)
+		}
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		unix.Close(fd)
+		return nil, netip.AddrPort{}, fmt.Errorf("bind: %w", err)
+	}
+	local, err := unix.Getsockname(fd)
+	if err != nil {
+		unix.Close(fd)
+		return nil, netip.AddrPort{}, fmt.Errorf("getsockname: %w", err)
+	}
+	return &socket{fd: fd}, sockaddrPort(local), nil
+}
+
+// sockaddrPort converts a socket address of the kernel's. A scoped IPv6
+// address (link-local, rare for node addresses) gets its interface's name
+// as zone, as the net package gives it, or the index if that is gone.
+func sockaddrPort(sa unix.Sockaddr) netip.AddrPort {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		a := netip.AddrFrom16(sa.Addr)
+		if sa.ZoneId != 0 {
+			zone := strconv.Itoa(int(sa.ZoneId))
+			if ifi, err := net.InterfaceByIndex(int(sa.ZoneId)); err == nil {
+				zone = ifi.Name
+			}
+			a = a.WithZone(zone)
+		}
+		return netip.AddrPortFrom(a, uint16(sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
+// sendto sends one datagram without waiting: flags should hold
+// MSG_DONTWAIT, since the socket is never polled for room.
+func (s *socket) sendto(b []byte, flags int, to unix.Sockaddr) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.fd < 0 {
+		return net.ErrClosed
+	}
+	return unix.Sendto(s.fd, b, flags, to)
+}
+
+// recvfrom reads one datagram if one is waiting, and unix.EAGAIN if none
+// is.
+func (s *socket) recvfrom(buf []byte) (int, netip.AddrPort, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.fd < 0 {
+		return 0, netip.AddrPort{}, net.ErrClosed
+	}
+	n, from, err := unix.Recvfrom(s.fd, buf, unix.MSG_DONTWAIT)
+	if err != nil {
+		return 0, netip.AddrPort{}, err
+	}
+	return n, sockaddrPort(from), nil
+}
+
+// close closes the socket once; later calls return net.ErrClosed.
+func (s *socket) close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fd < 0 {
+		return net.ErrClosed
+	}
+	err := unix.Close(s.fd)
+	s.fd = -1
+	if err != nil && !errors.Is(err, unix.EINTR) {
+		return err
+	}
+	return nil
+}
