@@ -55,6 +55,30 @@ func Current() *Namespace {
 	return &Namespace{h: &netlink.Handle{}}
 }
 
+// OpenCurrent is Current with netlink sockets of its own, kept open until
+// Close. An agent renews the lifetime of every VIP it holds, one request
+// each, and opening and closing a socket per request cost it as much CPU as
+// the requests themselves (docs/benchmarks.md). Requests on the socket are
+// serialised; it needs no privilege beyond what the requests need.
+func OpenCurrent() (*Namespace, error) {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("opening netlink handle: %w", err)
+	}
+	s, err := nl.GetNetlinkSocketAt(netns.None(), netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("opening netlink socket: %w", err)
+	}
+	// The bounds the netlink package sets on a socket per request.
+	if err := errors.Join(s.SetSendTimeout(&nl.SocketTimeoutTv), s.SetReceiveTimeout(&nl.SocketTimeoutTv)); err != nil {
+		h.Close()
+		s.Close()
+		return nil, fmt.Errorf("setting netlink socket timeouts: %w", err)
+	}
+	return &Namespace{h: h, sockets: map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}}, nil
+}
+
 // Open returns a Namespace bound to ns with sockets of its own; Close it
 // when done. Tests use it to work inside a namespace they created.
 func Open(ns netns.NsHandle) (*Namespace, error) {
@@ -70,7 +94,8 @@ func Open(ns netns.NsHandle) (*Namespace, error) {
 	return &Namespace{h: h, nsh: &ns, sockets: map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}}, nil
 }
 
-// Close releases the sockets of a Namespace returned by Open.
+// Close releases the sockets of a Namespace returned by Open or
+// OpenCurrent.
 func (n *Namespace) Close() {
 	n.h.Close()
 	for _, s := range n.sockets {

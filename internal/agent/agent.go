@@ -109,7 +109,12 @@ func newGuard(cfg config.Config, log *slog.Logger) (*guard.Guard, error) {
 // Every check that can fail on bad configuration runs before anything on
 // the node is changed.
 func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logger) error {
-	iface, err := resolveInterface(cfg.Interface)
+	ns, err := address.OpenCurrent()
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	iface, err := resolveInterface(ns, cfg.Interface)
 	if err != nil {
 		return err
 	}
@@ -120,7 +125,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		return err
 	}
 	for _, vip := range cfg.VIPs {
-		if err := checkNotNodeAddress(vip); err != nil {
+		if err := checkNotNodeAddress(ns, vip); err != nil {
 			return err
 		}
 	}
@@ -148,7 +153,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	}
 	elCfg.NodeAnnotations = map[string]string{AnnotationVersion: version, AnnotationConfig: InfoFor(cfg).Encode(),
 		AnnotationMAC: iface.HardwareAddr.String()}
-	if own, err := nodeAddrList(); err == nil {
+	if own, err := nodeAddrList(ns); err == nil {
 		// Other agents refuse Service addresses that are this node's.
 		elCfg.NodeAnnotations[AnnotationNodeAddrs] = own
 	} else {
@@ -221,7 +226,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	if !cfg.ARP {
 		log.Warn("vip_arp is off: VIPs are added but never announced; clients learn the new holder only when their neighbour entries expire")
 	}
-	links := newLinks(iface, cfg.ServicesInterface, cfg.VIPLifetime, cfg.ARP, cfg.ARPRate, m.reg, log)
+	links := newLinks(ns, iface, cfg.ServicesInterface, cfg.VIPLifetime, cfg.ARP, cfg.ARPRate, m.reg, log)
 	defer links.Close()
 	if cfg.Services && links.svc != iface.Name {
 		if problem := links.problem(links.svc); problem != "" {
@@ -436,15 +441,15 @@ func contests(bs []binding) []election.Contest {
 	return out
 }
 
-func resolveInterface(name string) (*address.Interface, error) {
+func resolveInterface(ns *address.Namespace, name string) (*address.Interface, error) {
 	if name != "" {
-		iface, err := address.Lookup(name)
+		iface, err := ns.Lookup(name)
 		if err != nil {
 			return nil, fmt.Errorf("vip_interface %q: %w", name, err)
 		}
 		return iface, nil
 	}
-	iface, err := address.Detect()
+	iface, err := ns.Detect()
 	if err != nil {
 		return nil, fmt.Errorf("vip_interface is not set and no interface could be detected (set vip_interface): %w", err)
 	}
@@ -453,8 +458,8 @@ func resolveInterface(name string) (*address.Interface, error) {
 
 // checkNotNodeAddress refuses a VIP that is already one of the node's own
 // addresses: removing it on failover would cut the node off.
-func checkNotNodeAddress(vip netip.Addr) error {
-	ifname, found, err := address.Conflicts(vip)
+func checkNotNodeAddress(ns *address.Namespace, vip netip.Addr) error {
+	ifname, found, err := ns.Conflicts(vip)
 	if err != nil {
 		return fmt.Errorf("checking whether %s is already in use: %w", vip, err)
 	}

@@ -45,13 +45,13 @@ type ifAnnouncer struct {
 	index int
 }
 
-func newLinks(main *address.Interface, svc string, lifetime time.Duration, arp bool, rate time.Duration, reg prometheus.Registerer, log *slog.Logger) *links {
+func newLinks(ns *address.Namespace, main *address.Interface, svc string, lifetime time.Duration, arp bool, rate time.Duration, reg prometheus.Registerer, log *slog.Logger) *links {
 	if svc == "" {
 		svc = main.Name
 	}
 	main.Lifetime = lifetime
 	return &links{
-		ns: address.Current(), main: main, svc: svc, lifetime: lifetime, log: log, arp: arp,
+		ns: ns, main: main, svc: svc, lifetime: lifetime, log: log, arp: arp,
 		annOpts: announce.Options{Interval: rate, Registerer: reg},
 		ifaces:  map[string]*address.Interface{main.Name: main},
 		anns:    map[string]ifAnnouncer{},

@@ -137,8 +137,8 @@ type refusal struct {
 const AnnotationNodeAddrs = "vipd.io/node-addresses"
 
 // nodeAddrList is this node's own global addresses, for AnnotationNodeAddrs.
-func nodeAddrList() (string, error) {
-	own, err := address.NodeAddrs()
+func nodeAddrList(ns *address.Namespace) (string, error) {
+	own, err := ns.NodeAddrs()
 	if err != nil {
 		return "", err
 	}
@@ -178,7 +178,7 @@ func (r *reconciler) setBindings(cfg config.Config) {
 		}
 	}
 	if len(r.addrs) > 0 {
-		own, err := address.NodeAddrs()
+		own, err := r.links.ns.NodeAddrs()
 		if err != nil {
 			r.log.Error("listing this node's addresses", "err", err)
 		}
