@@ -60,38 +60,38 @@ func Current() *Namespace {
 // each, and opening and closing a socket per request cost it as much CPU as
 // the requests themselves (docs/benchmarks.md). Requests on the socket are
 // serialised; it needs no privilege beyond what the requests need.
-func OpenCurrent() (*Namespace, error) {
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+func OpenCurrent() (*Namespace, error) { return open(netns.None()) }
+
+// Open returns a Namespace bound to ns with sockets of its own; Close it
+// when done. Tests use it to work inside a namespace they created.
+func Open(ns netns.NsHandle) (*Namespace, error) {
+	n, err := open(ns)
+	if err != nil {
+		return nil, fmt.Errorf("in namespace %s: %w", ns, err)
+	}
+	n.nsh = &ns
+	return n, nil
+}
+
+// open opens a netlink handle and socket in ns (netns.None(): the current
+// one, entered without setns), with the bounds the netlink package sets on
+// a socket per request.
+func open(ns netns.NsHandle) (*Namespace, error) {
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("opening netlink handle: %w", err)
 	}
-	s, err := nl.GetNetlinkSocketAt(netns.None(), netns.None(), unix.NETLINK_ROUTE)
+	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
 	if err != nil {
 		h.Close()
 		return nil, fmt.Errorf("opening netlink socket: %w", err)
 	}
-	// The bounds the netlink package sets on a socket per request.
 	if err := errors.Join(s.SetSendTimeout(&nl.SocketTimeoutTv), s.SetReceiveTimeout(&nl.SocketTimeoutTv)); err != nil {
 		h.Close()
 		s.Close()
 		return nil, fmt.Errorf("setting netlink socket timeouts: %w", err)
 	}
 	return &Namespace{h: h, sockets: map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}}, nil
-}
-
-// Open returns a Namespace bound to ns with sockets of its own; Close it
-// when done. Tests use it to work inside a namespace they created.
-func Open(ns netns.NsHandle) (*Namespace, error) {
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, fmt.Errorf("opening netlink handle in namespace %s: %w", ns, err)
-	}
-	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
-	if err != nil {
-		h.Close()
-		return nil, fmt.Errorf("opening netlink socket in namespace %s: %w", ns, err)
-	}
-	return &Namespace{h: h, nsh: &ns, sockets: map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}}, nil
 }
 
 // Close releases the sockets of a Namespace returned by Open or
