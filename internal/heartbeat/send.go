@@ -109,23 +109,9 @@ func (m *Monitor) round() {
 // turned FAILED gets no beats until ARP or neighbour discovery resolves it
 // again, seconds later, which would make it suspect us.
 func (m *Monitor) send(sock *socket, b []byte, to netip.AddrPort, confirm bool) error {
-	var sa unix.Sockaddr
-	switch {
-	case m.v6sock:
-		// IPv4 as ::ffff:a.b.c.d on a dual-stack socket.
-		sa6 := &unix.SockaddrInet6{Port: int(to.Port()), Addr: to.Addr().As16()}
-		if z := to.Addr().Zone(); z != "" {
-			ifi, err := netInterfaceIndex(z)
-			if err != nil {
-				return err
-			}
-			sa6.ZoneId = uint32(ifi)
-		}
-		sa = sa6
-	case to.Addr().Is4():
-		sa = &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()}
-	default:
-		return fmt.Errorf("sendto %s: an IPv6 peer on an IPv4 socket", to)
+	sa, err := sockaddr(to, m.v6sock)
+	if err != nil {
+		return fmt.Errorf("sendto %s: %w", to, err)
 	}
 	flags := unix.MSG_DONTWAIT
 	if confirm {

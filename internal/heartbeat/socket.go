@@ -27,20 +27,13 @@ type socket struct {
 // "udp4" an IPv4 socket; "udp6" an IPv6-only one; "udp" (for [::]) an IPv6
 // socket that takes IPv4 as well.
 func listenUDP(network string, addr netip.AddrPort) (*socket, netip.AddrPort, error) {
-	family, sa := unix.AF_INET6, unix.Sockaddr(nil)
+	family := unix.AF_INET6
 	if network == "udp4" {
 		family = unix.AF_INET
-		sa = &unix.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}
-	} else {
-		sa6 := &unix.SockaddrInet6{Port: int(addr.Port()), Addr: addr.Addr().As16()}
-		if z := addr.Addr().Zone(); z != "" {
-			ifi, err := netInterfaceIndex(z)
-			if err != nil {
-				return nil, netip.AddrPort{}, err
-			}
-			sa6.ZoneId = uint32(ifi)
-		}
-		sa = sa6
+	}
+	sa, err := sockaddr(addr, family == unix.AF_INET6)
+	if err != nil {
+		return nil, netip.AddrPort{}, err
 	}
 	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
@@ -66,6 +59,26 @@ func listenUDP(network string, addr netip.AddrPort) (*socket, netip.AddrPort, er
 		return nil, netip.AddrPort{}, fmt.Errorf("getsockname: %w", err)
 	}
 	return &socket{fd: fd}, sockaddrPort(local), nil
+}
+
+// sockaddr is a as the kernel takes it for a socket of family AF_INET6
+// (v6; IPv4 as ::ffff:a.b.c.d on a dual-stack socket) or AF_INET.
+func sockaddr(a netip.AddrPort, v6 bool) (unix.Sockaddr, error) {
+	switch {
+	case v6:
+		sa := &unix.SockaddrInet6{Port: int(a.Port()), Addr: a.Addr().As16()}
+		if z := a.Addr().Zone(); z != "" {
+			ifi, err := netInterfaceIndex(z)
+			if err != nil {
+				return nil, err
+			}
+			sa.ZoneId = uint32(ifi)
+		}
+		return sa, nil
+	case a.Addr().Is4():
+		return &unix.SockaddrInet4{Port: int(a.Port()), Addr: a.Addr().As4()}, nil
+	}
+	return nil, errors.New("an IPv6 address on an IPv4 socket")
 }
 
 // sockaddrPort converts a socket address of the kernel's. A scoped IPv6
