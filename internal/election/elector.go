@@ -42,10 +42,12 @@ const (
 	vipdAnnotationPrefix = "vipd.io/"
 )
 
-// writeWorkers bounds the claim writes in flight at once: enough to place
-// hundreds of VIPs in well under a second, few enough not to flood the API
-// server when a node with many VIPs is lost.
-const writeWorkers = 8
+// writeWorkers bounds the claim writes in flight at once. When a node
+// holding a hundred VIPs is lost among ten, each survivor takes about a
+// dozen: all of them go out at once, rather than in rounds each as slow as
+// the API server is under the burst. Few enough that the survivors together
+// stay within the API server's default limit of mutating requests in flight.
+const writeWorkers = 16
 
 // Contest is one thing to elect a holder for: a VIP, or a group of VIPs
 // that must move together. Its name is the name of its claim Lease.
@@ -249,6 +251,9 @@ type Elector struct {
 	// badAnnotations are node Lease annotations that did not parse, by
 	// Lease, as last logged.
 	badAnnotations map[string]string
+	// lag is the slowest write to the API server in the last renew
+	// deadline (writeLagLocked).
+	lag writeLag
 	// silenced, if set (SetSilenced), reports whether this node answers
 	// for none of a contest's VIPs any more: a claim it lets go is
 	// released only then.

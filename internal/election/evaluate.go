@@ -327,6 +327,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 	if meLive {
 		free := slices.Sorted(maps.Keys(e.eval.free))
 		place := placeFree(free, candidates, e.eval.load, len(e.eval.heldBy), liveNodes)
+		lag := min(e.writeLagLocked(now), e.cfg.LeaseDuration)
 		for _, name := range free {
 			if inflight[name] {
 				continue // its result wakes the loop
@@ -344,8 +345,11 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 				continue
 			}
 			if place[name] != me {
-				// Fallback: the preferred agent has had its chance.
-				at := freeSince[name].Add(time.Duration(rank+1) * e.cfg.RetryPeriod)
+				// Fallback: the preferred agent has had its chance,
+				// counting the time a write takes now: an API server
+				// slowed by a burst of claims must not turn every
+				// fallback into a second write racing the first.
+				at := freeSince[name].Add(time.Duration(rank+1)*e.cfg.RetryPeriod + 2*lag)
 				if now.Before(at) {
 					soon(at)
 					continue

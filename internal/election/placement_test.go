@@ -2,7 +2,10 @@ package election
 
 import (
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"testing"
+	"time"
 )
 
 func nodes(n int) []string {
@@ -108,4 +111,96 @@ func TestPlaceFreeRespectsCandidates(t *testing.T) {
 	if p := placeFree(contests(3), none, nil, 0, live); len(p) != 0 {
 		t.Fatalf("placed %v with no candidates", p)
 	}
+}
+
+// After a node is lost, its claims land one at a time, in an order that
+// differs from agent to agent. The contests still free must stay placed
+// where they were, or two agents would write the same claim: a claim that
+// lands on the node it was placed on moves none of the others.
+func TestPlaceFreeIsStableAsClaimsLand(t *testing.T) {
+	live := nodes(9)
+	all := func(string) []string { return live }
+	for seed := range uint64(20) {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		// Uneven loads, so that some nodes reach their share and the
+		// contests that prefer them spill to the next.
+		held, load := 0, map[string]int{}
+		for _, n := range live {
+			load[n] = 90 + rng.IntN(20)
+			held += load[n]
+		}
+		free := contests(100)
+		first := placeFree(free, all, load, held, live)
+		spilled := 0
+		for _, c := range free {
+			if first[c] != preference(c, live)[0] {
+				spilled++
+			}
+		}
+		if spilled == 0 {
+			t.Fatalf("seed %d: no contest spilled to a less preferred node: the test shows nothing", seed)
+		}
+		for len(free) > 1 {
+			i := rng.IntN(len(free))
+			load[first[free[i]]]++
+			held++
+			free = slices.Delete(slices.Clone(free), i, i+1)
+			again := placeFree(free, all, load, held, live)
+			for _, c := range free {
+				if again[c] != first[c] {
+					t.Fatalf("seed %d, %d still free: %s moved from %s to %s", seed, len(free), c, first[c], again[c])
+				}
+			}
+		}
+	}
+}
+
+// An agent that is not the placed one takes a free contest only after the
+// placed agent has had its chance, and that chance includes the time a
+// write takes now: while the API server is slow, the placed agent's claim
+// is still on its way when the plain delay is over.
+func TestFallbackWaitsForSlowWrites(t *testing.T) {
+	for _, lag := range []time.Duration{0, 800 * time.Millisecond} {
+		e := benchElector(t, 0)
+		clock := time.Now()
+		e.now = func() time.Time { return clock }
+		e.lastRenew = clock.Add(time.Hour)
+		// A contest that n1, this agent, is the second choice for: its
+		// fallback comes well within the other agents' node Leases, which
+		// nobody renews here.
+		name := ""
+		for _, c := range contests(100) {
+			if preference(c, nodes(10))[1] == "n1" {
+				name = c
+				break
+			}
+		}
+		rank := slices.Index(preference(name, nodes(10)), "n1")
+		e.SetContests([]Contest{{Name: name}})
+		inflight, freeSince, retryAt := map[string]bool{}, map[string]time.Time{}, map[string]time.Time{}
+		fallback := time.Duration(rank+1)*e.cfg.RetryPeriod + 2*lag
+		for _, at := range []time.Duration{0, fallback - time.Millisecond} {
+			clock = freeSinceOr(freeSince, name, clock).Add(at)
+			e.mu.Lock()
+			e.noteWriteLocked(lag, clock) // writes are still as slow
+			e.mu.Unlock()
+			if jobs, _ := e.evaluate(inflight, freeSince, retryAt); len(jobs) != 0 {
+				t.Fatalf("write lag %v: %v after the contest became free, rank %d took it (fallback due after %v)", lag, at, rank, fallback)
+			}
+		}
+		clock = freeSince[name].Add(fallback)
+		e.mu.Lock()
+		e.noteWriteLocked(lag, clock) // writes are still as slow
+		e.mu.Unlock()
+		if jobs, _ := e.evaluate(inflight, freeSince, retryAt); len(jobs) != 1 || jobs[0].op != opAcquire {
+			t.Fatalf("write lag %v: %v after the contest became free, rank %d did not take it: %v", lag, fallback, rank, jobNames(jobs))
+		}
+	}
+}
+
+func freeSinceOr(freeSince map[string]time.Time, name string, t time.Time) time.Time {
+	if s, ok := freeSince[name]; ok {
+		return s
+	}
+	return t
 }

@@ -168,6 +168,41 @@ func (e *Elector) renew(ctx context.Context, last, start time.Time) error {
 	return err
 }
 
+// writeLag remembers the slowest write to the API server lately. Every
+// agent shares that API server, so it is also about how long another
+// agent's claim write takes now: a fallback waits for it (evaluate).
+type writeLag struct {
+	d  time.Duration
+	at time.Time
+}
+
+// noteWriteLocked records a write that took d and ended at now.
+func (e *Elector) noteWriteLocked(d time.Duration, now time.Time) {
+	if d >= e.lag.d || now.Sub(e.lag.at) > e.cfg.RenewDeadline {
+		e.lag = writeLag{d: d, at: now}
+	}
+}
+
+// writeLagLocked is the slowest write that ended within the last renew
+// deadline.
+func (e *Elector) writeLagLocked(now time.Time) time.Duration {
+	if now.Sub(e.lag.at) > e.cfg.RenewDeadline {
+		return 0
+	}
+	return e.lag.d
+}
+
+// timedWrite runs write and records how long it took.
+func (e *Elector) timedWrite(write func() error) error {
+	start := e.now()
+	err := write()
+	now := e.now()
+	e.mu.Lock()
+	e.noteWriteLocked(now.Sub(start), now)
+	e.mu.Unlock()
+	return err
+}
+
 func (e *Elector) renewOnce(ctx context.Context, start time.Time) error {
 	e.mu.Lock()
 	var base *coordinationv1.Lease
@@ -193,7 +228,11 @@ func (e *Elector) renewOnce(ctx context.Context, start time.Time) error {
 			}
 		}
 	}
-	out, err := e.writeLease(ctx, e.node, KindNode, base, annotations, drop)
+	var out *coordinationv1.Lease
+	err := e.timedWrite(func() (err error) {
+		out, err = e.writeLease(ctx, e.node, KindNode, base, annotations, drop)
+		return err
+	})
 	if apierrors.IsConflict(err) {
 		// Our view was stale; read once and retry at the next tick.
 		if cur, gerr := e.cfg.Client.Leases(e.nsFor(e.node)).Get(ctx, e.node, metav1.GetOptions{}); gerr == nil {
@@ -293,7 +332,11 @@ func (e *Elector) do(ctx context.Context, j job) error {
 				"previous_holder", prev)
 		}
 		e.noteTaking(j.name, prev, j.why)
-		out, err := e.writeLease(ctx, j.name, KindClaim, j.base, nil, nil)
+		var out *coordinationv1.Lease
+		err := e.timedWrite(func() (err error) {
+			out, err = e.writeLease(ctx, j.name, KindClaim, j.base, nil, nil)
+			return err
+		})
 		e.noteTaken(j.name, out, err)
 		if err != nil {
 			if isRace(err) {
