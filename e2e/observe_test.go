@@ -110,6 +110,7 @@ func TestObservabilityAcrossFailover(t *testing.T) {
 	}{
 		{next, "vipd_takeovers_total", map[string]string{"reason": "holder-not-live"}, 1},
 		{next, "vipd_takeover_announce_seconds", nil, 1},
+		{next, "vipd_api_write_seconds", map[string]string{"verb": "update", "resource": "leases"}, 1},
 		{next, "vipd_informer_synced", map[string]string{"informer": "leases"}, 1},
 		{next, "vipd_informer_synced", map[string]string{"informer": "services"}, 1},
 		{next, "vipd_build_info", map[string]string{"version": "dev"}, 1},

@@ -133,7 +133,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	m := newMetrics()
 	vm := newVIPMetrics(m.reg)
 	client, err := newClient(cfg, log, func(rt http.RoundTripper) http.RoundTripper {
-		return writeCounter{next: rt, errors: vm.apiErrors}
+		return writeMetrics{next: rt, errors: vm.apiErrors, seconds: vm.apiWrites}
 	})
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -20,6 +21,7 @@ type vipMetrics struct {
 	losses        *prometheus.CounterVec
 	announceDelay prometheus.Histogram
 	apiErrors     *prometheus.CounterVec
+	apiWrites     *prometheus.HistogramVec
 }
 
 // Sources of the metrics read at scrape time; any may be nil.
@@ -50,6 +52,13 @@ func newVIPMetrics(reg prometheus.Registerer) *vipMetrics {
 			Name: "vipd_api_write_errors_total",
 			Help: "Writes to the Kubernetes API that failed, by verb, resource and HTTP status code (\"error\": no response).",
 		}, []string{"verb", "resource", "code"}),
+		apiWrites: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "vipd_api_write_seconds",
+			Help: "Time writes to the Kubernetes API took, failed ones included, by verb and resource.",
+			// Up to the default renew deadline (3s): a node Lease
+			// renewal that nears it is about to cost the VIPs.
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 1.5, 2, 3, 5},
+		}, []string{"verb", "resource"}),
 	}
 	// Known reasons start at zero, so that rate() and increase() see them.
 	for _, r := range []election.Reason{election.TookNew, election.TookReleased, election.TookHolderReleased,
@@ -60,7 +69,7 @@ func newVIPMetrics(reg prometheus.Registerer) *vipMetrics {
 		election.LostRemoved, election.LostShutdown, election.LostRefused} {
 		m.losses.WithLabelValues(string(r))
 	}
-	reg.MustRegister(m.takeovers, m.losses, m.announceDelay, m.apiErrors)
+	reg.MustRegister(m.takeovers, m.losses, m.announceDelay, m.apiErrors, m.apiWrites)
 	return m
 }
 
@@ -123,23 +132,28 @@ func (c scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// writeCounter counts failed API writes; it wraps the client's transport.
-type writeCounter struct {
-	next   http.RoundTripper
-	errors *prometheus.CounterVec
+// writeMetrics times API writes and counts the failed ones; it wraps the
+// client's transport.
+type writeMetrics struct {
+	next    http.RoundTripper
+	errors  *prometheus.CounterVec
+	seconds *prometheus.HistogramVec
 }
 
-func (w writeCounter) RoundTrip(req *http.Request) (*http.Response, error) {
+func (w writeMetrics) RoundTrip(req *http.Request) (*http.Response, error) {
 	verb := writeVerb(req.Method)
 	if verb == "" {
 		return w.next.RoundTrip(req)
 	}
+	resource := apiResource(req.URL.Path)
+	start := time.Now()
 	resp, err := w.next.RoundTrip(req)
+	w.seconds.WithLabelValues(verb, resource).Observe(time.Since(start).Seconds())
 	switch {
 	case err != nil:
-		w.errors.WithLabelValues(verb, apiResource(req.URL.Path), "error").Inc()
+		w.errors.WithLabelValues(verb, resource, "error").Inc()
 	case resp.StatusCode >= 400:
-		w.errors.WithLabelValues(verb, apiResource(req.URL.Path), strconv.Itoa(resp.StatusCode)).Inc()
+		w.errors.WithLabelValues(verb, resource, strconv.Itoa(resp.StatusCode)).Inc()
 	}
 	return resp, err
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/vipd/vipd/internal/heartbeat"
 )
@@ -40,12 +41,12 @@ func (f fakeRT) RoundTrip(*http.Request) (*http.Response, error) {
 	return &http.Response{StatusCode: f.code}, nil
 }
 
-func TestWriteCounterCountsFailedWritesOnly(t *testing.T) {
+func TestWriteMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := newVIPMetrics(reg)
 	do := func(rt http.RoundTripper, method, path string) {
 		req, _ := http.NewRequest(method, "https://api"+path, nil)
-		_, _ = writeCounter{next: rt, errors: m.apiErrors}.RoundTrip(req)
+		_, _ = writeMetrics{next: rt, errors: m.apiErrors, seconds: m.apiWrites}.RoundTrip(req)
 	}
 	lease := "/apis/coordination.k8s.io/v1/namespaces/ns/leases/vipd-node-n1"
 	do(fakeRT{code: 200}, http.MethodPut, lease)
@@ -61,6 +62,18 @@ vipd_api_write_errors_total{code="error",resource="events",verb="create"} 1
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "vipd_api_write_errors_total"); err != nil {
 		t.Error(err)
+	} // Every write is timed, failed or not; reads are not.
+	if n := testutil.CollectAndCount(m.apiWrites); n != 2 {
+		t.Errorf("%d series of vipd_api_write_seconds, want 2 (update leases, create events)", n)
+	}
+	for labels, want := range map[[2]string]uint64{{"update", "leases"}: 3, {"create", "events"}: 1} {
+		h := &dto.Metric{}
+		if err := m.apiWrites.WithLabelValues(labels[0], labels[1]).(prometheus.Histogram).Write(h); err != nil {
+			t.Fatal(err)
+		}
+		if got := h.GetHistogram().GetSampleCount(); got != want {
+			t.Errorf("vipd_api_write_seconds{verb=%q,resource=%q}: %d writes timed, want %d", labels[0], labels[1], got, want)
+		}
 	}
 }
 
