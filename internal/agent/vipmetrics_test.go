@@ -62,7 +62,8 @@ vipd_api_write_errors_total{code="error",resource="events",verb="create"} 1
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "vipd_api_write_errors_total"); err != nil {
 		t.Error(err)
-	} // Every write is timed, failed or not; reads are not.
+	}
+	// Every write is timed, failed or not; reads are not.
 	if n := testutil.CollectAndCount(m.apiWrites); n != 2 {
 		t.Errorf("%d series of vipd_api_write_seconds, want 2 (update leases, create events)", n)
 	}
