@@ -192,17 +192,6 @@ func (e *Elector) writeLagLocked(now time.Time) time.Duration {
 	return e.lag.d
 }
 
-// timedWrite runs write and records how long it took.
-func (e *Elector) timedWrite(write func() error) error {
-	start := e.now()
-	err := write()
-	now := e.now()
-	e.mu.Lock()
-	e.noteWriteLocked(now.Sub(start), now)
-	e.mu.Unlock()
-	return err
-}
-
 func (e *Elector) renewOnce(ctx context.Context, start time.Time) error {
 	e.mu.Lock()
 	var base *coordinationv1.Lease
@@ -228,11 +217,7 @@ func (e *Elector) renewOnce(ctx context.Context, start time.Time) error {
 			}
 		}
 	}
-	var out *coordinationv1.Lease
-	err := e.timedWrite(func() (err error) {
-		out, err = e.writeLease(ctx, e.node, KindNode, base, annotations, drop)
-		return err
-	})
+	out, err := e.writeLease(ctx, e.node, KindNode, base, annotations, drop)
 	if apierrors.IsConflict(err) {
 		// Our view was stale; read once and retry at the next tick.
 		if cur, gerr := e.cfg.Client.Leases(e.nsFor(e.node)).Get(ctx, e.node, metav1.GetOptions{}); gerr == nil {
@@ -254,8 +239,15 @@ func (e *Elector) renewOnce(ctx context.Context, start time.Time) error {
 
 // writeLease makes this agent the holder of the named Lease, conditional on
 // base (created if base is nil), setting annotations and removing the keys
-// in drop.
+// in drop. It records how long the write took (writeLagLocked).
 func (e *Elector) writeLease(ctx context.Context, name, kind string, base *coordinationv1.Lease, annotations map[string]string, drop []string) (*coordinationv1.Lease, error) {
+	start := e.now()
+	defer func() {
+		now := e.now()
+		e.mu.Lock()
+		e.noteWriteLocked(now.Sub(start), now)
+		e.mu.Unlock()
+	}()
 	ns := e.nsFor(name)
 	leases := e.cfg.Client.Leases(ns)
 	now := metav1.NewMicroTime(e.now())
@@ -332,11 +324,7 @@ func (e *Elector) do(ctx context.Context, j job) error {
 				"previous_holder", prev)
 		}
 		e.noteTaking(j.name, prev, j.why)
-		var out *coordinationv1.Lease
-		err := e.timedWrite(func() (err error) {
-			out, err = e.writeLease(ctx, j.name, KindClaim, j.base, nil, nil)
-			return err
-		})
+		out, err := e.writeLease(ctx, j.name, KindClaim, j.base, nil, nil)
 		e.noteTaken(j.name, out, err)
 		if err != nil {
 			if isRace(err) {
