@@ -196,7 +196,11 @@ type Elector struct {
 
 	mu       sync.Mutex
 	contests map[string]Contest // nil until the first SetContests
-	leases   map[string]*observed
+	// contestMark is the call of SetContests (contestGen) that last named
+	// each contest: those it did not name went away.
+	contestMark map[string]uint64
+	contestGen  uint64
+	leases      map[string]*observed
 	// nodeLeases are the node Leases among leases, by name.
 	nodeLeases map[string]*observed
 	status     map[string]Status
@@ -311,23 +315,35 @@ func New(cfg Config) (*Elector, error) {
 // held contest that disappears has its claim deleted; one whose candidates
 // no longer include this agent is released.
 func (e *Elector) SetContests(cs []Contest) {
-	m := make(map[string]Contest, len(cs))
-	for _, c := range cs {
-		m[c.Name] = c
-	}
 	e.mu.Lock()
-	for name, c := range m {
-		if old, ok := e.contests[name]; !ok || old.Needs != c.Needs ||
+	// Updated in place: with a thousand contests, of which one changed,
+	// a new map per call was most of what setting them cost.
+	if e.contests == nil {
+		e.contests = make(map[string]Contest, len(cs))
+		e.contestMark = make(map[string]uint64, len(cs))
+	}
+	e.contestGen++
+	distinct := 0
+	for _, c := range cs {
+		if e.contestMark[c.Name] != e.contestGen {
+			e.contestMark[c.Name] = e.contestGen
+			distinct++
+		}
+		if old, ok := e.contests[c.Name]; !ok || old.Needs != c.Needs ||
 			!slices.Equal(old.Candidates, c.Candidates) || (old.Candidates == nil) != (c.Candidates == nil) {
-			e.markDirtyLocked(name)
+			e.markDirtyLocked(c.Name)
+			e.contests[c.Name] = c
 		}
 	}
-	for name := range e.contests {
-		if _, ok := m[name]; !ok {
-			e.markDirtyLocked(name)
+	if len(e.contests) > distinct {
+		for name := range e.contests {
+			if e.contestMark[name] != e.contestGen {
+				e.markDirtyLocked(name)
+				delete(e.contests, name)
+				delete(e.contestMark, name)
+			}
 		}
 	}
-	e.contests = m
 	e.mu.Unlock()
 	notify.Signal(e.wake)
 }
@@ -373,6 +389,17 @@ func (e *Elector) Status(name string) Status {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.status[name]
+}
+
+// Statuses sets out[i] to the Status of names[i], for every i, all as
+// observed at one moment: one lock for a thousand contests, not one each.
+// out must be at least as long as names.
+func (e *Elector) Statuses(names []string, out []Status) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i, n := range names {
+		out[i] = e.status[n]
+	}
 }
 
 // Changes receives a value whenever any Status may have changed.

@@ -156,3 +156,46 @@ func jobNames(js []job) []string {
 	slices.Sort(out)
 	return out
 }
+
+// TestSetContestsMarksWhatChanged pins what the in-place SetContests must
+// keep of the map it used to build anew: the contests it was not given go
+// (a name given twice counts once), and only the changed ones are looked
+// at again.
+func TestSetContestsMarksWhatChanged(t *testing.T) {
+	e := benchElector(t, 0)
+	a, b, c := Contest{Name: "a"}, Contest{Name: "b", Needs: "eth1"}, Contest{Name: "c", Candidates: []string{"n2"}}
+	set := func(cs ...Contest) []string {
+		e.mu.Lock()
+		e.eval.dirty = map[string]bool{}
+		e.mu.Unlock()
+		e.SetContests(cs)
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return slices.Sorted(maps.Keys(e.eval.dirty))
+	}
+	if got := set(a, b, c); !slices.Equal(got, []string{"a", "b", "c"}) {
+		t.Errorf("new contests looked at: %v, want a, b, c", got)
+	}
+	if got := set(a, b, c); len(got) != 0 {
+		t.Errorf("unchanged contests looked at again: %v", got)
+	}
+	c2 := Contest{Name: "c", Candidates: []string{"n3"}}
+	if got := set(a, a, c2); !slices.Equal(got, []string{"b", "c"}) {
+		t.Errorf("looked at %v after b went and c's candidates changed, want b, c", got)
+	}
+	e.mu.Lock()
+	names := slices.Sorted(maps.Keys(e.contests))
+	cands := e.contests["c"].Candidates
+	e.mu.Unlock()
+	if !slices.Equal(names, []string{"a", "c"}) || !slices.Equal(cands, []string{"n3"}) {
+		t.Errorf("contests %v, c's candidates %v; want a, c and [n3]", names, cands)
+	}
+	if got := set(); !slices.Equal(got, []string{"a", "c"}) {
+		t.Errorf("looked at %v when every contest went, want a, c", got)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.contests == nil || len(e.contests) != 0 {
+		t.Errorf("contests after setting none: %v (must be empty, not nil: nil means not set yet)", e.contests)
+	}
+}
