@@ -363,6 +363,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			r.recheck = true // someone may have changed what vipd put in place
 		case l := <-ifaceEv.link:
 			r.linkChanged(l.name, l.st)
+			r.forgetNodeAddrs()
 			r.recheck = true
 		case a := <-ifaceEv.gone:
 			if !r.lostHeld(a) {

@@ -142,23 +142,23 @@ func (b binding) cpVIP(v netip.Addr) bool { return b.controlPlane && slices.Cont
 // bindingMemo keeps the binding of each address that has a contest of its
 // own (bindingsFor).
 type bindingMemo struct {
-	gen     uint64
 	entries map[netip.Addr]memoEntry
+	// asked are the addresses the current call of bindingsFor asked for
+	// (a buffer kept between calls).
+	asked []netip.Addr
 }
 
 type memoEntry struct {
 	addr services.Address
 	b    binding
-	gen  uint64
 }
 
 // own returns the binding of an address with a contest of its own, on
 // iface.
 func (m *bindingMemo) own(a services.Address, iface string) binding {
 	if m != nil {
+		m.asked = append(m.asked, a.IP)
 		if e, ok := m.entries[a.IP]; ok && e.b.iface == iface && sameAddress(e.addr, a) {
-			e.gen = m.gen
-			m.entries[a.IP] = e
 			return e.b
 		}
 	}
@@ -169,7 +169,7 @@ func (m *bindingMemo) own(a services.Address, iface string) binding {
 		if m.entries == nil {
 			m.entries = map[netip.Addr]memoEntry{}
 		}
-		m.entries[a.IP] = memoEntry{addr: a, b: b, gen: m.gen}
+		m.entries[a.IP] = memoEntry{addr: a, b: b}
 	}
 	return b
 }
@@ -182,19 +182,26 @@ func sameAddress(x, y services.Address) bool {
 }
 
 // start begins a call of bindingsFor; done forgets the addresses it did
-// not ask for.
+// not ask for. Entries are not marked as they are used, which with a
+// thousand addresses was a map write each per call: an address is asked
+// for once per call, so only when the memo holds more than were asked
+// did some go away.
 func (m *bindingMemo) start() {
 	if m != nil {
-		m.gen++
+		m.asked = m.asked[:0]
 	}
 }
 
 func (m *bindingMemo) done() {
-	if m == nil {
+	if m == nil || len(m.entries) <= len(m.asked) {
 		return
 	}
-	for ip, e := range m.entries {
-		if e.gen != m.gen {
+	asked := make(map[netip.Addr]bool, len(m.asked))
+	for _, ip := range m.asked {
+		asked[ip] = true
+	}
+	for ip := range m.entries {
+		if !asked[ip] {
 			delete(m.entries, ip)
 		}
 	}

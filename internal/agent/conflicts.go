@@ -110,9 +110,9 @@ func (c *conflicts) close() {
 // claim, or a new address in a held claim), which are probed first. A
 // failover is never probed, so it stays as fast as before.
 //
-// It runs before the reconciler records seen: r.last and r.lastBound are
-// still the previous round's.
-func (r *reconciler) screen(p plan, seen map[string]election.Status, now time.Time) plan {
+// It runs before the reconciler records what it saw: r.last and
+// r.lastBound are still the previous round's.
+func (r *reconciler) screen(p plan, leading []*binding, now time.Time) plan {
 	c := r.conflicts
 	if c == nil || c.det == nil {
 		return p
@@ -130,13 +130,20 @@ func (r *reconciler) screen(p plan, seen map[string]election.Status, now time.Ti
 		}
 	}
 	fresh := map[netip.Addr]bool{}
-	for _, b := range r.bindings {
-		if !seen[b.contest].Leading {
-			for _, v := range b.vips {
-				delete(c.cleared, v)
-			}
-			continue
+	// A VIP this node no longer holds is probed again when it comes back.
+	// Looked at from the held side: a node holds a tenth of a thousand.
+	held := make(map[netip.Addr]bool, len(p.present))
+	for _, b := range leading {
+		for _, v := range b.vips {
+			held[v] = true
 		}
+	}
+	for v := range c.cleared {
+		if !held[v] {
+			delete(c.cleared, v)
+		}
+	}
+	for _, b := range leading {
 		isNew := r.el.Report(b.contest).Reason == election.TookNew
 		heldBefore := r.last[b.contest].Leading
 		for _, v := range b.vips {

@@ -72,9 +72,9 @@ func (h *handovers) next() time.Time {
 }
 
 // forget drops the handovers of contests that are gone.
-func (h *handovers) forget(keep map[string]election.Status) {
+func (h *handovers) forget(exists func(contest string) bool) {
 	for c := range h.until {
-		if _, ok := keep[c]; !ok {
+		if !exists(c) {
 			delete(h.until, c)
 			delete(h.seen, c)
 		}

@@ -40,7 +40,7 @@ type observer struct {
 // reconciliation; neither is modified afterwards.
 type reconciledState struct {
 	bs     []binding
-	status map[string]election.Status
+	status []election.Status // of bs[i]
 
 	once    sync.Once
 	leaders map[netip.Addr]string
@@ -50,9 +50,9 @@ type reconciledState struct {
 func (s *reconciledState) leadersOf() map[netip.Addr]string {
 	s.once.Do(func() {
 		s.leaders = map[netip.Addr]string{}
-		for _, b := range s.bs {
+		for i, b := range s.bs {
 			for _, v := range b.vips {
-				s.leaders[v] = s.status[b.contest].Leader
+				s.leaders[v] = s.status[i].Leader
 			}
 		}
 	})
@@ -164,7 +164,7 @@ func (o *observer) announced(vips []netip.Addr) {
 
 // reconciled records the state after a reconciliation: per VIP, whether
 // this agent holds it, and who holds what for the reporter choice.
-func (o *observer) reconciled(bs []binding, status map[string]election.Status) {
+func (o *observer) reconciled(bs []binding, status []election.Status) {
 	o.last.Store(&reconciledState{bs: bs, status: status})
 }
 
@@ -216,8 +216,8 @@ func (o *observer) heldNow() []heldSeries {
 		return nil
 	}
 	var series []heldSeries
-	for _, b := range last.bs {
-		st := last.status[b.contest]
+	for i, b := range last.bs {
+		st := last.status[i]
 		for i, v := range b.vips {
 			var svcs []types.NamespacedName
 			if i < len(b.services) {

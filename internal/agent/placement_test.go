@@ -145,7 +145,7 @@ func TestHandovers(t *testing.T) {
 		t.Error("kept although this node has no endpoint left (externalTrafficPolicy: Local)")
 	}
 	h.keep(b, "n1", held, free, election.LostNotCandidate, t0)
-	h.forget(map[string]election.Status{})
+	h.forget(func(string) bool { return false })
 	if len(h.until) != 0 {
 		t.Errorf("handovers of gone contests kept: %v", h.until)
 	}

@@ -85,6 +85,15 @@ type reconciler struct {
 	// lacking are the interfaces this node lacks of those the bindings
 	// need, with why, as given to the election.
 	lacking map[string]string
+	// names is reconcile's buffer for reading the bindings' statuses at
+	// once.
+	names []string
+	// rebound: setBindings made the bindings again since the last pass.
+	rebound bool
+	// ownAddrs are this node's own addresses as nodeAddrs last read them,
+	// at ownAddrsAt; nil: to be read.
+	ownAddrs   map[netip.Addr]string
+	ownAddrsAt time.Time
 	// badAddrs are other agents' AnnotationNodeAddrs that did not parse,
 	// as last logged.
 	badAddrs map[string]string
@@ -178,19 +187,18 @@ func (r *reconciler) setBindings(cfg config.Config) {
 		}
 	}
 	if len(r.addrs) > 0 {
-		own, err := r.links.ns.NodeAddrs()
-		if err != nil {
-			r.log.Error("listing this node's addresses", "err", err)
-		}
-		for a, ifname := range own {
+		for a, ifname := range r.nodeAddrs(time.Now()) {
 			// Named, not "this node": the Event about it is cluster-wide.
 			owner[a] = "node " + cfg.NodeName + " (" + ifname + ")"
 		}
 	}
+	// ok is r.addrs without the rejected ones: r.addrs itself while none
+	// is, since copying a thousand addresses on every change of one was
+	// the largest part of what this cost.
 	var ok []services.Address
 	rejected := map[netip.Addr]string{}
 	defer func() { r.rejected = rejected }()
-	for _, a := range r.addrs {
+	for i, a := range r.addrs {
 		if who, taken := owner[a.IP]; taken {
 			reason := fmt.Sprintf("address %s belongs to %s; a VIP must not be a node address", a.IP, who)
 			r.svc.Reject(a.IP, reason)
@@ -198,9 +206,18 @@ func (r *reconciler) setBindings(cfg config.Config) {
 				r.log.Warn("refusing service address", "vip", a.IP, "service", joinNames(a.Services), "reason", reason)
 			}
 			rejected[a.IP] = reason
+			if ok == nil {
+				ok = make([]services.Address, i, len(r.addrs))
+				copy(ok, r.addrs[:i])
+			}
 			continue
 		}
-		ok = append(ok, a)
+		if ok != nil {
+			ok = append(ok, a)
+		}
+	}
+	if ok == nil {
+		ok = r.addrs
 	}
 	bs := bindingsFor(r.settings, ok, &r.memo)
 	if r.place.needsNodes(bs) {
@@ -222,9 +239,11 @@ func (r *reconciler) setBindings(cfg config.Config) {
 	// What this node lacks is published before the contests are set, so
 	// that it takes none of them in between.
 	r.updateLacking(bs)
-	var used []string
+	var used []string // a few interfaces, named by many bindings
 	for _, b := range bs {
-		used = append(used, b.iface)
+		if !slices.Contains(used, b.iface) {
+			used = append(used, b.iface)
+		}
 	}
 	r.links.setUsed(used)
 	r.bindings = bs
@@ -235,8 +254,35 @@ func (r *reconciler) setBindings(cfg config.Config) {
 		r.bound[r.bindings[i].contest] = &r.bindings[i]
 	}
 	r.boundNow.Store(&r.bound) // never changed once made
+	r.rebound = true
 	r.el.SetContests(contests(r.bindings))
 }
+
+// nodeAddrs returns this node's own addresses (those vipd did not add),
+// read from the kernel at most once per ownAddrsMaxAge, or at once after
+// forgetNodeAddrs: setBindings runs on every change of the Services,
+// and a dump of the node's addresses each time cost more than the rest of
+// it. An error is logged, and leaves no address known.
+func (r *reconciler) nodeAddrs(now time.Time) map[netip.Addr]string {
+	if r.ownAddrs != nil && now.Sub(r.ownAddrsAt) < ownAddrsMaxAge {
+		return r.ownAddrs
+	}
+	own, err := r.links.ns.NodeAddrs()
+	if err != nil {
+		r.log.Error("listing this node's addresses", "err", err)
+		return nil
+	}
+	r.ownAddrs, r.ownAddrsAt = own, now
+	return own
+}
+
+// ownAddrsMaxAge bounds how old the node's addresses nodeAddrs returns
+// may be: a Service address that a node address took a moment ago is
+// refused at the next change of the Services at least that much later.
+const ownAddrsMaxAge = time.Second
+
+// forgetNodeAddrs makes the next nodeAddrs read the kernel again.
+func (r *reconciler) forgetNodeAddrs() { r.ownAddrs = nil }
 
 // nodeChanges receives when Node labels change; nil before the watch.
 func (r *reconciler) nodeChanges() <-chan struct{} {
@@ -283,24 +329,43 @@ func (r *reconciler) reconcile() {
 	var want plan
 	var servedHere []services.Held
 	var asks, holding []string
-	seen := make(map[string]election.Status, len(r.bindings))
+	// seen[i] is the status of r.bindings[i]; changed are the i whose
+	// status is not what r.last says, which learns them after screen.
+	seen := make([]election.Status, len(r.bindings))
+	var changed []int
+	var leading []*binding // as the election says, whatever this node lacks
+	r.names = r.names[:0]
 	for _, b := range r.bindings {
-		st := r.el.Status(b.contest)
+		r.names = append(r.names, b.contest)
+	}
+	r.el.Statuses(r.names, seen)
+	for i := range r.bindings {
+		b := &r.bindings[i]
+		st := seen[i]
 		if !st.Leading && st.Leader == "" && r.hb != nil {
 			// Cut from the API, a node that lost a contest cannot see the new
 			// holder there; an authenticated beat of the holder tells.
 			st.Leader = r.hb.HolderOf(b.contest)
+			seen[i] = st
 		}
-		seen[b.contest] = st
-		if prev := r.last[b.contest]; st != prev {
-			r.obs.changed(b, prev, st)
+		if st.Leading {
+			leading = append(leading, b)
+		}
+		prev := r.last[b.contest]
+		if st != prev {
+			changed = append(changed, i)
+			r.obs.changed(*b, prev, st)
 		}
 		if _, lacks := r.lacking[b.needs]; b.needs != "" && lacks {
 			// Released as soon as the election has said why; meanwhile
 			// there is no interface to put the VIPs on.
 			st = election.Status{Leader: st.Leader}
 		}
-		handover := r.handovers.keep(b, r.node, r.last[b.contest], st, r.el.Report(b.contest).Reason, now)
+		var why election.Reason // only a loss needs it: a Report per binding was a lock each
+		if prev.Leading && !st.Leading {
+			why = r.el.Report(b.contest).Reason
+		}
+		handover := r.handovers.keep(*b, r.node, prev, st, why, now)
 		p := planFor(st, b.vips, r.preserve, handover, func(v netip.Addr) bool { return r.onIface(b.iface, v) })
 		if len(p.present) > len(p.announce) {
 			asks = append(asks, b.contest) // preserved: who holds it now?
@@ -314,14 +379,31 @@ func (r *reconciler) reconcile() {
 			holding = append(holding, b.contest)
 		}
 	}
-	want = r.screen(want, seen, now)
-	for contest, prev := range r.last {
-		if _, ok := seen[contest]; !ok && prev.Leading {
-			r.obs.lost(r.lastBinding(contest), "", election.LostRemoved) // its Services went away
-		}
+	want = r.screen(want, leading, now)
+	// r.last is kept up to date in place, not made anew: with a thousand
+	// contests, of which a pass changes a few, a new map per pass was
+	// most of what a pass allocated.
+	if r.last == nil {
+		r.last = make(map[string]election.Status, len(r.bindings))
 	}
-	r.last, r.lastBound = seen, r.bound
-	r.handovers.forget(seen)
+	for _, i := range changed {
+		r.last[r.bindings[i].contest] = seen[i]
+	}
+	if r.rebound {
+		// The bindings were made again: forget the contests that went.
+		r.rebound = false
+		for contest, prev := range r.last {
+			if _, ok := r.bound[contest]; ok {
+				continue
+			}
+			if prev.Leading {
+				r.obs.lost(r.lastBinding(contest), "", election.LostRemoved) // its Services went away
+			}
+			delete(r.last, contest)
+		}
+		r.handovers.forget(func(c string) bool { _, ok := r.bound[c]; return ok })
+	}
+	r.lastBound = r.bound
 	if at := r.handovers.next(); !at.IsZero() && !at.Equal(r.wakeAt) {
 		// Look again when a kept VIP is to go.
 		r.wakeAt = at
