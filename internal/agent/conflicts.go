@@ -91,7 +91,7 @@ func (r *reconciler) openDetector() {
 			case c.foreign <- a:
 			default:
 			}
-		})
+		}, r.log)
 	if err != nil {
 		r.log.Error("cannot watch for address conflicts: new VIPs are added without probing", "err", err)
 		return

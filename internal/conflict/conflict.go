@@ -14,8 +14,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -23,7 +25,6 @@ import (
 	"github.com/mdlayher/ethernet"
 	"github.com/mdlayher/ndp"
 	"github.com/mdlayher/packet"
-	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -48,28 +49,37 @@ type Detector struct {
 	probes map[netip.Addr]chan net.HardwareAddr // addresses being probed
 	watch  func(Answer)                         // foreign answers for held addresses
 	held   map[netip.Addr]bool
+	// filtered is what the sockets' filters let through, sorted; nil after
+	// a failed update, so that the next one is tried.
+	filtered     []netip.Addr
+	filterFailed bool
+	log          *slog.Logger
+	read         func(netip.Addr) // tests: every address a reader got a packet about
 }
 
 // New opens the sockets on ifi. ours tells vipd's own MACs; watch receives
-// foreign packets about the addresses given to SetHeld. Close ends it.
-func New(ifi *net.Interface, ours func(net.HardwareAddr) bool, watch func(Answer)) (*Detector, error) {
-	d := &Detector{ifi: ifi, ours: ours, watch: watch, done: make(chan struct{}),
-		probes: map[netip.Addr]chan net.HardwareAddr{}, held: map[netip.Addr]bool{}}
-	naOnly, err := bpf.Assemble([]bpf.Instruction{
-		bpf.LoadAbsolute{Off: 6, Size: 1}, // next header
-		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: unix.IPPROTO_ICMPV6, SkipTrue: 3},
-		bpf.LoadAbsolute{Off: 40, Size: 1}, // ICMPv6 type
-		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: uint32(ipv6NA), SkipTrue: 1},
-		bpf.RetConstant{Val: 0xffff},
-		bpf.RetConstant{Val: 0},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("assembling BPF filter: %w", err)
+// foreign packets about the addresses given to SetHeld; log (nil: none)
+// receives failures to update the sockets' filters. Close ends it.
+func New(ifi *net.Interface, ours func(net.HardwareAddr) bool, watch func(Answer), log *slog.Logger) (*Detector, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	if d.arp, err = packet.Listen(ifi, packet.Datagram, unix.ETH_P_ARP, nil); err != nil {
+	d := &Detector{ifi: ifi, ours: ours, watch: watch, done: make(chan struct{}), log: log,
+		probes: map[netip.Addr]chan net.HardwareAddr{}, held: map[netip.Addr]bool{}}
+	// Until SetHeld or Probe names an address, the filters let nothing
+	// through (filter.go).
+	arpNone, err := arpFilter(nil)
+	if err != nil {
+		return nil, fmt.Errorf("assembling ARP filter: %w", err)
+	}
+	naNone, err := naFilter(nil)
+	if err != nil {
+		return nil, fmt.Errorf("assembling neighbour advertisement filter: %w", err)
+	}
+	if d.arp, err = packet.Listen(ifi, packet.Datagram, unix.ETH_P_ARP, &packet.Config{Filter: arpNone}); err != nil {
 		return nil, fmt.Errorf("listening for ARP on %s: %w", ifi.Name, err)
 	}
-	if d.nd, err = packet.Listen(ifi, packet.Datagram, unix.ETH_P_IPV6, &packet.Config{Filter: naOnly}); err != nil {
+	if d.nd, err = packet.Listen(ifi, packet.Datagram, unix.ETH_P_IPV6, &packet.Config{Filter: naNone}); err != nil {
 		d.arp.Close()
 		return nil, fmt.Errorf("listening for neighbour advertisements on %s: %w", ifi.Name, err)
 	}
@@ -97,8 +107,61 @@ func (d *Detector) SetHeld(ips []netip.Addr) {
 		m[ip] = true
 	}
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	d.held = m
-	d.mu.Unlock()
+	d.filterLocked()
+}
+
+// filterLocked gives the sockets' filters the addresses now watched, held
+// or probed, if they changed. A packet that slipped through an older
+// filter is still checked against the maps in seen.
+func (d *Detector) filterLocked() {
+	watch := make([]netip.Addr, 0, len(d.held)+len(d.probes))
+	for a := range d.held {
+		watch = append(watch, a)
+	}
+	for a := range d.probes {
+		if !d.held[a] {
+			watch = append(watch, a)
+		}
+	}
+	slices.SortFunc(watch, netip.Addr.Compare)
+	if d.filtered != nil && slices.Equal(watch, d.filtered) {
+		return
+	}
+	if err := d.setFilters(watch); err != nil {
+		// Not fatal: the old filter stays, and the failure is said until a
+		// filter is set again.
+		d.filtered = nil
+		if !d.filterFailed {
+			d.filterFailed = true
+			d.log.Warn("setting the conflict readers' filters; answers for newly held or probed addresses may be missed", "err", err)
+		}
+		return
+	}
+	if d.filterFailed {
+		d.filterFailed = false
+		d.log.Info("conflict readers' filters set again")
+	}
+	d.filtered = watch
+}
+
+func (d *Detector) setFilters(watch []netip.Addr) error {
+	f4, err := arpFilter(watch)
+	if err != nil {
+		return fmt.Errorf("assembling ARP filter: %w", err)
+	}
+	f6, err := naFilter(watch)
+	if err != nil {
+		return fmt.Errorf("assembling neighbour advertisement filter: %w", err)
+	}
+	if err := d.arp.SetBPF(f4); err != nil {
+		return fmt.Errorf("setting ARP filter on %s: %w", d.ifi.Name, err)
+	}
+	if err := d.nd.SetBPF(f6); err != nil {
+		return fmt.Errorf("setting neighbour advertisement filter on %s: %w", d.ifi.Name, err)
+	}
+	return nil
 }
 
 // Probe asks twice, wait/2 apart, whether any host has each of ips, and
@@ -111,12 +174,14 @@ func (d *Detector) Probe(ctx context.Context, ips []netip.Addr, wait time.Durati
 		chans[ip] = ch
 		d.probes[ip] = ch
 	}
+	d.filterLocked()
 	d.mu.Unlock()
 	defer func() {
 		d.mu.Lock()
 		for _, ip := range ips {
 			delete(d.probes, ip)
 		}
+		d.filterLocked()
 		d.mu.Unlock()
 	}()
 	var errs []error
@@ -250,7 +315,11 @@ func (d *Detector) seen(ip netip.Addr, mac net.HardwareAddr) {
 	d.mu.Lock()
 	ch := d.probes[ip]
 	held := d.held[ip]
+	read := d.read
 	d.mu.Unlock()
+	if read != nil {
+		read(ip)
+	}
 	if ch == nil && !held || len(mac) == 0 || mac.String() == d.ifi.HardwareAddr.String() || d.ours(mac) {
 		return
 	}

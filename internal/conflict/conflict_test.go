@@ -43,7 +43,7 @@ func TestProbeAndWatch(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		d, err = conflict.New(ifi, func(m net.HardwareAddr) bool { return ours[m.String()] }, func(a conflict.Answer) { answers <- a })
+		d, err = conflict.New(ifi, func(m net.HardwareAddr) bool { return ours[m.String()] }, func(a conflict.Answer) { answers <- a }, nil)
 		return err
 	})
 	if err != nil {
@@ -82,5 +82,60 @@ func TestProbeAndWatch(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Error("a foreign host claiming a held address was not reported")
+	}
+
+	// The readers get only what concerns watched addresses: with the
+	// largest IPv6 list the kernel filter takes (a program near the
+	// kernel's limit) and a whole /24 held, the client's ARP from an
+	// address not held is dropped in the kernel; the one from a held
+	// address still comes through.
+	other := netip.MustParseAddr("203.0.113.77")
+	if _, err := l.Exec(ctx, c.Netns, "ip", "addr", "add", other.String()+"/32", "dev", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	var held []netip.Addr
+	for i := range 256 {
+		held = append(held, netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}))
+	}
+	for i := range conflict.MaxFiltered6 {
+		held = append(held, netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0x01, 0x00, 14: byte(i >> 8), 15: byte(i)}))
+	}
+	read := make(chan netip.Addr, 64)
+	d.OnRead(func(a netip.Addr) {
+		select {
+		case read <- a:
+		default:
+		}
+	})
+	for len(answers) > 0 {
+		<-answers // from the first ping
+	}
+	d.SetHeld(held)
+	// Flush the client's neighbour entry, so that each ping asks again.
+	for _, from := range []netip.Addr{other, taken4} {
+		_, _ = l.Exec(ctx, c.Netns, "ip", "neigh", "flush", "dev", "eth0")
+		_, _ = l.Exec(ctx, c.Netns, "ping", "-c1", "-W1", "-I", from.String(), l.Nodes[0].IPv4.String())
+	}
+	deadline := time.After(5 * time.Second)
+	for done := false; !done; {
+		select {
+		case a := <-read:
+			if a == other {
+				t.Errorf("the reader woke for an ARP packet from %s, not watched", other)
+			}
+			// Read in order: the packets from other came before.
+			done = a == taken4
+		case <-deadline:
+			t.Errorf("no ARP packet from the held %s was read", taken4)
+			done = true
+		}
+	}
+	select {
+	case a := <-answers:
+		if a.IP != taken4 {
+			t.Errorf("reported %+v", a)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("with the longest filter, a foreign host claiming a held address was not reported")
 	}
 }
