@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -364,6 +365,40 @@ func TestGratuitousARP(t *testing.T) {
 	}
 	if got := counter(t, reg, "vipd_announcements_sent_total", "ipv4"); got < float64(o.Burst+2) {
 		t.Errorf("vipd_announcements_sent_total{family=ipv4} = %v, want at least %d", got, o.Burst+2)
+	}
+}
+
+// TestPeriodicAnnouncementsGather: VIPs set a little apart are refreshed
+// together once their bursts are over, one wake-up for all, and none
+// sooner than three quarters of the interval after its last.
+func TestPeriodicAnnouncementsGather(t *testing.T) {
+	l := newLab(t, labConfig{})
+	o := testOpts
+	a := l.newAnnouncer(o, nil)
+	var vips []netip.Addr
+	for i := range 6 {
+		vips = append(vips, netip.AddrFrom4([4]byte{192, 0, 2, byte(110 + i)}))
+		a.Set(vips)
+		time.Sleep(15 * time.Millisecond) // staggered Sets, 75 ms in all (< Interval/4)
+	}
+	// The bursts, then two periodic rounds.
+	n := o.Burst + 2
+	for _, v := range vips {
+		l.frame.waitN(t, v, n, 5*time.Second)
+	}
+	var last []time.Time
+	for _, v := range vips {
+		fs := l.frame.of(v)
+		for i := o.Burst; i < len(fs); i++ {
+			if gap := fs[i].at.Sub(fs[i-1].at); gap < o.Interval*3/4-10*time.Millisecond || gap > o.Interval+400*time.Millisecond {
+				t.Errorf("%s: gap before periodic announcement %d: %v, want %v to %v", v, i+1, gap, o.Interval*3/4, o.Interval)
+			}
+		}
+		last = append(last, fs[n-1].at)
+	}
+	first, final := slices.MinFunc(last, time.Time.Compare), slices.MaxFunc(last, time.Time.Compare)
+	if spread := final.Sub(first); spread > 20*time.Millisecond {
+		t.Errorf("the second periodic round of %d VIPs set over 75 ms spread over %v, want one round", len(vips), spread)
 	}
 }
 
