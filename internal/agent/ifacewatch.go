@@ -56,10 +56,7 @@ func watchIface(ctx context.Context, l *links, hb *heartbeat.Monitor, log *slog.
 		})
 	})
 	go keepWatching(ctx, "addresses", log, func() error {
-		return l.main.WatchAddrs(ctx, func(c address.AddrChange) {
-			if c.Added {
-				return
-			}
+		return l.main.WatchRemovals(ctx, func(c address.AddrChange) {
 			select {
 			case ev.gone <- c.Addr:
 			default:
