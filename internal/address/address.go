@@ -381,6 +381,19 @@ func (i *Interface) Refresh(vip netip.Addr) error {
 	return nil
 }
 
+// RefreshAll is Refresh for many VIPs, in a few requests to the kernel
+// rather than one each. It returns why each VIP whose refresh failed did.
+func (i *Interface) RefreshAll(vips []netip.Addr) map[netip.Addr]error {
+	if i.Lifetime <= 0 || len(vips) == 0 {
+		return nil
+	}
+	fails := i.ns.replaceAddrs(i.Index, vips, i.Lifetime)
+	for v, err := range fails {
+		fails[v] = fmt.Errorf("refreshing %s on %s: %w", v, i.Name, err)
+	}
+	return fails
+}
+
 // Remove takes vip off the interface if vipd added it; removing an absent
 // VIP is a no-op. An identical address without vipd's mark is left alone
 // and reported with an error wrapping ErrNotOwned.

@@ -602,6 +602,8 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 		err error
 	}
 	ifaces := map[string]lookup{}
+	// Lifetimes are renewed together, in a few requests per interface.
+	renew := map[*address.Interface][]netip.Addr{}
 	for _, vip := range p.present {
 		name := p.on[vip]
 		l, ok := ifaces[name]
@@ -618,9 +620,7 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 		}
 		if in(vip, name) {
 			if refresh {
-				if err := i.Refresh(vip); err != nil {
-					r.log.Error("renewing VIP lifetime", "vip", vip, "iface", name, "err", err)
-				}
+				renew[i] = append(renew[i], vip)
 			}
 		} else {
 			if err := i.Add(vip); err != nil {
@@ -636,6 +636,11 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 		present = append(present, vip)
 		if announced[vip] {
 			announce = append(announce, vip)
+		}
+	}
+	for i, vips := range renew {
+		for vip, err := range i.RefreshAll(vips) {
+			r.log.Error("renewing VIP lifetime", "vip", vip, "iface", i.Name, "err", err)
 		}
 	}
 	clean = r.setGuard(present, announce) && clean
