@@ -91,6 +91,9 @@ func TestWatchRemovals(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	if err := s.SetReceiveTimeout(&unix.Timeval{Sec: 5}); err != nil {
+		t.Fatal(err)
+	}
 	if err := onlyType(s, unix.RTM_DELADDR); err != nil {
 		t.Fatal(err)
 	}
