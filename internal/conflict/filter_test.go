@@ -73,7 +73,19 @@ func kept(t *testing.T, prog []bpf.RawInstruction, pkt []byte) bool {
 	return n > 0
 }
 
-func v4(i int) netip.Addr { return netip.AddrFrom4([4]byte{192, 0, 2 + byte(i>>8&1), byte(i)}) }
+// filters assembles both programs for watch.
+func filters(t *testing.T, watch []netip.Addr) (f4, f6 []bpf.RawInstruction) {
+	t.Helper()
+	f4, err := conflict.ARPFilter(watch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f6, err = conflict.NAFilter(watch); err != nil {
+		t.Fatal(err)
+	}
+	return f4, f6
+}
+
 func v6(i int) netip.Addr {
 	return netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i), 14: byte(i >> 8)})
 }
@@ -93,14 +105,7 @@ func many(n int, f func(int) netip.Addr) []netip.Addr {
 func TestFiltersKeepOnlyWatched(t *testing.T) {
 	other4, other6 := netip.MustParseAddr("203.0.113.9"), netip.MustParseAddr("2001:db8:ffff::9")
 	t.Run("nothing watched", func(t *testing.T) {
-		f4, err := conflict.ARPFilter(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f6, err := conflict.NAFilter(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		f4, f6 := filters(t, nil)
 		if kept(t, f4, arpFrom(t, other4, netip.MustParseAddr("192.0.2.1"))) || kept(t, f6, naFor(t, other6)) {
 			t.Error("a packet got through with nothing watched")
 		}
@@ -168,8 +173,7 @@ func TestFiltersKeepOnlyWatched(t *testing.T) {
 	})
 	t.Run("families apart", func(t *testing.T) {
 		watch := []netip.Addr{target4, v6(1)}
-		f4, _ := conflict.ARPFilter(watch)
-		f6, _ := conflict.NAFilter(watch)
+		f4, f6 := filters(t, watch)
 		if !kept(t, f4, arpFrom(t, target4, other4)) || !kept(t, f6, naFor(t, v6(1))) {
 			t.Error("a watched address dropped in a list of both families")
 		}
@@ -177,14 +181,7 @@ func TestFiltersKeepOnlyWatched(t *testing.T) {
 	t.Run("past the limits", func(t *testing.T) {
 		watch := append(many(conflict.MaxFiltered4+1, func(int) netip.Addr { return filler }),
 			many(conflict.MaxFiltered6+1, v6)...)
-		f4, err := conflict.ARPFilter(watch)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f6, err := conflict.NAFilter(watch)
-		if err != nil {
-			t.Fatal(err)
-		}
+		f4, f6 := filters(t, watch)
 		if !kept(t, f4, arpFrom(t, other4, target4)) || !kept(t, f6, naFor(t, other6)) {
 			t.Error("past the limits, a packet was dropped")
 		}
