@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -107,4 +108,26 @@ func (n *Namespace) LinkState(name string) (LinkState, error) {
 	}
 	a := link.Attrs()
 	return LinkState{Exists: true, Index: a.Index, Up: a.Flags&net.FlagUp != 0 && a.RawFlags&unix.IFF_LOWER_UP != 0}, nil
+}
+
+// subscriptionErr keeps the last error a netlink subscription reported.
+// Only a subscription that ends has failed: the netlink package also
+// reports messages it skips, such as another subscriber's list request,
+// which it sends to the multicast group too.
+type subscriptionErr struct {
+	mu  sync.Mutex
+	err error
+}
+
+func (e *subscriptionErr) set(err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.err = err
+}
+
+// closed is the error of a subscription that ended.
+func (e *subscriptionErr) closed(what string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return fmt.Errorf("%s: subscription closed: %v", what, e.err)
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
-	"sync"
 
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
@@ -121,26 +120,4 @@ func onlyType(s *nl.NetlinkSocket, typ uint16) error {
 		return fmt.Errorf("attaching netlink filter: %w", err)
 	}
 	return nil
-}
-
-// subscriptionErr keeps the last error a netlink subscription reported.
-// Only a subscription that ends has failed: the netlink package also
-// reports messages it skips, such as another subscriber's list request,
-// which it sends to the multicast group too.
-type subscriptionErr struct {
-	mu  sync.Mutex
-	err error
-}
-
-func (e *subscriptionErr) set(err error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.err = err
-}
-
-// closed is the error of a subscription that ended.
-func (e *subscriptionErr) closed(what string) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return fmt.Errorf("%s: subscription closed: %v", what, e.err)
 }
