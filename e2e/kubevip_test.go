@@ -87,8 +87,8 @@ func TestKubeVIPRBAC(t *testing.T) {
 	p := s.waitPlaced(startTimeout, ips)
 	s.reachAll(p)
 	for i, ip := range ips {
-		// Status by update of services/status, vipHost by update of the
-		// Service: kube-vip's role grants update, not patch.
+		// Status and vipHost by one update of services/status, which
+		// kube-vip's role grants.
 		s.waitStatus(10*time.Second, ns, fmt.Sprintf("web-%d", i), []netip.Addr{ip}, p[ip])
 	}
 

@@ -124,11 +124,14 @@ type Controller struct {
 	running atomic.Bool
 
 	// Set by Run before any worker starts.
-	access     access
-	services   corelisters.ServiceLister
-	configMaps corelisters.ConfigMapLister // nil without a pool
-	slices     discoverylisters.EndpointSliceLister
-	sliceIndex cache.Indexer // by Service (sliceServiceIndex); nil without access
+	access access
+	// hostByStatus: vipHost is written with the status, in one request
+	// (status.go); cleared if the API server turns out to drop it.
+	hostByStatus atomic.Bool
+	services     corelisters.ServiceLister
+	configMaps   corelisters.ConfigMapLister // nil without a pool
+	slices       discoverylisters.EndpointSliceLister
+	sliceIndex   cache.Indexer // by Service (sliceServiceIndex); nil without access
 
 	// dirty is what changed since the last replan (replan.go).
 	dirtyMu sync.Mutex
@@ -194,6 +197,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		return nil // ctx ended
 	}
 	c.access = acc
+	c.hostByStatus.Store(acc.status)
 
 	var recorder record.EventRecorder = &record.FakeRecorder{} // drops Events
 	if acc.events {

@@ -95,6 +95,12 @@ func start(t *testing.T, node string, cfg Config) *Controller {
 		cfg.Class = "kube-vip.io/kube-vip-class"
 	}
 	cfg.Log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return run(t, cfg)
+}
+
+// run runs a Controller with cfg until the test ends.
+func run(t *testing.T, cfg Config) *Controller {
+	t.Helper()
 	c, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -56,26 +56,58 @@ func (c *Controller) syncStatus(ctx context.Context, nn types.NamespacedName) er
 }
 
 // claim writes this node as the holder of held.
+//
+// vipHost goes with the status, in one request: the API server keeps the
+// metadata of a Service written through services/status (as it does for
+// Pods and Namespaces), and a take is a write fewer for an API server that
+// a re-home or a thousand new Services keep busy. Should an API server
+// drop it, vipHost is patched on its own from then on.
 func (c *Controller) claim(ctx context.Context, svc *corev1.Service, sp *servicePlan, held map[netip.Addr]bool) error {
 	node := c.cfg.NodeName
-	if c.access.annotate() && claimsHost(svc.Annotations[AnnotationVIPHost], node, sp.addrs, held) {
-		patched, err := c.setAnnotations(ctx, svc, map[string]*string{AnnotationVIPHost: &node}, "")
-		if apierrors.IsNotFound(err) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("setting %s=%s on Service %s/%s: %w", AnnotationVIPHost, node, svc.Namespace, svc.Name, err)
+	names := func(cur *corev1.Service) bool {
+		return c.access.annotate() && claimsHost(cur.Annotations[AnnotationVIPHost], node, sp.addrs, held)
+	}
+	byStatus := c.hostByStatus.Load()
+	if !byStatus && names(svc) {
+		patched, err := c.setHost(ctx, svc)
+		if err != nil || patched == nil {
+			return err
 		}
 		svc = patched
 	}
-	err := c.updateIngress(ctx, svc, func(cur *corev1.Service) ([]corev1.LoadBalancerIngress, bool) {
+	sentHost := false // the last write attempted carried vipHost
+	written, err := c.updateIngress(ctx, svc, func(cur *corev1.Service) ([]corev1.LoadBalancerIngress, string, bool) {
 		if cur.UID != sp.uid || sourceOf(cur) != sp.source {
-			return nil, false
+			return nil, "", false
 		}
-		return desiredIngress(cur.Status.LoadBalancer.Ingress, sp.addrs, held), true
+		host := ""
+		if byStatus && names(cur) {
+			host = node
+		}
+		sentHost = host != ""
+		return desiredIngress(cur.Status.LoadBalancer.Ingress, sp.addrs, held), host, true
 	})
+	if sentHost && (apierrors.IsForbidden(err) || apierrors.IsInvalid(err)) {
+		// An admission policy may refuse metadata in status writes. The
+		// retry writes vipHost on its own.
+		if c.hostByStatus.CompareAndSwap(true, false) {
+			c.log.Warn("the API server refused a Service status written with "+AnnotationVIPHost+
+				"; it is patched on its own from now on", "err", err)
+		}
+	}
 	if err != nil {
 		return err
+	}
+	if written != nil && byStatus && names(written) {
+		// Written, and still not naming this node: the API server dropped
+		// the annotation.
+		if c.hostByStatus.CompareAndSwap(true, false) {
+			c.log.Info("the API server drops annotations written with a Service's status; " +
+				AnnotationVIPHost + " is patched on its own from now on")
+		}
+		if _, err := c.setHost(ctx, written); err != nil {
+			return err
+		}
 	}
 
 	// Report each address this node newly holds once, not on every sync.
@@ -107,11 +139,11 @@ func (c *Controller) release(ctx context.Context, svc *corev1.Service, sp *servi
 	if svc.Annotations[AnnotationVIPHost] != node || !c.access.annotate() {
 		return nil
 	}
-	err := c.updateIngress(ctx, svc, func(cur *corev1.Service) ([]corev1.LoadBalancerIngress, bool) {
+	_, err := c.updateIngress(ctx, svc, func(cur *corev1.Service) ([]corev1.LoadBalancerIngress, string, bool) {
 		if cur.UID != sp.uid || sourceOf(cur) != sp.source || cur.Annotations[AnnotationVIPHost] != node {
-			return nil, false
+			return nil, "", false
 		}
-		return desiredIngress(cur.Status.LoadBalancer.Ingress, sp.addrs, nil), true
+		return desiredIngress(cur.Status.LoadBalancer.Ingress, sp.addrs, nil), "", true
 	})
 	if err != nil || len(sp.addrs) > 0 {
 		return err
@@ -141,23 +173,33 @@ func (c *Controller) release(ctx context.Context, svc *corev1.Service, sp *servi
 	return fmt.Errorf("removing %s from Service %s/%s: %w", AnnotationVIPHost, svc.Namespace, svc.Name, err)
 }
 
-// updateIngress writes the ingress want computes from the Service, if it
-// differs, re-reading the Service from the API on conflict. want returns
-// false to leave the Service alone.
-func (c *Controller) updateIngress(ctx context.Context, svc *corev1.Service, want func(*corev1.Service) ([]corev1.LoadBalancerIngress, bool)) error {
+// updateIngress writes the ingress want computes from the Service, and the
+// vipHost it names (if any: "" leaves it), if either differs, re-reading
+// the Service from the API on conflict. want returns false to leave the
+// Service alone. It returns the Service as written, nil if nothing was.
+func (c *Controller) updateIngress(ctx context.Context, svc *corev1.Service,
+	want func(*corev1.Service) (ingress []corev1.LoadBalancerIngress, host string, ok bool)) (*corev1.Service, error) {
 	if !c.access.status {
-		return nil // said once at start
+		return nil, nil // said once at start
 	}
 	services := c.cfg.Client.Services(svc.Namespace)
 	cur := svc
+	var written *corev1.Service
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		desired, ok := want(cur)
-		if !ok || ingressEqual(cur.Status.LoadBalancer.Ingress, desired) {
+		desired, host, ok := want(cur)
+		setHost := host != "" && cur.Annotations[AnnotationVIPHost] != host
+		if !ok || (ingressEqual(cur.Status.LoadBalancer.Ingress, desired) && !setHost) {
 			return nil
 		}
 		upd := cur.DeepCopy()
 		upd.Status.LoadBalancer.Ingress = desired
-		_, err := services.UpdateStatus(ctx, upd, metav1.UpdateOptions{FieldManager: fieldManager})
+		if setHost {
+			if upd.Annotations == nil {
+				upd.Annotations = map[string]string{}
+			}
+			upd.Annotations[AnnotationVIPHost] = host
+		}
+		out, err := services.UpdateStatus(ctx, upd, metav1.UpdateOptions{FieldManager: fieldManager})
 		if apierrors.IsConflict(err) {
 			fresh, getErr := services.Get(ctx, svc.Name, metav1.GetOptions{})
 			if getErr != nil {
@@ -165,15 +207,32 @@ func (c *Controller) updateIngress(ctx context.Context, svc *corev1.Service, wan
 			}
 			cur = fresh
 		}
+		if err == nil {
+			written = out
+		}
 		return err
 	})
 	if apierrors.IsNotFound(err) {
-		return nil
+		return nil, nil
 	}
 	if err != nil {
-		return fmt.Errorf("updating status of Service %s/%s: %w", svc.Namespace, svc.Name, err)
+		return nil, fmt.Errorf("updating status of Service %s/%s: %w", svc.Namespace, svc.Name, err)
 	}
-	return nil
+	return written, nil
+}
+
+// setHost names this node in svc's vipHost annotation by a write of its
+// own. It returns the Service as written, nil if it is gone.
+func (c *Controller) setHost(ctx context.Context, svc *corev1.Service) (*corev1.Service, error) {
+	node := c.cfg.NodeName
+	patched, err := c.setAnnotations(ctx, svc, map[string]*string{AnnotationVIPHost: &node}, "")
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("setting %s=%s on Service %s/%s: %w", AnnotationVIPHost, node, svc.Namespace, svc.Name, err)
+	}
+	return patched, nil
 }
 
 // claimsHost reports whether a node holding held should name itself in
