@@ -434,8 +434,9 @@ type binding struct {
 	local []string
 }
 
-func contests(bs []binding) []election.Contest {
-	out := make([]election.Contest, 0, len(bs))
+// contests lists the contests of bs, in buf (whose contents it replaces).
+func contests(buf []election.Contest, bs []binding) []election.Contest {
+	out := buf[:0]
 	for _, b := range bs {
 		out = append(out, election.Contest{Name: b.contest, Candidates: b.candidates, Needs: b.needs})
 	}

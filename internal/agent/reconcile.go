@@ -90,6 +90,8 @@ type reconciler struct {
 	names []string
 	// rebound: setBindings made the bindings again since the last pass.
 	rebound bool
+	// contestBuf is setBindings' buffer for the contests it hands over.
+	contestBuf []election.Contest
 	// ownAddrs are this node's own addresses as nodeAddrs last read them,
 	// at ownAddrsAt; nil: to be read.
 	ownAddrs   map[netip.Addr]string
@@ -255,7 +257,9 @@ func (r *reconciler) setBindings(cfg config.Config) {
 	}
 	r.boundNow.Store(&r.bound) // never changed once made
 	r.rebound = true
-	r.el.SetContests(contests(r.bindings))
+	// SetContests keeps the values, not the slice: the buffer is reused.
+	r.contestBuf = contests(r.contestBuf, r.bindings)
+	r.el.SetContests(r.contestBuf)
 }
 
 // nodeAddrs returns this node's own addresses (those vipd did not add),

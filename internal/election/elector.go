@@ -313,7 +313,8 @@ func New(cfg Config) (*Elector, error) {
 
 // SetContests replaces the set of contests this agent takes part in. A
 // held contest that disappears has its claim deleted; one whose candidates
-// no longer include this agent is released.
+// no longer include this agent is released. cs itself is not kept: the
+// caller may reuse it.
 func (e *Elector) SetContests(cs []Contest) {
 	e.mu.Lock()
 	// Updated in place: with a thousand contests, of which one changed,
