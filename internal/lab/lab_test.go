@@ -517,12 +517,15 @@ func TestProcess(t *testing.T) {
 	}})
 	n1 := l.Nodes[0]
 	ctx := testCtx(t)
-	p, err := n1.Start(ctx, "sh", []string{"-c", `echo "out $LABVAR"; echo err >&2; exec sleep 60`}, []string{"LABVAR=set"})
+	// The harness's own settings stay with the harness: an agent would
+	// warn about each.
+	t.Setenv("VIPD_BENCH_LOGS", "/nowhere")
+	p, err := n1.Start(ctx, "sh", []string{"-c", `echo "out $LABVAR bench=${VIPD_BENCH_LOGS:-unset}"; echo err >&2; exec sleep 60`}, []string{"LABVAR=set"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "process output", func() error {
-		if log := p.Log(); !strings.Contains(log, "out set\n") || !strings.Contains(log, "err\n") {
+		if log := p.Log(); !strings.Contains(log, "out set bench=unset\n") || !strings.Contains(log, "err\n") {
 			return fmt.Errorf("log so far %q", log)
 		}
 		return nil

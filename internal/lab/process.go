@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -70,7 +72,7 @@ func (n *Node) start(ctx context.Context, enter []string, bin string, args []str
 	}
 	argv := append(append(append([]string{}, enter...), bin), args...)
 	p.cmd = exec.CommandContext(ctx, argv[0], argv[1:]...)
-	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Env = append(harnessFree(os.Environ()), env...)
 	p.cmd.Stdout = p.out
 	p.cmd.Stderr = p.out
 	// No agent outlives a test binary that is killed before it can clean up.
@@ -197,4 +199,15 @@ func (s *logSink) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return string(s.kept)
+}
+
+// harnessFree drops from environ the variables that steer the tests
+// themselves (VIPD_BENCH_*, VIPD_SOAK_*, VIPD_KUBE_ASSETS): an agent would
+// warn about each as a setting it does not know. What a node's process is
+// to see is passed to Start.
+func harnessFree(environ []string) []string {
+	return slices.DeleteFunc(slices.Clone(environ), func(kv string) bool {
+		return strings.HasPrefix(kv, "VIPD_BENCH_") || strings.HasPrefix(kv, "VIPD_SOAK_") ||
+			strings.HasPrefix(kv, "VIPD_KUBE_ASSETS=")
+	})
 }
