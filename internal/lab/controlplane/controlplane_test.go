@@ -24,7 +24,7 @@ import (
 // startForTest starts a control plane stopped at test end. Missing binaries
 // skip the test on a developer machine but fail it in CI, where
 // hack/kube-assets.sh must have run.
-func startForTest(t *testing.T) *ControlPlane {
+func startForTest(t testing.TB) *ControlPlane {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
