@@ -29,15 +29,32 @@ func mix(x uint64) uint64 {
 	return x
 }
 
-// preference orders nodes from most to least preferred for contest.
+// preference orders nodes from most to least preferred for contest. Each
+// node's score is computed once, not at every comparison: a re-home
+// orders the candidates of a hundred contests on every survivor.
 func preference(contest string, nodes []string) []string {
-	out := slices.Clone(nodes)
-	slices.SortFunc(out, func(a, b string) int {
-		if c := cmp.Compare(score(contest, b), score(contest, a)); c != 0 {
+	type ranked struct {
+		node  string
+		score uint64
+	}
+	var buf [16]ranked // most clusters have fewer candidates: no allocation
+	rs := buf[:0]
+	if len(nodes) > len(buf) {
+		rs = make([]ranked, 0, len(nodes))
+	}
+	for _, n := range nodes {
+		rs = append(rs, ranked{n, score(contest, n)})
+	}
+	slices.SortFunc(rs, func(a, b ranked) int {
+		if c := cmp.Compare(b.score, a.score); c != 0 {
 			return c
 		}
-		return cmp.Compare(a, b)
+		return cmp.Compare(a.node, b.node)
 	})
+	out := make([]string, len(rs))
+	for i, r := range rs {
+		out[i] = r.node
+	}
 	return out
 }
 

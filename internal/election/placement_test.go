@@ -35,6 +35,29 @@ func loads(place map[string]string, held map[string]string) map[string]int {
 	return l
 }
 
+// TestPreferenceOrdersByScore: the candidates come highest score first, a
+// tie by name, each once, and the input is left as it was.
+func TestPreferenceOrdersByScore(t *testing.T) {
+	in := nodes(10)
+	rand.Shuffle(len(in), func(i, j int) { in[i], in[j] = in[j], in[i] })
+	given := slices.Clone(in)
+	for _, c := range contests(50) {
+		got := preference(c, in)
+		if !slices.Equal(in, given) {
+			t.Fatalf("preference changed its input: %v, was %v", in, given)
+		}
+		if sorted := slices.Sorted(slices.Values(got)); !slices.Equal(sorted, slices.Sorted(slices.Values(in))) {
+			t.Fatalf("%s: %v is not an order of %v", c, got, in)
+		}
+		for i := 1; i < len(got); i++ {
+			a, b := score(c, got[i-1]), score(c, got[i])
+			if a < b || (a == b && got[i-1] > got[i]) {
+				t.Errorf("%s: %s (score %d) before %s (score %d)", c, got[i-1], a, got[i], b)
+			}
+		}
+	}
+}
+
 func TestPlaceFreeIsEven(t *testing.T) {
 	for _, tc := range []struct{ contests, nodes int }{{50, 3}, {200, 3}, {1000, 10}, {7, 3}} {
 		live := nodes(tc.nodes)
