@@ -61,7 +61,8 @@ func (c *Controller) syncStatus(ctx context.Context, nn types.NamespacedName) er
 // metadata of a Service written through services/status (as it does for
 // Pods and Namespaces), and a take is a write fewer for an API server that
 // a re-home or a thousand new Services keep busy. Should an API server
-// drop it, vipHost is patched on its own from then on.
+// drop it, or refuse the write for it, vipHost is patched on its own from
+// then on.
 func (c *Controller) claim(ctx context.Context, svc *corev1.Service, sp *servicePlan, held map[netip.Addr]bool) error {
 	node := c.cfg.NodeName
 	names := func(cur *corev1.Service) bool {
