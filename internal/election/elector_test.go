@@ -189,9 +189,16 @@ func TestPartitionedHolderLetsGoByRenewDeadline(t *testing.T) {
 		}
 		return b.e.Status(cp.Name).Leading
 	})
-	// Healed, a follows b and does not take the claim back.
+	// Healed, a follows b and does not take the claim back, not even for
+	// the moment its renewals work again while its view of the claims
+	// is still the one from before the partition.
 	a.dial.setCut(false)
-	waitFor(t, 5*time.Second, "a sees b", func() bool { return a.e.Status(cp.Name).Leader == "b" })
+	waitFor(t, 5*time.Second, "a sees b", func() bool {
+		if a.e.Status(cp.Name).Leading {
+			t.Fatal("healed a holds again from its view of before the partition")
+		}
+		return a.e.Status(cp.Name).Leader == "b"
+	})
 	for end := time.Now().Add(3 * testRetry); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
 		if h := holders(cp.Name, a, b); len(h) != 1 || h[0] != "b" {
 			t.Fatalf("holders after healing = %v, want [b]", h)

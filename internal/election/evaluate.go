@@ -278,6 +278,15 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 			}
 			delete(freeSince, name)
 			st = Status{Leader: h, Leading: h == me}
+			if h == me && !e.status[name].Leading && e.staleSinceAPIBackLocked() {
+				// Renewals work again, but the claims are still as read
+				// before they failed: another agent may have taken this
+				// one meanwhile, and the watch tells later than a renewal
+				// succeeds. Not taken back until every Lease is read afresh
+				// (refreshLoop, which wakes the election when done).
+				st = Status{}
+				e.eval.watch[name] = true
+			}
 			notCandidate := c.Candidates != nil && !slices.Contains(c.Candidates, me)
 			_, refused := e.refusedOut[name]
 			_, lacking := e.lackingOut[c.Needs]

@@ -60,3 +60,10 @@ func (e *Elector) apiRecoveredLocked(now time.Time) {
 	e.fence.apiBack = now
 	notify.Signal(e.relist)
 }
+
+// staleSinceAPIBackLocked reports whether renewals failed and worked again
+// since the last complete read of every Lease began: the claims this agent
+// sees may have changed hands meanwhile.
+func (e *Elector) staleSinceAPIBackLocked() bool {
+	return e.fence.apiBack.After(e.fence.freshAt)
+}
