@@ -528,7 +528,7 @@ func (e *Elector) reportSelfLocked(now time.Time) {
 // others renew a little later than this agent: neither may end the beats.
 func (e *Elector) goneLocked(o *observed, now time.Time) bool {
 	f := &e.fence
-	if !e.apiOK || f.apiBack.After(f.freshAt) || e.watchBehindLocked(now) {
+	if !e.apiOK || e.staleSinceAPIBackLocked() || e.watchBehindLocked(now) {
 		return false
 	}
 	since := e.expiry(o)

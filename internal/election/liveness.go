@@ -69,7 +69,7 @@ func (e *Elector) outageHoldLocked(now time.Time) bool {
 // (outageHoldLocked); the other half covers the beat that tells it.
 func (e *Elector) sharedOutageLocked(now time.Time) bool {
 	f := &e.fence
-	if !e.apiOK || f.apiBack.After(f.freshAt) {
+	if !e.apiOK || e.staleSinceAPIBackLocked() {
 		return true
 	}
 	return !f.apiBack.IsZero() && now.Before(f.freshAt.Add(e.cfg.RetryPeriod))
