@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"time"
@@ -87,25 +88,67 @@ func (r *reconciler) refreshGuard(ctx context.Context, interval, stuck time.Dura
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	var lapse guardLapse
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		if time.Since(time.Unix(0, r.passed.Load())) > stuck {
+		now := time.Now()
+		if idle := now.Sub(time.Unix(0, r.passed.Load())); idle > stuck {
+			lapse.note(r.log, now, "main loop stuck", idle)
 			continue
 		}
 		var err error
 		if last := beats(); !last.IsZero() {
 			err = r.guard.RefreshUntil(last.Add(guardAnswerTimeout))
+			if late := now.Sub(last); late > guardAnswerTimeout {
+				lapse.note(r.log, now, "no heartbeat round sent", late)
+			} else {
+				lapse.end(r.log, now)
+			}
 		} else {
 			err = r.guard.Refresh()
+			lapse.end(r.log, now)
 		}
 		if err != nil {
 			r.log.Error("refreshing the ARP/NDP guard", "err", err)
 		}
 	}
+}
+
+// lapseReported is how long the guard's switch must have been left to
+// lapse before the log says so: beats late by more than the switch's
+// 130 ms happen for a moment on a loaded node, and a client waits for a
+// resolution longer than that only when it lasts.
+const lapseReported = 500 * time.Millisecond
+
+// guardLapse tells the log, once per stretch, that this node has stopped
+// answering ARP/NDP for its VIPs although the agent runs, and why; and
+// when it answers again. Without it, the only trace of a live holder gone
+// silent was the clients' failures.
+type guardLapse struct {
+	since time.Time // zero: the switch is renewed
+	said  bool
+}
+
+func (l *guardLapse) note(log *slog.Logger, now time.Time, why string, late time.Duration) {
+	if l.since.IsZero() {
+		l.since = now
+	}
+	if !l.said && now.Sub(l.since) >= lapseReported {
+		l.said = true
+		log.Warn("this node stopped answering ARP/NDP for its VIPs: the guard's switch is left to lapse",
+			"reason", why, "for", late.Round(time.Millisecond))
+	}
+}
+
+func (l *guardLapse) end(log *slog.Logger, now time.Time) {
+	if l.said {
+		log.Info("this node answers ARP/NDP for its VIPs again", "after", now.Sub(l.since).Round(time.Millisecond))
+	}
+	*l = guardLapse{}
 }
 
 // lastRound is hb's LastRound; without heartbeats, always zero.

@@ -4,12 +4,14 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/vipd/vipd/internal/heartbeat"
+	"github.com/vipd/vipd/internal/logging/logtest"
 )
 
 // recordingGuard records how the dead-man switch was last renewed.
@@ -101,5 +103,71 @@ func TestGuardLapsesBeforeTakeover(t *testing.T) {
 	}
 	if guardRefresh*4 > guardAnswerTimeout {
 		t.Errorf("renewed every %v, the switch (%v) survives fewer than four missed renewals", guardRefresh, guardAnswerTimeout)
+	}
+}
+
+// TestGuardLapseIsLogged: a live agent whose node stops answering because
+// its beats stopped, or its main loop is stuck, says so once, with the
+// reason, and says when it answers again; a moment's lateness is not
+// reported.
+func TestGuardLapseIsLogged(t *testing.T) {
+	var lastRound atomic.Int64
+	lastRound.Store(time.Now().UnixNano())
+	beats := func() time.Time { return time.Unix(0, lastRound.Load()) }
+	var out logtest.Buffer
+	r := &reconciler{guard: &recordingGuard{}, log: slog.New(slog.NewTextHandler(&out, nil))}
+	r.passed.Store(time.Now().UnixNano())
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		r.refreshGuard(ctx, time.Millisecond, time.Second, beats)
+	}()
+	// Keep the beats and the loop fresh until told otherwise.
+	var beating, passing atomic.Bool
+	beating.Store(true)
+	passing.Store(true)
+	go func() {
+		for ctx.Err() == nil {
+			if beating.Load() {
+				lastRound.Store(time.Now().UnixNano())
+			}
+			if passing.Load() {
+				r.passed.Store(time.Now().UnixNano())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	waitFor := func(what string) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); !strings.Contains(out.String(), what); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %q in the log:\n%s", what, out.String())
+			}
+		}
+	}
+
+	// A stall shorter than lapseReported is not reported.
+	beating.Store(false)
+	time.Sleep(lapseReported / 2)
+	beating.Store(true)
+	time.Sleep(50 * time.Millisecond)
+	if s := out.String(); s != "" {
+		t.Errorf("a %v stall was logged:\n%s", lapseReported/2, s)
+	}
+
+	beating.Store(false)
+	waitFor(`reason="no heartbeat round sent"`)
+	beating.Store(true)
+	waitFor("answers ARP/NDP for its VIPs again")
+
+	passing.Store(false)
+	waitFor(`reason="main loop stuck"`)
+	passing.Store(true)
+	cancel()
+	<-stopped
+	if n := strings.Count(out.String(), "stopped answering"); n != 2 {
+		t.Errorf("logged the lapse %d times, want once per stretch (2):\n%s", n, out.String())
 	}
 }

@@ -25,6 +25,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netns"
 	"golang.org/x/net/ipv6"
+
+	"github.com/vipd/vipd/internal/logging/logtest"
 )
 
 var (
@@ -504,7 +506,7 @@ func TestWithdrawAndClose(t *testing.T) {
 // logged with the VIP and counted, and IPv6 starts once it is possible.
 func TestIPv4WithoutIPv6(t *testing.T) {
 	l := newLab(t, labConfig{noIPv6OnA: true})
-	var logs syncBuffer
+	var logs logtest.Buffer
 	// The caller's logger names the interface (the agent's does).
 	log := slog.New(slog.NewTextHandler(&logs, nil)).With("iface", "a0")
 	o := testOpts
@@ -556,23 +558,6 @@ func counter(t *testing.T, reg *prometheus.Registry, name, family string) float6
 	return 0
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // Right after an interface comes up its link-local address is tentative;
 // the IPv6 announcement fails with a clear message and goes out as soon as
 // the address is usable.
@@ -582,7 +567,7 @@ func TestIPv6WaitsForLinkLocal(t *testing.T) {
 		out := run(t, "ip", "-n", l.a, "-6", "addr", "show", "dev", "a0", "scope", "link")
 		return strings.Contains(out, "fe80:") && strings.Contains(out, "tentative")
 	})
-	var logs syncBuffer
+	var logs logtest.Buffer
 	o := testOpts
 	a := l.newAnnouncer(o, slog.New(slog.NewTextHandler(&logs, nil)))
 
