@@ -286,6 +286,11 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 				// (refreshLoop, which wakes the election when done).
 				st = Status{}
 				e.eval.watch[name] = true
+				if !e.fence.heldBack {
+					e.fence.heldBack = true
+					e.log.Info("renewals work again; claims this agent held are not taken back until every Lease is read afresh",
+						"lease", name)
+				}
 			}
 			notCandidate := c.Candidates != nil && !slices.Contains(c.Candidates, me)
 			_, refused := e.refusedOut[name]

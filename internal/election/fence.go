@@ -27,6 +27,7 @@ type fenceState struct {
 	// the last complete read of every Lease began.
 	apiBack, freshAt time.Time
 	logged           bool // fenced, as last logged
+	heldBack         bool // a claim was held back since apiBack, and logged
 }
 
 // cutLocked reports whether this agent is cut off now.
@@ -57,7 +58,7 @@ func (e *Elector) fencedLocked(now time.Time) bool {
 // apiRecovered notes that a renewal succeeded after failing: the view must
 // be read afresh before it is trusted again.
 func (e *Elector) apiRecoveredLocked(now time.Time) {
-	e.fence.apiBack = now
+	e.fence.apiBack, e.fence.heldBack = now, false
 	notify.Signal(e.relist)
 }
 
