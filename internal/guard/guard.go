@@ -243,8 +243,8 @@ func (g *Guard) guardTimeout() time.Duration {
 	return g.opts.GuardTimeout + guardRenewal
 }
 
-// renewLocked queues, for f's table, a fresh alive element if any VIP is
-// answered, and withMembers the guarded and answered VIPs of f's family
+// renewLocked queues, for f's table, a fresh alive element if any of its
+// family's VIPs is answered, and withMembers the guarded and answered VIPs of f's family
 // with fresh timeouts. With always, sets left empty are flushed too.
 func (g *Guard) renewLocked(c *nftables.Conn, f *family, gs, as []netip.Addr, withMembers, always bool) error {
 	if withMembers {
@@ -255,8 +255,11 @@ func (g *Guard) renewLocked(c *nftables.Conn, f *family, gs, as []netip.Addr, wi
 			return err
 		}
 	}
+	// The switch matters only in a table with answered VIPs: renewing it
+	// in the other family's too doubled the cost of every renewal on a
+	// single-family node (docs/guard.md).
 	var alive []nftables.SetElement
-	if t := g.aliveTimeoutLocked(); len(as) > 0 && t > 0 {
+	if t := g.aliveTimeoutLocked(); t > 0 && slices.ContainsFunc(as, f.holds) {
 		alive = []nftables.SetElement{aliveElement(f, t)}
 	}
 	return renew(c, f.alive, alive, always)
@@ -475,9 +478,12 @@ func members(guarded, answer []netip.Addr) (gs, as []netip.Addr, err error) {
 func pick(addrs []netip.Addr, f *family) []netip.Addr {
 	var out []netip.Addr
 	for _, a := range addrs {
-		if a.Is4() == f.ipv4 {
+		if f.holds(a) {
 			out = append(out, a)
 		}
 	}
 	return out
 }
+
+// holds reports whether a belongs in f's table.
+func (f *family) holds(a netip.Addr) bool { return a.Is4() == f.ipv4 }

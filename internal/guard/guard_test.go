@@ -294,6 +294,35 @@ func TestCloseAndReplace(t *testing.T) {
 	}
 }
 
+// TestAliveOnlyWhereAnswered: the switch is kept only in the table of a
+// family with answered VIPs, by Set and by every renewal, and goes from a
+// table whose last answered VIP went.
+func TestAliveOnlyWhereAnswered(t *testing.T) {
+	p := newPair(t)
+	g := p.guard(Options{GuardTimeout: time.Minute})
+	set(t, g, []netip.Addr{vip4, vip6}, []netip.Addr{vip4})
+	if err := g.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	rs := p.ruleset()
+	checkElems(t, rs, "arp alive", "3") // NFPROTO_ARP
+	checkElems(t, rs, "ip6 alive")
+	checkElems(t, rs, "ip6 guarded", "2001:db8:100::100")
+
+	set(t, g, []netip.Addr{vip4, vip6}, []netip.Addr{vip4, vip6})
+	if err := g.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	rs = p.ruleset()
+	checkElems(t, rs, "arp alive", "3")
+	checkElems(t, rs, "ip6 alive", "ipv6") // meta nfproto
+
+	set(t, g, []netip.Addr{vip4, vip6}, []netip.Addr{vip6})
+	rs = p.ruleset()
+	checkElems(t, rs, "arp alive")
+	checkElems(t, rs, "ip6 alive", "ipv6")
+}
+
 func checkElems(t *testing.T, rs ruleset, set string, want ...string) {
 	t.Helper()
 	got, ok := rs.elems[set]
