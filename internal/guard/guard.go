@@ -135,7 +135,9 @@ func newGuard(ns netns.NsHandle, opts Options) (*Guard, error) {
 
 // Set makes guarded the VIPs this node must answer for only while it holds
 // them, and answer those it holds now; an answered VIP is guarded too.
-// Every member gets a fresh timeout. IPv4 and IPv6 VIPs may be mixed.
+// IPv4 and IPv6 VIPs may be mixed. New members get a fresh timeout; the
+// others keep theirs until the next renewal of the members (at most a
+// second away) unless Set has to replace the sets whole.
 func (g *Guard) Set(guarded, answer []netip.Addr) error {
 	gs, as, err := members(guarded, answer)
 	if err != nil {
@@ -146,6 +148,24 @@ func (g *Guard) Set(guarded, answer []netip.Addr) error {
 	if g.closed {
 		return ErrClosed
 	}
+	if g.changeInPlaceLocked() {
+		err = g.batchLocked(func(c *nftables.Conn) error {
+			for _, f := range g.fams {
+				if err := g.changeLocked(c, f, gs, as); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err == nil {
+			g.logChanges(gs, as)
+			g.guarded, g.answer = gs, as
+			return nil
+		}
+		// A member went behind the guard's back (deleting it failed), or
+		// the tables did: setting the sets whole mends both.
+		g.log.Debug("changing the guard's sets in place failed; setting them whole", "err", err)
+	}
 	err = g.updateLocked(gs, as, true, func(c *nftables.Conn, f *family) error {
 		return g.renewLocked(c, f, gs, as, true, true)
 	})
@@ -155,6 +175,75 @@ func (g *Guard) Set(guarded, answer []netip.Addr) error {
 	g.logChanges(gs, as)
 	g.guarded, g.answer = gs, as
 	return nil
+}
+
+// changeInPlaceLocked reports whether Set may add and delete only the
+// members that change: none of the current members can have expired,
+// because they have no timeout or were all renewed within the last
+// guardRenewal, which is less than their timeout. (Deleting an expired
+// element would fail the batch.) Setting the sets whole flushed and
+// re-added a hundred members for each VIP taken.
+func (g *Guard) changeInPlaceLocked() bool {
+	if g.guardRenewed.IsZero() {
+		return false
+	}
+	return g.opts.GuardTimeout == 0 || time.Since(g.guardRenewed) < guardRenewal
+}
+
+// changeLocked queues, for f's table, the addition of the members of gs
+// and as that are new, the deletion of those that went, and a renewal of
+// the switch if any of f's VIPs was or is answered.
+func (g *Guard) changeLocked(c *nftables.Conn, f *family, gs, as []netip.Addr) error {
+	for _, s := range []struct {
+		set       *nftables.Set
+		old, next []netip.Addr
+	}{{f.guarded, g.guarded, gs}, {f.answer, g.answer, as}} {
+		gone, added := diff(s.old, s.next, f)
+		if len(gone) > 0 {
+			if err := c.SetDeleteElements(s.set, elements(gone, 0)); err != nil {
+				return err
+			}
+		}
+		if len(added) > 0 {
+			if err := c.SetAddElements(s.set, elements(added, g.guardTimeout())); err != nil {
+				return err
+			}
+		}
+	}
+	// Set renews the switch, as Refresh does, where it matters.
+	was, now := slices.ContainsFunc(g.answer, f.holds), slices.ContainsFunc(as, f.holds)
+	if !was && !now {
+		return nil
+	}
+	var alive []nftables.SetElement
+	if t := g.aliveTimeoutLocked(); now && t > 0 {
+		alive = []nftables.SetElement{aliveElement(f, t)}
+	}
+	return renew(c, f.alive, alive, true)
+}
+
+// diff returns the addresses of f's family in the sorted old but not in
+// the sorted next, and those in next but not in old.
+func diff(old, next []netip.Addr, f *family) (gone, added []netip.Addr) {
+	i, j := 0, 0
+	for i < len(old) || j < len(next) {
+		switch {
+		case j == len(next) || (i < len(old) && old[i].Less(next[j])):
+			if f.holds(old[i]) {
+				gone = append(gone, old[i])
+			}
+			i++
+		case i == len(old) || next[j].Less(old[i]):
+			if f.holds(next[j]) {
+				added = append(added, next[j])
+			}
+			j++
+		default:
+			i++
+			j++
+		}
+	}
+	return gone, added
 }
 
 // Refresh renews the dead-man switch, and once a second the timeouts of the
@@ -454,6 +543,7 @@ func has(addrs []netip.Addr, a netip.Addr) bool {
 // members checks and normalises the VIPs given to Set: each one once,
 // sorted, IPv4-mapped IPv6 as IPv4, and every answered VIP guarded too.
 func members(guarded, answer []netip.Addr) (gs, as []netip.Addr, err error) {
+	as, gs = make([]netip.Addr, 0, len(answer)), make([]netip.Addr, 0, len(guarded)+len(answer))
 	for _, a := range answer {
 		a = a.Unmap()
 		if p := address.VIPProblem(a); p != "" {
