@@ -92,7 +92,19 @@ type schedule struct {
 	sent    int // announcements since the VIP was set
 	next    time.Time
 	lastErr string // of the previous attempt, to log a persisting failure once
+	retries int    // quick retries of the current announcement (queueFullRetry)
 }
+
+// A full transmit queue (ENOBUFS: the interface's queue, or with a veth
+// its peer's backlog, dropped the frame) passes in milliseconds, while the
+// next announcement of a burst is BurstInterval away and a client keeps
+// the old holder's MAC meanwhile. Such a failure is retried every
+// queueFullRetry, up to queueFullRetries times, before it counts as the
+// announcement. The chaos soak saw them when many VIPs moved at once.
+const (
+	queueFullRetry   = 20 * time.Millisecond
+	queueFullRetries = 5
+)
 
 // New starts an Announcer for ifi; Close stops it. Sockets are opened
 // lazily, in the network namespace of the thread that calls New, when the
@@ -314,9 +326,18 @@ func (a *Announcer) announceLocked(v netip.Addr, s *schedule, now time.Time) {
 			level = slog.LevelDebug // already said; the counter keeps going
 		}
 		s.lastErr = err.Error()
-		a.log.Log(context.Background(), level, "announcement failed", "vip", v, "err", err)
+		retry := errors.Is(err, syscall.ENOBUFS) && s.retries < queueFullRetries
+		if retry {
+			s.sent--
+			s.retries++
+			s.next = now.Add(queueFullRetry)
+		} else {
+			s.retries = 0
+		}
+		a.log.Log(context.Background(), level, "announcement failed", "vip", v, "err", err, "retry_soon", retry)
 		return
 	}
+	s.retries = 0
 	if s.lastErr != "" {
 		a.log.Info("announcement works again", "vip", v)
 		s.lastErr = ""
@@ -350,9 +371,11 @@ func (a *Announcer) sendARPLocked(v netip.Addr) error {
 	}
 	_ = a.arp.SetWriteDeadline(time.Now().Add(writeTimeout))
 	if _, err := a.arp.WriteTo(b, &packet.Addr{HardwareAddr: ethernet.Broadcast}); err != nil {
-		// A fresh socket next time, in case the interface was re-created.
-		_ = a.arp.Close()
-		a.arp = nil
+		if !errors.Is(err, syscall.ENOBUFS) {
+			// A fresh socket next time, in case the interface was re-created.
+			_ = a.arp.Close()
+			a.arp = nil
+		}
 		return fmt.Errorf("sending gratuitous ARP: %w", err)
 	}
 	return nil
@@ -401,9 +424,11 @@ func (a *Announcer) sendNALocked(v netip.Addr) error {
 	}
 	_ = a.ndp.SetWriteDeadline(time.Now().Add(writeTimeout))
 	if err := a.ndp.WriteTo(na, nil, netip.IPv6LinkLocalAllNodes()); err != nil {
-		// A fresh socket next time, bound to the current link-local address.
-		_ = a.ndp.Close()
-		a.ndp = nil
+		if !errors.Is(err, syscall.ENOBUFS) {
+			// A fresh socket next time, bound to the current link-local address.
+			_ = a.ndp.Close()
+			a.ndp = nil
+		}
 		return fmt.Errorf("sending neighbour advertisement: %w", err)
 	}
 	return nil

@@ -23,6 +23,7 @@ import (
 	"github.com/mdlayher/ndp"
 	"github.com/mdlayher/packet"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/net/ipv6"
 
@@ -589,4 +590,79 @@ func TestIPv6WaitsForLinkLocal(t *testing.T) {
 	eventually(t, 2*time.Second, "B's neighbour entry to move to A's MAC", func() bool {
 		return strings.Contains(l.neigh(vip6), l.a0.HardwareAddr.String())
 	})
+}
+
+// TestFullQueueRetriedSoon: an announcement the interface's transmit queue
+// refuses (ENOBUFS) is tried again every queueFullRetry, at most
+// queueFullRetries times, instead of at the next announcement of its burst;
+// the socket is kept, and the announcement goes out once the queue takes it.
+func TestFullQueueRetriedSoon(t *testing.T) {
+	l := newLab(t, labConfig{})
+	o := testOpts
+	o.BurstInterval, o.Interval = 5*time.Second, 10*time.Second // only a retry comes sooner
+	a := l.newAnnouncer(o, nil)
+	ns, err := netns.GetFromName(l.a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	link, err := h.LinkByName("a0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := func() {
+		run(t, "ip", "netns", "exec", l.a, "tc", "qdisc", "add", "dev", "a0", "root", "pfifo", "limit", "0")
+	}
+	free := func() {
+		qs, err := h.QdiscList(link)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range qs {
+			if q.Attrs().Parent == netlink.HANDLE_ROOT {
+				if err := h.QdiscDel(q); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+
+	// The queue stays full: the first try and the retries fail, then the
+	// announcement waits for the next of its burst.
+	full()
+	start := time.Now()
+	a.Set([]netip.Addr{vip4})
+	want := uint64(1 + queueFullRetries)
+	eventually(t, 2*time.Second, "every retry", func() bool { return a.Stats().Errors >= want })
+	if took := time.Since(start); took < queueFullRetries*queueFullRetry {
+		t.Errorf("%d retries within %v, want them %v apart", queueFullRetries, took, queueFullRetry)
+	}
+	time.Sleep(5 * queueFullRetry) // a window for a retry too many
+	if s := a.Stats(); s.Errors != want || s.Sent != 0 {
+		t.Errorf("with the queue full: %+v, want %d errors and nothing sent", s, want)
+	}
+
+	// The queue is full for a moment only: a retry sends the announcement,
+	// long before the burst's next.
+	a.Set(nil)
+	for range 3 {
+		set := time.Now()
+		a.Set([]netip.Addr{vip4})
+		free()
+		if time.Since(set) > queueFullRetries*queueFullRetry/2 {
+			// This test was too slow to free the queue within the retries.
+			a.Set(nil)
+			full()
+			continue
+		}
+		f := l.frame.waitN(t, vip4, 1, o.BurstInterval/2)[0]
+		t.Logf("sent %v after the first try failed", f.at.Sub(set).Round(time.Millisecond))
+		return
+	}
+	t.Fatal("could not free the queue within the retries in three tries")
 }
