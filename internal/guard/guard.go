@@ -178,16 +178,15 @@ func (g *Guard) Set(guarded, answer []netip.Addr) error {
 }
 
 // changeInPlaceLocked reports whether Set may add and delete only the
-// members that change: none of the current members can have expired,
-// because they have no timeout or were all renewed within the last
-// guardRenewal, which is less than their timeout. (Deleting an expired
-// element would fail the batch.) Setting the sets whole flushed and
-// re-added a hundred members for each VIP taken.
+// members that change: the sets were last set whole (flushed and filled
+// from g.guarded and g.answer) less than guardRenewal ago, so none of
+// their members can have expired (their timeout is longer; deleting an
+// expired element would fail the batch), and a kernel that drifted from
+// what the guard believes (a failed batch whose effect is unknown, a set
+// flushed by someone else) is mended within guardRenewal. Setting the
+// sets whole flushed and re-added a hundred members for each VIP taken.
 func (g *Guard) changeInPlaceLocked() bool {
-	if g.guardRenewed.IsZero() {
-		return false
-	}
-	return g.opts.GuardTimeout == 0 || time.Since(g.guardRenewed) < guardRenewal
+	return !g.guardRenewed.IsZero() && time.Since(g.guardRenewed) < guardRenewal
 }
 
 // changeLocked queues, for f's table, the addition of the members of gs
@@ -382,8 +381,15 @@ func (g *Guard) updateLocked(gs, as []netip.Addr, withMembers bool, fill func(*n
 		}
 		return nil
 	})
-	if withMembers && err == nil {
-		g.guardRenewed = time.Now()
+	if withMembers {
+		if err == nil {
+			g.guardRenewed = time.Now()
+		} else {
+			// The kernel may hold something else than the guard believes
+			// (the acknowledgements were not all read): no change in
+			// place until the sets are set whole again.
+			g.guardRenewed = time.Time{}
+		}
 	}
 	if !errors.Is(err, unix.ENOENT) {
 		return err
@@ -413,6 +419,8 @@ func (g *Guard) replaceLocked(gs, as []netip.Addr) error {
 	})
 	if err == nil {
 		g.guardRenewed = time.Now()
+	} else {
+		g.guardRenewed = time.Time{}
 	}
 	return err
 }

@@ -407,6 +407,21 @@ func TestSetInPlace(t *testing.T) {
 	}
 }
 
+// TestSetInPlaceMendsDrift: members without a timeout never expire, but
+// the kernel's sets may still drift from what the guard believes (here a
+// set flushed by someone else, which no deletion notices); within
+// guardRenewal of the last time the sets were set whole, Set sets them
+// whole again.
+func TestSetInPlaceMendsDrift(t *testing.T) {
+	p := newPair(t)
+	g := p.guard(Options{}) // no GuardTimeout: Refresh never renews the members
+	set(t, g, []netip.Addr{vip4}, []netip.Addr{vip4})
+	p.exec(p.a, "nft", "flush", "set", "arp", TableName, "answer")
+	time.Sleep(guardRenewal + 50*time.Millisecond) // the rule is about time
+	set(t, g, []netip.Addr{vip4, other4}, []netip.Addr{vip4, other4})
+	checkElems(t, p.ruleset(), "arp answer", "198.51.100.100", "198.51.100.101")
+}
+
 // union is the addresses of a and b, each once.
 func union(a, b []netip.Addr) []netip.Addr {
 	out := slices.Concat(a, b)
