@@ -210,7 +210,7 @@ func (a *Announcer) Reannounce() {
 	now := time.Now()
 	for _, v := range slices.SortedFunc(maps.Keys(a.vips), netip.Addr.Compare) {
 		s := a.vips[v]
-		s.sent = 0
+		s.sent, s.retries = 0, 0
 		a.announceLocked(v, s, now)
 	}
 	a.mu.Unlock()
@@ -292,7 +292,9 @@ func (a *Announcer) sendDueLocked(now time.Time) time.Time {
 	var next time.Time
 	early := now.Add(a.opts.Interval / 4)
 	for v, s := range a.vips {
-		if !now.Before(s.next) || s.sent >= a.opts.Burst && !early.Before(s.next) {
+		// A quick retry (s.retries) keeps its own time: gathered early, it
+		// would meet the same full queue.
+		if !now.Before(s.next) || s.retries == 0 && s.sent >= a.opts.Burst && !early.Before(s.next) {
 			a.announceLocked(v, s, now)
 		}
 		if next.IsZero() || s.next.Before(next) {
@@ -321,20 +323,22 @@ func (a *Announcer) announceLocked(v netip.Addr, s *schedule, now time.Time) {
 	if err != nil {
 		a.errs.Add(1)
 		a.metrics.errors(family)
+		if errors.Is(err, syscall.ENOBUFS) && s.retries < queueFullRetries {
+			s.sent--
+			s.retries++
+			s.next = now.Add(queueFullRetry)
+			// Said only if the retries do not help: a thousand VIPs moving
+			// at once would log two lines each.
+			a.log.Debug("announcement failed; retrying soon", "vip", v, "err", err, "retry_in", queueFullRetry)
+			return
+		}
+		s.retries = 0
 		level := slog.LevelWarn
 		if err.Error() == s.lastErr {
 			level = slog.LevelDebug // already said; the counter keeps going
 		}
 		s.lastErr = err.Error()
-		retry := errors.Is(err, syscall.ENOBUFS) && s.retries < queueFullRetries
-		if retry {
-			s.sent--
-			s.retries++
-			s.next = now.Add(queueFullRetry)
-		} else {
-			s.retries = 0
-		}
-		a.log.Log(context.Background(), level, "announcement failed", "vip", v, "err", err, "retry_soon", retry)
+		a.log.Log(context.Background(), level, "announcement failed", "vip", v, "err", err)
 		return
 	}
 	s.retries = 0
@@ -526,7 +530,7 @@ func newMetrics(reg prometheus.Registerer, iface string) (*metrics, error) {
 		}, []string{"family"}),
 		errorsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vipd_announcement_errors_total",
-			Help: "Announcements that could not be sent.",
+			Help: "Announcement sends that failed; a send retried after a full transmit queue counts each time.",
 		}, []string{"family"}),
 	}
 	for _, c := range []**prometheus.CounterVec{&m.sentTotal, &m.errorsTotal} {

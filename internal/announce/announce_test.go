@@ -647,6 +647,35 @@ func TestFullQueueRetriedSoon(t *testing.T) {
 		t.Errorf("with the queue full: %+v, want %d errors and nothing sent", s, want)
 	}
 
+	// Retries keep their spacing while the announcer is woken meanwhile
+	// (here by Set; in the agent also by other VIPs falling due), even
+	// for a periodic announcement, which is otherwise sent early to
+	// gather with others.
+	free()
+	a.Set(nil)
+	o2 := o
+	o2.Burst, o2.Interval = 1, 300*time.Millisecond
+	a2 := l.newAnnouncer(o2, nil)
+	a2.Set([]netip.Addr{vip4})
+	if s := a2.Stats(); s.Sent != 1 {
+		t.Fatalf("with the queue free: %+v, want the first announcement sent", s)
+	}
+	full()
+	eventually(t, 2*time.Second, "the periodic announcement to fail", func() bool { return a2.Stats().Errors >= 1 })
+	first := time.Now()
+	for a2.Stats().Errors < want && time.Since(first) < 2*time.Second {
+		a2.Set([]netip.Addr{vip4}) // wakes it
+		time.Sleep(time.Millisecond)
+	}
+	if s := a2.Stats(); s.Errors < want {
+		t.Fatalf("periodic announcement: %+v, want %d errors", s, want)
+	}
+	if took, min := time.Since(first), queueFullRetries*queueFullRetry/2; took < min {
+		t.Errorf("%d retries of a periodic announcement within %v while woken every millisecond, want them %v apart",
+			queueFullRetries, took, queueFullRetry)
+	}
+	a2.Set(nil)
+
 	// The queue is full for a moment only: a retry sends the announcement,
 	// long before the burst's next.
 	a.Set(nil)
@@ -660,7 +689,8 @@ func TestFullQueueRetriedSoon(t *testing.T) {
 			full()
 			continue
 		}
-		f := l.frame.waitN(t, vip4, 1, o.BurstInterval/2)[0]
+		before := len(l.frame.of(vip4)) // a2's, above
+		f := l.frame.waitN(t, vip4, before+1, o.BurstInterval/2)[before]
 		t.Logf("sent %v after the first try failed", f.at.Sub(set).Round(time.Millisecond))
 		return
 	}
