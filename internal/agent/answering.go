@@ -101,19 +101,19 @@ func (r *reconciler) refreshGuard(ctx context.Context, interval, stuck time.Dura
 			continue
 		}
 		var err error
-		if last := beats(); !last.IsZero() {
+		last := beats()
+		if !last.IsZero() {
 			err = r.guard.RefreshUntil(last.Add(guardAnswerTimeout))
-			if late := now.Sub(last); late > guardAnswerTimeout {
-				lapse.note(r.log, now, "no heartbeat round sent", late)
-			} else {
-				lapse.end(r.log, now)
-			}
 		} else {
 			err = r.guard.Refresh()
-			lapse.end(r.log, now)
 		}
-		if err != nil {
+		switch {
+		case err != nil:
 			r.log.Error("refreshing the ARP/NDP guard", "err", err)
+		case !last.IsZero() && now.Sub(last) > guardAnswerTimeout:
+			lapse.note(r.log, now, "no heartbeat round sent", now.Sub(last))
+		default:
+			lapse.end(r.log, now)
 		}
 	}
 }
@@ -133,14 +133,16 @@ type guardLapse struct {
 	said  bool
 }
 
-func (l *guardLapse) note(log *slog.Logger, now time.Time, why string, late time.Duration) {
+// note records a renewal skipped or cut short for why; stalled is how long
+// ago the beats or the loop last showed life.
+func (l *guardLapse) note(log *slog.Logger, now time.Time, why string, stalled time.Duration) {
 	if l.since.IsZero() {
 		l.since = now
 	}
 	if !l.said && now.Sub(l.since) >= lapseReported {
 		l.said = true
-		log.Warn("this node stopped answering ARP/NDP for its VIPs: the guard's switch is left to lapse",
-			"reason", why, "for", late.Round(time.Millisecond))
+		log.Warn("the guard's switch is left to lapse: this node does not answer ARP/NDP for any VIP it holds",
+			"reason", why, "stalled_for", stalled.Round(time.Millisecond))
 	}
 }
 

@@ -167,7 +167,7 @@ func TestGuardLapseIsLogged(t *testing.T) {
 	passing.Store(true)
 	cancel()
 	<-stopped
-	if n := strings.Count(out.String(), "stopped answering"); n != 2 {
+	if n := strings.Count(out.String(), "left to lapse"); n != 2 {
 		t.Errorf("logged the lapse %d times, want once per stretch (2):\n%s", n, out.String())
 	}
 }
