@@ -332,8 +332,9 @@ func (g *Guard) guardTimeout() time.Duration {
 }
 
 // renewLocked queues, for f's table, a fresh alive element if any of its
-// family's VIPs is answered, and withMembers the guarded and answered VIPs of f's family
-// with fresh timeouts. With always, sets left empty are flushed too.
+// family's VIPs is answered, and withMembers the guarded and answered VIPs
+// of its family with fresh timeouts. With always, sets left empty are
+// flushed too.
 func (g *Guard) renewLocked(c *nftables.Conn, f *family, gs, as []netip.Addr, withMembers, always bool) error {
 	if withMembers {
 		if err := renew(c, f.guarded, elements(pick(gs, f), g.guardTimeout()), always); err != nil {
