@@ -165,6 +165,18 @@ func (w *writeLog) take() []string {
 	return out
 }
 
+// waitRecorded waits until w has recorded the write what. The API server
+// shows a write to a reader before the writer's transport has its
+// response: the Service's new state alone does not say the log is whole.
+func (w *writeLog) waitRecorded(what string) {
+	w.t.Helper()
+	waitFor(w.t, "the write "+what+" recorded", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return slices.Contains(w.writes, what)
+	})
+}
+
 // loggedClient is a client whose Service writes w records.
 func loggedClient(t *testing.T, w *writeLog) kube.Interface {
 	t.Helper()
@@ -207,6 +219,7 @@ func TestTakeIsOneWrite(t *testing.T) {
 		s := get(t, client, ns, "web")
 		return ingressIs(s, "192.0.2.61") && s.Annotations[AnnotationVIPHost] == "n1"
 	})
+	w.waitRecorded("PUT services/status web")
 	if got, want := w.take(), []string{"PUT services/status web"}; !equalStrings(got, want) {
 		t.Errorf("writes to take the address: %q, want %q", got, want)
 	}
@@ -235,6 +248,7 @@ func TestTakeWhenStatusDropsHost(t *testing.T) {
 		s := get(t, client, ns, "web")
 		return ingressIs(s, "192.0.2.62") && s.Annotations[AnnotationVIPHost] == "n1"
 	})
+	w.waitRecorded("PATCH services web")
 	if c.hostByStatus.Load() {
 		t.Error("the controller still writes vipHost with the status, which drops it")
 	}
@@ -248,6 +262,7 @@ func TestTakeWhenStatusDropsHost(t *testing.T) {
 		s := get(t, client, ns, "db")
 		return ingressIs(s, "192.0.2.63") && s.Annotations[AnnotationVIPHost] == "n1"
 	})
+	w.waitRecorded("PUT services/status db")
 	if got := writesTo(w.take(), "db"); len(got) < 2 || got[0] != "PATCH services db" || !slices.Contains(got, "PUT services/status db") {
 		t.Errorf("writes to take db: %q, want a patch, then the status", got)
 	}
@@ -270,6 +285,7 @@ func TestTakeWhenStatusHostRefused(t *testing.T) {
 		s := get(t, client, ns, "web")
 		return ingressIs(s, "192.0.2.64") && s.Annotations[AnnotationVIPHost] == "n1"
 	})
+	w.waitRecorded("PUT services/status web")
 	if c.hostByStatus.Load() {
 		t.Error("the controller still writes vipHost with the status, which is refused")
 	}
