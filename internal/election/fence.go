@@ -68,3 +68,15 @@ func (e *Elector) apiRecoveredLocked(now time.Time) {
 func (e *Elector) staleSinceAPIBackLocked() bool {
 	return e.fence.apiBack.After(e.fence.freshAt)
 }
+
+// takenSinceAPIBackLocked reports whether the claim name is as this
+// agent's own take wrote it, a write begun after renewals worked again.
+// The API server took that write on the claim's current version, so the
+// claim was this agent's then, later than any view from before: during a
+// re-home, a renewal slower than half a retry period counts as failing,
+// and without this every claim taken in that second waited for a read of
+// every Lease.
+func (e *Elector) takenSinceAPIBackLocked(name string) bool {
+	o := e.leases[name]
+	return o != nil && o.takenFrom.After(e.fence.apiBack)
+}

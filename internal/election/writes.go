@@ -324,6 +324,7 @@ func (e *Elector) do(ctx context.Context, j job) error {
 				"previous_holder", prev)
 		}
 		e.noteTaking(j.name, prev, j.why)
+		from := e.now()
 		out, err := e.writeLease(ctx, j.name, KindClaim, j.base, nil, nil)
 		e.noteTaken(j.name, out, err)
 		if err != nil {
@@ -332,7 +333,7 @@ func (e *Elector) do(ctx context.Context, j job) error {
 			}
 			return err
 		}
-		e.record(out)
+		e.recordTaken(out, from)
 		// The agent logs the decision, with the VIPs, when it acts on it.
 		log.Debug("took claim", "previous_holder", prev, "reason", j.why)
 	case opRelease:
