@@ -55,8 +55,8 @@ func (e *Elector) fencedLocked(now time.Time) bool {
 	return !f.cleared.IsZero() && !f.freshAt.After(f.cleared)
 }
 
-// apiRecovered notes that a renewal succeeded after failing: the view must
-// be read afresh before it is trusted again.
+// apiRecovered notes that a renewal succeeded after failing past the renew
+// deadline: the view must be read afresh before it is trusted again.
 func (e *Elector) apiRecoveredLocked(now time.Time) {
 	e.fence.apiBack, e.fence.heldBack = now, false
 	notify.Signal(e.relist)
@@ -72,10 +72,9 @@ func (e *Elector) staleSinceAPIBackLocked() bool {
 // takenSinceAPIBackLocked reports whether the claim name is as this
 // agent's own take wrote it, a write begun after renewals worked again.
 // The API server took that write on the claim's current version, so the
-// claim was this agent's then, later than any view from before: during a
-// re-home, a renewal slower than half a retry period counts as failing,
-// and without this every claim taken in that second waited for a read of
-// every Lease.
+// claim was this agent's then, later than any view from before: the
+// claims the agent takes once it is live again need not wait for the
+// read of every Lease.
 func (e *Elector) takenSinceAPIBackLocked(name string) bool {
 	o := e.leases[name]
 	return o != nil && o.takenFrom.After(e.fence.apiBack)

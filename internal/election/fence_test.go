@@ -113,3 +113,48 @@ func TestTakeAfterRenewalsRecoverIsNotHeldBack(t *testing.T) {
 		t.Error("holds back its claims after reading every Lease afresh")
 	}
 }
+
+// TestOnlyALapseFencesTheView: renewals that failed or were slow but
+// worked again within the renew deadline leave this agent's view of the
+// claims trusted — no other agent took anything from a live agent, and
+// under the load of a re-home a renewal slower than half a retry period
+// is common. Once the agent went past its deadline, the view is fenced
+// until every Lease is read afresh.
+func TestOnlyALapseFencesTheView(t *testing.T) {
+	e, err := New(Config{Client: kubetest.Wrap(fake.NewClientset()), Namespace: "ns", Identity: "n1",
+		LeaseDuration: 5 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := time.Now()
+	e.now = func() time.Time { return clock }
+	stale := func() bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return e.staleSinceAPIBackLocked()
+	}
+	for _, c := range []struct {
+		name    string
+		sinceOK time.Duration // since the last renewal that worked
+		want    bool
+	}{
+		{"failed, then renewed in time", 2 * time.Second, false},
+		{"renewed past the renew deadline", 3 * time.Second, true},
+	} {
+		clock = clock.Add(time.Minute)
+		e.mu.Lock()
+		e.fence.freshAt = clock // every Lease read afresh just now
+		e.mu.Unlock()
+		clock = clock.Add(time.Millisecond)
+		e.setAPIOK(false, false) // a renewal failed, or was slow
+		if stale() {
+			t.Fatalf("%s: the view is fenced while the API server does not answer", c.name)
+		}
+		if err := e.renew(context.Background(), clock.Add(-c.sinceOK), clock); err != nil {
+			t.Fatal(err)
+		}
+		if got := stale(); got != c.want {
+			t.Errorf("%s: view to be read afresh = %v, want %v", c.name, got, c.want)
+		}
+	}
+}

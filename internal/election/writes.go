@@ -132,13 +132,17 @@ func (e *Elector) refreshLoop(ctx context.Context) {
 
 // setAPIOK records whether this agent reaches the API server, and tells the
 // other agents at once: a holder cut off from the API keeps its VIPs only
-// while every other agent says it is cut off too.
-func (e *Elector) setAPIOK(ok bool) {
+// while every other agent says it is cut off too. lapsed, when it is back:
+// this agent went past its renew deadline meanwhile, and its view of the
+// claims must be read afresh before it is trusted (fence.go). Renewals
+// that failed or were slow and then worked in time leave the view as
+// trustworthy as ever: the others took nothing from a live agent.
+func (e *Elector) setAPIOK(ok, lapsed bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.apiOK != ok {
 		e.apiOK = ok
-		if ok {
+		if ok && lapsed {
 			e.apiRecoveredLocked(e.now())
 		}
 		e.reportSelfLocked(e.now())
@@ -161,10 +165,13 @@ func (e *Elector) renew(ctx context.Context, last, start time.Time) error {
 	defer cancel()
 	// A renewal that hangs means no API server just as much as one that
 	// fails: say so before the renew deadline, while it still matters.
-	slow := time.AfterFunc(e.cfg.RetryPeriod/2, func() { e.setAPIOK(false) })
+	slow := time.AfterFunc(e.cfg.RetryPeriod/2, func() { e.setAPIOK(false, false) })
 	err := e.renewOnce(ctx, start)
 	slow.Stop()
-	e.setAPIOK(err == nil)
+	// Renewed in time or not, before this success: only an agent that was
+	// not live for a while may have had its claims taken meanwhile.
+	lapsed := last.IsZero() || !e.now().Before(last.Add(e.cfg.RenewDeadline))
+	e.setAPIOK(err == nil, lapsed)
 	return err
 }
 
