@@ -23,11 +23,13 @@ import (
 type fenceState struct {
 	cut     bool      // cut off at the last look
 	cleared time.Time // when the last cut ended
-	// apiBack is when a renewal succeeded after failing; freshAt is when
-	// the last complete read of every Lease began.
-	apiBack, freshAt time.Time
-	logged           bool // fenced, as last logged
-	heldBack         bool // a claim was held back since apiBack, and logged
+	// apiBack is when a renewal succeeded after failing (or after one was
+	// slow); lapseBack when one succeeded after this agent had gone past
+	// its renew deadline (or first); freshAt is when the last complete
+	// read of every Lease began.
+	apiBack, lapseBack, freshAt time.Time
+	logged                      bool // fenced, as last logged
+	heldBack                    bool // a claim was held back since lapseBack, and logged
 }
 
 // cutLocked reports whether this agent is cut off now.
@@ -55,27 +57,36 @@ func (e *Elector) fencedLocked(now time.Time) bool {
 	return !f.cleared.IsZero() && !f.freshAt.After(f.cleared)
 }
 
-// apiRecovered notes that a renewal succeeded after failing past the renew
-// deadline: the view must be read afresh before it is trusted again.
+// apiRecovered notes that a renewal succeeded after failing: the view must
+// be read afresh before it is trusted again.
 func (e *Elector) apiRecoveredLocked(now time.Time) {
-	e.fence.apiBack, e.fence.heldBack = now, false
+	e.fence.apiBack = now
 	notify.Signal(e.relist)
 }
 
 // staleSinceAPIBackLocked reports whether renewals failed and worked again
-// since the last complete read of every Lease began: the claims this agent
-// sees may have changed hands meanwhile.
+// since the last complete read of every Lease began: the Leases this agent
+// sees may be as they were before, and another agent may be riding out
+// the outage (sharedOutageLocked).
 func (e *Elector) staleSinceAPIBackLocked() bool {
 	return e.fence.apiBack.After(e.fence.freshAt)
 }
 
-// takenSinceAPIBackLocked reports whether the claim name is as this
-// agent's own take wrote it, a write begun after renewals worked again.
-// The API server took that write on the claim's current version, so the
-// claim was this agent's then, later than any view from before: the
-// claims the agent takes once it is live again need not wait for the
-// read of every Lease.
-func (e *Elector) takenSinceAPIBackLocked(name string) bool {
-	o := e.leases[name]
-	return o != nil && o.takenFrom.After(e.fence.apiBack)
+// lapseEndedLocked notes a renewal that made this agent live again after
+// it went past its renew deadline (or the first one): the others may have
+// taken its claims meanwhile.
+func (e *Elector) lapseEndedLocked(now time.Time) {
+	e.fence.lapseBack, e.fence.heldBack = now, false
+	notify.Signal(e.relist)
+}
+
+// claimsStaleLocked reports whether this agent was not live since the last
+// complete read of every Lease began, so that a claim its view shows as
+// its own may have changed hands. Renewals that failed, or were slow, and
+// worked again within the deadline leave the claims trusted: the others
+// take nothing from a live agent (under the load of a re-home a renewal
+// sometimes takes longer than half a retry period, which counts as
+// failing, and the claims just taken waited for the read of every Lease).
+func (e *Elector) claimsStaleLocked() bool {
+	return e.fence.lapseBack.After(e.fence.freshAt)
 }

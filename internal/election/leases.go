@@ -22,11 +22,6 @@ type observed struct {
 	// expiry is judged on the local clock from it, so skew between nodes'
 	// clocks does not matter.
 	seen time.Time
-	// takenFrom is when this agent began the write of a claim that gave
-	// this very version (zero if the version came from anyone else, or
-	// from a read): the API server accepted it on the claim's current
-	// version, so it is as fresh as a read begun then (fence.go).
-	takenFrom time.Time
 }
 
 // nsFor is the namespace of the Lease with the given name.
@@ -147,25 +142,17 @@ func (e *Elector) observe(obj any, deleted bool) {
 // record adopts a Lease version unless a newer one is known: our own write
 // may overtake the watch.
 func (e *Elector) record(l *coordinationv1.Lease) {
-	e.recordTaken(l, time.Time{})
-}
-
-// recordTaken is record for the claim this agent's write, begun at from,
-// returned (from zero: any other version).
-func (e *Elector) recordTaken(l *coordinationv1.Lease, from time.Time) {
 	e.mu.Lock()
 	o := e.leases[l.Name]
 	switch {
 	case o == nil:
-		o = &observed{lease: l, seen: e.now(), takenFrom: from}
+		o = &observed{lease: l, seen: e.now()}
 		e.leases[l.Name] = o
 	case newer(l.ResourceVersion, o.lease.ResourceVersion):
 		if holder(o.lease) != holder(l) || !o.lease.Spec.RenewTime.Equal(l.Spec.RenewTime) {
 			o.seen = e.now()
 		}
-		o.lease, o.takenFrom = l, from
-	case l.ResourceVersion == o.lease.ResourceVersion && !from.IsZero():
-		o.takenFrom = from // the watch brought it first
+		o.lease = l
 	}
 	if o.lease.Labels[LabelKind] == KindNode {
 		e.nodeLeases[l.Name] = o

@@ -132,17 +132,13 @@ func (e *Elector) refreshLoop(ctx context.Context) {
 
 // setAPIOK records whether this agent reaches the API server, and tells the
 // other agents at once: a holder cut off from the API keeps its VIPs only
-// while every other agent says it is cut off too. lapsed, when it is back:
-// this agent went past its renew deadline meanwhile, and its view of the
-// claims must be read afresh before it is trusted (fence.go). Renewals
-// that failed or were slow and then worked in time leave the view as
-// trustworthy as ever: the others took nothing from a live agent.
-func (e *Elector) setAPIOK(ok, lapsed bool) {
+// while every other agent says it is cut off too.
+func (e *Elector) setAPIOK(ok bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.apiOK != ok {
 		e.apiOK = ok
-		if ok && lapsed {
+		if ok {
 			e.apiRecoveredLocked(e.now())
 		}
 		e.reportSelfLocked(e.now())
@@ -165,13 +161,10 @@ func (e *Elector) renew(ctx context.Context, last, start time.Time) error {
 	defer cancel()
 	// A renewal that hangs means no API server just as much as one that
 	// fails: say so before the renew deadline, while it still matters.
-	slow := time.AfterFunc(e.cfg.RetryPeriod/2, func() { e.setAPIOK(false, false) })
+	slow := time.AfterFunc(e.cfg.RetryPeriod/2, func() { e.setAPIOK(false) })
 	err := e.renewOnce(ctx, start)
 	slow.Stop()
-	// Renewed in time or not, before this success: only an agent that was
-	// not live for a while may have had its claims taken meanwhile.
-	lapsed := last.IsZero() || !e.now().Before(last.Add(e.cfg.RenewDeadline))
-	e.setAPIOK(err == nil, lapsed)
+	e.setAPIOK(err == nil)
 	return err
 }
 
@@ -235,6 +228,11 @@ func (e *Elector) renewOnce(ctx context.Context, start time.Time) error {
 		return err
 	}
 	e.mu.Lock()
+	// Under the same lock as the renewal that makes this agent live again:
+	// no evaluation may see it live with its old view of the claims.
+	if now := e.now(); e.lastRenew.IsZero() || !now.Before(e.lastRenew.Add(e.cfg.RenewDeadline)) {
+		e.lapseEndedLocked(now)
+	}
 	e.lastRenew = start
 	e.apiBackAt = time.Time{}
 	e.refusedOut, e.lackingOut = refused, lacking
@@ -331,7 +329,6 @@ func (e *Elector) do(ctx context.Context, j job) error {
 				"previous_holder", prev)
 		}
 		e.noteTaking(j.name, prev, j.why)
-		from := e.now()
 		out, err := e.writeLease(ctx, j.name, KindClaim, j.base, nil, nil)
 		e.noteTaken(j.name, out, err)
 		if err != nil {
@@ -340,7 +337,7 @@ func (e *Elector) do(ctx context.Context, j job) error {
 			}
 			return err
 		}
-		e.recordTaken(out, from)
+		e.record(out)
 		// The agent logs the decision, with the VIPs, when it acts on it.
 		log.Debug("took claim", "previous_holder", prev, "reason", j.why)
 	case opRelease:
