@@ -279,11 +279,12 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 			delete(freeSince, name)
 			st = Status{Leader: h, Leading: h == me}
 			if h == me && !e.status[name].Leading && e.claimsStaleLocked() {
-				// Live again, but the claims are still as read before the
-				// lapse: another agent may have taken this one meanwhile,
-				// and the watch tells later than a renewal succeeds. Not
-				// taken back until every Lease is read afresh (refreshLoop,
-				// which wakes the election when done).
+				// Renewals work again, but the claims are still as read
+				// before they failed or lapsed: another agent may have
+				// taken this one meanwhile, and the watch tells later than
+				// a renewal succeeds. Not taken back until every Lease is
+				// read afresh (refreshLoop, which wakes the election when
+				// done).
 				st = Status{}
 				e.eval.watch[name] = true
 				if !e.fence.heldBack {

@@ -29,7 +29,7 @@ type fenceState struct {
 	// read of every Lease began.
 	apiBack, lapseBack, freshAt time.Time
 	logged                      bool // fenced, as last logged
-	heldBack                    bool // a claim was held back since lapseBack, and logged
+	heldBack                    bool // a claim was held back since apiBack or lapseBack, and logged
 }
 
 // cutLocked reports whether this agent is cut off now.
@@ -60,7 +60,7 @@ func (e *Elector) fencedLocked(now time.Time) bool {
 // apiRecovered notes that a renewal succeeded after failing: the view must
 // be read afresh before it is trusted again.
 func (e *Elector) apiRecoveredLocked(now time.Time) {
-	e.fence.apiBack = now
+	e.fence.apiBack, e.fence.heldBack = now, false
 	notify.Signal(e.relist)
 }
 
@@ -80,13 +80,17 @@ func (e *Elector) lapseEndedLocked(now time.Time) {
 	notify.Signal(e.relist)
 }
 
-// claimsStaleLocked reports whether this agent was not live since the last
-// complete read of every Lease began, so that a claim its view shows as
-// its own may have changed hands. Renewals that failed, or were slow, and
-// worked again within the deadline leave the claims trusted: the others
-// take nothing from a live agent (under the load of a re-home a renewal
-// sometimes takes longer than half a retry period, which counts as
-// failing, and the claims just taken waited for the read of every Lease).
+// claimsStaleLocked reports whether a claim this agent's view shows as its
+// own may have changed hands since: renewals failed (or one was slow) and
+// worked again, or this agent went past its renew deadline — even with
+// no renewal failing, as when the process was stopped — and it has not
+// read every Lease afresh since.
+//
+// Not only a lapse: a take decided meanwhile may rest on node Leases as
+// stale as the claims (a watch that stalled with the renewals makes
+// others' Leases look expired), and a release that timed out may have
+// gone through. Holding back the claims just taken costs a re-home the
+// time of that read when a renewal was slow (docs/benchmarks.md).
 func (e *Elector) claimsStaleLocked() bool {
-	return e.fence.lapseBack.After(e.fence.freshAt)
+	return e.fence.lapseBack.After(e.fence.freshAt) || e.staleSinceAPIBackLocked()
 }

@@ -50,38 +50,49 @@ func claimOf(name, holder string) *coordinationv1.Lease {
 		Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To(holder), LeaseDurationSeconds: ptr.To(int32(5))}}
 }
 
-// TestOnlyALapseFencesTheClaims: an agent that went past its renew
-// deadline holds none of the claims its view shows as its own until it has
-// read every Lease afresh — the others may have taken them. Renewals that
-// failed or were slow (which counts as failing) but worked again within
-// the deadline do not hold them back: nobody takes anything from a live
-// agent, and under the load of a re-home the claims it had just taken
-// waited for that read.
-func TestOnlyALapseFencesTheClaims(t *testing.T) {
+// TestRecoveryOrLapseFencesTheClaims: once renewals work again after
+// failing, or after this agent went past its renew deadline — even with
+// no renewal failing, as when its process was stopped — it holds none of
+// the claims its view shows as its own until it has read every Lease
+// afresh: the others may have taken them meanwhile. The lapse is noted
+// under the same lock as the renewal that ends it.
+func TestRecoveryOrLapseFencesTheClaims(t *testing.T) {
 	inflight, freeSince, retryAt := map[string]bool{}, map[string]time.Time{}, map[string]time.Time{}
 	leading := func(e *Elector, name string) bool {
 		e.evaluate(inflight, freeSince, retryAt)
 		return e.Status(name).Leading
 	}
+	readAfresh := func(e *Elector, clock *time.Time) {
+		e.mu.Lock()
+		e.fence.freshAt = clock.Add(time.Millisecond)
+		e.mu.Unlock()
+		*clock = clock.Add(2 * time.Millisecond)
+	}
 
-	// Slow, then renewed in time; then the view shows a claim as n1's.
+	// A renewal failed (or was slow) and the next worked in time.
 	e, clock := fenceElector(t, nil)
 	e.SetContests([]Contest{{Name: "mine", Candidates: []string{"n1"}}})
-	e.setAPIOK(false) // a renewal took longer than half a retry period
+	e.setAPIOK(false)
 	*clock = clock.Add(time.Second)
 	if err := e.renew(context.Background(), clock.Add(-2*time.Second), *clock); err != nil {
 		t.Fatal(err)
 	}
 	e.record(claimOf("mine", "n1"))
+	if leading(e, "mine") {
+		t.Error("holds a claim from its view of before renewals failed, before reading every Lease afresh")
+	}
+	readAfresh(e, clock)
 	if !leading(e, "mine") {
-		t.Error("renewals worked again within the deadline, but the claim is held back")
+		t.Error("the claim is still held back after every Lease was read afresh")
 	}
 
-	// Past the deadline, then renewed: held back until every Lease is read.
+	// Past the deadline with no renewal failing: the process was stopped.
 	e, clock = fenceElector(t, nil)
 	e.SetContests([]Contest{{Name: "mine", Candidates: []string{"n1"}}})
 	e.record(claimOf("mine", "n1"))
-	e.setAPIOK(false)
+	if !leading(e, "mine") {
+		t.Fatal("does not hold its claim while live")
+	}
 	*clock = clock.Add(3 * time.Second) // 4 s since the last renewal
 	if leading(e, "mine") {
 		t.Fatal("holds a claim past its renew deadline")
@@ -92,10 +103,7 @@ func TestOnlyALapseFencesTheClaims(t *testing.T) {
 	if leading(e, "mine") {
 		t.Error("holds a claim from its view of before the lapse, before reading every Lease afresh")
 	}
-	e.mu.Lock()
-	e.fence.freshAt = clock.Add(time.Millisecond)
-	e.mu.Unlock()
-	*clock = clock.Add(2 * time.Millisecond)
+	readAfresh(e, clock)
 	if !leading(e, "mine") {
 		t.Error("the claim is still held back after every Lease was read afresh")
 	}
@@ -113,14 +121,23 @@ func TestBriefFailureKeepsOutageGrace(t *testing.T) {
 	e.record(&coordinationv1.Lease{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: NodeLeasePrefix + "n2", ResourceVersion: "1", Labels: map[string]string{LabelKind: KindNode}},
 		Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To("n2"), LeaseDurationSeconds: ptr.To(int32(5))}})
-	*clock = clock.Add(6 * time.Second) // n2's Lease looks expired now
-	if err := e.renew(context.Background(), clock.Add(-time.Second), *clock); err != nil {
-		t.Fatal(err)
+	// Renewed in time until n2's Lease looks expired (n2 says, in its
+	// beats, that it cannot reach the API server: not APIOK).
+	for range 3 {
+		*clock = clock.Add(2 * time.Second)
+		if err := e.renew(context.Background(), clock.Add(-2*time.Second), *clock); err != nil {
+			t.Fatal(err)
+		}
 	}
-	peers.reports["n2"] = PeerReport{Heard: true, Live: true} // n2 says it cannot reach the API server
-	e.setAPIOK(false)
+	e.mu.Lock()
+	stale := e.staleSinceAPIBackLocked()
+	e.mu.Unlock()
+	if stale {
+		t.Fatal("the view counts as stale with every renewal in time")
+	}
+	e.setAPIOK(false) // this agent's renewal fails, and the next works in time
 	*clock = clock.Add(500 * time.Millisecond)
-	if err := e.renew(context.Background(), clock.Add(-1500*time.Millisecond), *clock); err != nil {
+	if err := e.renew(context.Background(), clock.Add(-2500*time.Millisecond), *clock); err != nil {
 		t.Fatal(err)
 	}
 	e.mu.Lock()
