@@ -230,7 +230,7 @@ func (e *Elector) renewOnce(ctx context.Context, start time.Time) error {
 	e.mu.Lock()
 	// Under the same lock as the renewal that makes this agent live again:
 	// no evaluation may see it live with its old view of the claims.
-	if now := e.now(); e.lastRenew.IsZero() || !now.Before(e.lastRenew.Add(e.cfg.RenewDeadline)) {
+	if now := e.now(); !e.renewedLocked(now) {
 		e.lapseEndedLocked(now)
 	}
 	e.lastRenew = start
