@@ -255,6 +255,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		delete(e.eval.orphans, name)
 		c, ok := e.contests[name]
 		if !ok {
+			delete(e.fence.taken, name)
 			if old, had := e.status[name]; had {
 				delete(e.status, name)
 				changes = append(changes, statusChange{name: name, old: old, gone: true})
@@ -278,7 +279,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 			}
 			delete(freeSince, name)
 			st = Status{Leader: h, Leading: h == me}
-			if h == me && !e.status[name].Leading && e.claimsStaleLocked() {
+			if h == me && !e.status[name].Leading && e.claimsStaleLocked() && !e.takenFreshLocked(name, lease) {
 				// Renewals work again, but the claims are still as read
 				// before they failed or lapsed: another agent may have
 				// taken this one meanwhile, and the watch tells later than
@@ -325,6 +326,12 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 			if _, ok := freeSince[name]; !ok {
 				freeSince[name] = now
 			}
+		}
+		if t, ok := e.fence.taken[name]; ok && (lease == nil || !newer(t, lease.ResourceVersion)) {
+			// One evaluation of the version the take wrote may use the
+			// exemption, whatever it decides; a claim that changed since
+			// has none (takenFreshLocked).
+			delete(e.fence.taken, name)
 		}
 		if old, had := e.status[name]; !had || old != st {
 			e.status[name] = st

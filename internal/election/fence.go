@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/vipd/vipd/internal/notify"
+	coordinationv1 "k8s.io/api/coordination/v1"
 )
 
 // A holder that is cut off must stop holding before the others may take
@@ -30,6 +31,11 @@ type fenceState struct {
 	apiBack, lapseBack, freshAt time.Time
 	logged                      bool // fenced, as last logged
 	heldBack                    bool // a claim was held back since apiBack or lapseBack, and logged
+	// taken are the claims this agent's own write took, for a reason that
+	// rests on the claim or on authenticated beats, that no evaluation has
+	// seen since: contest → the resourceVersion the write returned
+	// (takenFreshLocked).
+	taken map[string]string
 }
 
 // cutLocked reports whether this agent is cut off now.
@@ -93,4 +99,45 @@ func (e *Elector) lapseEndedLocked(now time.Time) {
 // time of that read when a renewal was slow (docs/benchmarks.md).
 func (e *Elector) claimsStaleLocked() bool {
 	return e.fence.lapseBack.After(e.fence.freshAt) || e.staleSinceAPIBackLocked()
+}
+
+// noteTakenLocked remembers a claim this agent's write has just taken and
+// does not hold yet (see takenFreshLocked).
+func (e *Elector) noteTakenLocked(contest string, why Reason, claim *coordinationv1.Lease) {
+	switch why {
+	case TookNew, TookReleased, TookHolderSilent, TookHolderNotLive:
+	default:
+		return // the take rests on node Leases, which may be as stale as the claims
+	}
+	if e.status[contest].Leading {
+		return // held already: the fence does not apply
+	}
+	if e.fence.taken == nil {
+		e.fence.taken = map[string]string{}
+	}
+	e.fence.taken[contest] = claim.ResourceVersion
+}
+
+// takenFreshLocked reports whether claim, as this agent's view shows it,
+// is the one its own write has just taken (noteTakenLocked) and no
+// evaluation has seen yet, with no lapse since the last complete read of
+// every Lease: then it is no stale view of the claim, and
+// claimsStaleLocked does not hold it back. Only the first evaluation that
+// sees it: if that one does not hold it (this node stopped being a
+// candidate meanwhile, say), a release may follow, and a release that
+// timed out may have gone through unseen.
+//
+// The write succeeded only if the claim was still as this agent had read
+// it (a create, or an update conditional on its resourceVersion), and the
+// take's reason rests on that claim (none existed, or it had no holder) or
+// on authenticated beats (its holder went silent, or said it let go) —
+// not on node Leases that a stalled watch may show expired. What the fence
+// guards against, claims that changed hands while this agent could not
+// see, cannot have happened to it. This keeps a renewal that is merely
+// slow during a re-home from holding back the VIPs just taken
+// (docs/election.md). After a lapse the others may have judged this agent
+// dead, so the fence holds as before.
+func (e *Elector) takenFreshLocked(contest string, claim *coordinationv1.Lease) bool {
+	rv, ok := e.fence.taken[contest]
+	return ok && claim != nil && claim.ResourceVersion == rv && !e.fence.lapseBack.After(e.fence.freshAt)
 }

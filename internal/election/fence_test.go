@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vipd/vipd/internal/kube"
 	"github.com/vipd/vipd/internal/kube/kubetest"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -13,10 +14,13 @@ import (
 )
 
 // stubPeers is a failure detector whose reports the test sets.
-type stubPeers struct{ reports map[string]PeerReport }
+type stubPeers struct {
+	reports map[string]PeerReport
+	vouched map[string]bool
+}
 
 func (p *stubPeers) Peer(node string) PeerReport { return p.reports[node] }
-func (p *stubPeers) Vouched(string) bool         { return false }
+func (p *stubPeers) Vouched(node string) bool    { return p.vouched[node] }
 func (p *stubPeers) Self() SelfReport            { return SelfReport{} }
 func (p *stubPeers) Changes() <-chan struct{}    { return nil }
 func (p *stubPeers) SetPeers(map[string]string)  {}
@@ -26,7 +30,13 @@ func (p *stubPeers) SetSelf(PeerReport)          {}
 // moves, with n1's node Lease renewed last at the clock's start.
 func fenceElector(t *testing.T, peers Peers) (*Elector, *time.Time) {
 	t.Helper()
-	e, err := New(Config{Client: kubetest.Wrap(fake.NewClientset()), Namespace: "ns", Identity: "n1", Peers: peers,
+	return fenceElectorOn(t, kubetest.Wrap(fake.NewClientset()), "ns", peers)
+}
+
+// fenceElectorOn is fenceElector on the given client and namespace.
+func fenceElectorOn(t *testing.T, client kube.Interface, ns string, peers Peers) (*Elector, *time.Time) {
+	t.Helper()
+	e, err := New(Config{Client: client, Namespace: ns, Identity: "n1", Peers: peers,
 		LeaseDuration: 5 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -45,8 +55,12 @@ func fenceElector(t *testing.T, peers Peers) (*Elector, *time.Time) {
 }
 
 func claimOf(name, holder string) *coordinationv1.Lease {
+	return claimIn("ns", name, holder)
+}
+
+func claimIn(ns, name, holder string) *coordinationv1.Lease {
 	return &coordinationv1.Lease{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, ResourceVersion: "1", Labels: map[string]string{LabelKind: KindClaim}},
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, ResourceVersion: "1", Labels: map[string]string{LabelKind: KindClaim}},
 		Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To(holder), LeaseDurationSeconds: ptr.To(int32(5))}}
 }
 
@@ -145,5 +159,152 @@ func TestBriefFailureKeepsOutageGrace(t *testing.T) {
 	e.mu.Unlock()
 	if !live {
 		t.Errorf("n2, heard riding out an outage, judged not live (%s) right after this agent's renewals worked again", why)
+	}
+}
+
+// TestFreshTakeNotFenced: after a renewal that was slow or failed, a claim
+// this agent's own write has just taken is held at once when the take
+// rests on the claim or on authenticated beats (here: its holder went
+// silent) — the write succeeded only if the claim was as read, so it is no
+// stale view. Held back as before: a take that rests on node Leases (the
+// holder's looked expired), every take after a lapse, a claim that changed
+// after the take, and one whose first evaluation did not hold it (a
+// release may have followed); and once held, a claim is fenced like any
+// other at the next recovery. On the real API server: the claim's
+// resourceVersion is what tells the take's result from an older view.
+func TestFreshTakeNotFenced(t *testing.T) {
+	client := newClient(t, nil)
+	ctx := context.Background()
+	inflight, freeSince, retryAt := map[string]bool{}, map[string]time.Time{}, map[string]time.Time{}
+	leading := func(e *Elector, name string) bool {
+		e.evaluate(inflight, freeSince, retryAt)
+		return e.Status(name).Leading
+	}
+	// setup: n2 held the claim "c" and its node Lease is n2's; the
+	// failure detector says of n2 what n2 is given. n1's renewal was slow
+	// (apiOK false) and the next one worked, so its view counts as stale
+	// until every Lease is read afresh.
+	setup := func(t *testing.T, n2 PeerReport) (*Elector, *time.Time, string) {
+		peers := &stubPeers{reports: map[string]PeerReport{"n2": n2}}
+		ns := newNamespace(t)
+		e, clock := fenceElectorOn(t, client, ns, peers)
+		e.SetContests([]Contest{{Name: "c", Candidates: []string{"n1", "n2"}}})
+		e.record(&coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: NodeLeasePrefix + "n2", ResourceVersion: "1", Labels: map[string]string{LabelKind: KindNode}},
+			Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To("n2"), LeaseDurationSeconds: ptr.To(int32(5))}})
+		claim := claimIn(ns, "c", "n2")
+		claim.ResourceVersion = ""
+		c, err := client.Leases(ns).Create(ctx, claim, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.record(c)
+		e.setAPIOK(false)
+		*clock = clock.Add(500 * time.Millisecond)
+		if err := e.renew(ctx, clock.Add(-1500*time.Millisecond), *clock); err != nil {
+			t.Fatal(err)
+		}
+		return e, clock, ns
+	}
+	// take writes the claim as the write loop does, for the reason the
+	// election gives.
+	take := func(t *testing.T, e *Elector, want Reason) {
+		t.Helper()
+		e.mu.Lock()
+		base := e.leases["c"].lease
+		why := e.takeReasonLocked(base)
+		e.mu.Unlock()
+		if why != want {
+			t.Fatalf("take reason %q, want %q", why, want)
+		}
+		if err := e.do(ctx, job{name: "c", base: base, op: opAcquire, why: why}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	silent := PeerReport{Silent: true}
+
+	e, clock, ns := setup(t, silent)
+	take(t, e, TookHolderSilent)
+	if !leading(e, "c") {
+		t.Error("a claim just taken from a silent holder is held back after a slow renewal")
+	}
+	e.mu.Lock()
+	fresh := e.takenFreshLocked("c", e.leases["c"].lease)
+	e.mu.Unlock()
+	if fresh {
+		t.Error("a claim still counts as just taken once it is held")
+	}
+
+	e, _, _ = setup(t, PeerReport{}) // never heard: its node Lease decides
+	take(t, e, TookHolderExpired)
+	if leading(e, "c") {
+		t.Error("a claim taken because its holder's node Lease looked expired is held before every Lease is read afresh")
+	}
+
+	// A lapse past the renew deadline: the others may have judged this
+	// agent dead, whatever it took.
+	e, clock, _ = setup(t, silent)
+	*clock = clock.Add(4 * time.Second)
+	if err := e.renew(ctx, clock.Add(-4*time.Second), *clock); err != nil {
+		t.Fatal(err)
+	}
+	take(t, e, TookHolderSilent)
+	if leading(e, "c") {
+		t.Error("a claim taken after a lapse is held before every Lease is read afresh")
+	}
+
+	// The claim was written again after the take: not the take's version.
+	e, _, ns = setup(t, silent)
+	take(t, e, TookHolderSilent)
+	e.mu.Lock()
+	cur := e.leases["c"].lease.DeepCopy()
+	e.mu.Unlock()
+	cur.Annotations = map[string]string{"test": "written again"}
+	again, err := client.Leases(ns).Update(ctx, cur, metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.record(again)
+	if leading(e, "c") {
+		t.Error("a claim written again after the take is held before every Lease is read afresh")
+	}
+
+	// The first evaluation after the take does not hold it (this node is
+	// no candidate any more, and releases it); candidate again, the claim
+	// as its view shows it may have been released and taken unseen.
+	e, _, _ = setup(t, silent)
+	e.SetSilenced(func(string) bool { return true })
+	take(t, e, TookHolderSilent)
+	e.SetContests([]Contest{{Name: "c", Candidates: []string{"n2"}}})
+	if leading(e, "c") {
+		t.Fatal("holds a claim it is no candidate for")
+	}
+	e.SetContests([]Contest{{Name: "c", Candidates: []string{"n1", "n2"}}})
+	if leading(e, "c") {
+		t.Error("a claim whose first evaluation after the take did not hold it is held before every Lease is read afresh")
+	}
+}
+
+// TestSilentTakeReason: a take is said to rest on its holder's silence
+// only when that is what judged the holder dead — silent, and no other
+// agent hears it; otherwise its node Lease decided (holder-expired), and
+// such a take stays behind the fence.
+func TestSilentTakeReason(t *testing.T) {
+	peers := &stubPeers{reports: map[string]PeerReport{"n2": {Silent: true}}, vouched: map[string]bool{}}
+	e, _ := fenceElector(t, peers)
+	e.record(&coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: NodeLeasePrefix + "n2", ResourceVersion: "1", Labels: map[string]string{LabelKind: KindNode}},
+		Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To("n2"), LeaseDurationSeconds: ptr.To(int32(5))}})
+	reason := func() Reason {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return e.takeReasonLocked(claimOf("c", "n2"))
+	}
+	if got := reason(); got != TookHolderSilent {
+		t.Errorf("holder silent, heard by nobody: reason %q, want %q", got, TookHolderSilent)
+	}
+	peers.vouched["n2"] = true
+	if got := reason(); got != TookHolderExpired {
+		t.Errorf("holder silent here but heard by another agent: reason %q, want %q", got, TookHolderExpired)
 	}
 }

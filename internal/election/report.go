@@ -103,7 +103,9 @@ func (e *Elector) takeReasonLocked(lease *coordinationv1.Lease) Reason {
 		return TookHolderReleased
 	}
 	if e.cfg.Peers != nil {
-		if r := e.cfg.Peers.Peer(h); r.Silent {
+		// As peerLiveLocked judges: a silent holder that another agent
+		// still hears is judged by its node Lease.
+		if r := e.cfg.Peers.Peer(h); r.Silent && !e.cfg.Peers.Vouched(h) {
 			return TookHolderSilent
 		} else if r.Heard && !r.Live {
 			return TookHolderNotLive
@@ -133,6 +135,7 @@ func (e *Elector) noteTaken(contest string, claim *coordinationv1.Lease, err err
 	case err == nil:
 		r.LeaseUID = claim.UID
 		e.reports[contest] = r
+		e.noteTakenLocked(contest, r.Reason, claim)
 	}
 }
 
