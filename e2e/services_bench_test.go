@@ -94,6 +94,7 @@ type svcResult struct {
 	lostVIPs                   int
 	rehome                     time.Duration // node lost → all its VIPs held by one other node each
 	movedOthers                int           // VIPs of other nodes that moved meanwhile
+	curve                      []curvePoint  // the steps of a stepped creation (createStepped)
 }
 
 func benchmarkServices(b *testing.B, bc svcBench) {
@@ -141,10 +142,24 @@ func benchmarkServices(b *testing.B, bc svcBench) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	first := time.Now()
-	last, err := s.createServices(ctx, svcs)
-	if err != nil {
-		b.Fatal(err)
+	var first, last time.Time
+	if len(svcs) > curveStep {
+		var ok bool
+		r.curve, first, last, _, ok = createStepped(b, s, poll, procs, svcs, vips)
+		if !ok {
+			// Stopped where it gave out: the curve is the figure.
+			fmt.Fprintf(os.Stdout, "\n%s: %d Services, %d nodes: did not settle\n", bc.mode, bc.services, bc.nodes)
+			printCurve(os.Stdout, r.curve)
+			prof.wait()
+			b.Errorf("%dx%d did not settle: %v", bc.services, bc.nodes, r.curve[len(r.curve)-1].err)
+			return
+		}
+	} else {
+		first = time.Now()
+		last, err = s.createServices(ctx, svcs)
+		if err != nil {
+			b.Fatal(err)
+		}
 	}
 	r.created = last.Sub(first)
 
@@ -309,21 +324,11 @@ func (p *addrPoller) holders(vips []netip.Addr) (map[netip.Addr][]string, error)
 // accepts them, and returns when that read started.
 func pollUntil(tb testing.TB, p *addrPoller, timeout time.Duration, what string, cond func(map[netip.Addr][]string) error, vips []netip.Addr) time.Time {
 	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		at := time.Now()
-		h, err := p.holders(vips)
-		if err == nil {
-			err = cond(h)
-		}
-		if err == nil {
-			return at
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("waiting for %s: still not after %v: %v", what, timeout, err)
-		}
-		time.Sleep(time.Until(at.Add(holderPollInterval)))
+	at, err := pollFor(p, timeout, cond, vips)
+	if err != nil {
+		tb.Fatalf("waiting for %s: %v", what, err)
 	}
+	return at
 }
 
 // statusesMatch checks that every Service in ns has its VIP's holder in
@@ -579,6 +584,7 @@ func report(b *testing.B, bc svcBench, r svcResult) {
 	row("agent CPU, steady, max / mean", fmt.Sprintf("%.2f %% / %.2f %% of a core", r.cpuSteadyMax, r.cpuSteadyAvg), "")
 	row(fmt.Sprintf("lost node %s's %d VIPs held again after", r.lost, r.lostVIPs), dur(r.rehome), rehomeTarget)
 	row("  other nodes' VIPs that moved meanwhile", strconv.Itoa(r.movedOthers), "0")
+	printCurve(w, r.curve)
 	fmt.Fprintf(w, "  steady requests by the agents over %v (verb resource: with agents - API server alone):\n", steadyWindow)
 	keys := map[controlplane.RequestKey]bool{}
 	for k := range r.steady {
