@@ -61,6 +61,30 @@ const (
 	busyGap   = 100 * time.Millisecond
 )
 
+// passShare and maxGap stretch busyGap while passes are dear: a pass looks
+// at every binding, so with thousands of Services it costs milliseconds,
+// and a pass every busyGap on each of ten agents sharing a machine with
+// the API server took the CPU its renewals needed (5,000 Services on the
+// benchmark's two cores, docs/benchmarks.md). While other agents' changes
+// and the Services' stream in, passes are at least passShare times their
+// own wall time apart (so at most a twentieth of the time), never more
+// than maxGap. What this agent takes or loses is still acted on at once.
+const (
+	passShare = 20
+	maxGap    = time.Second
+)
+
+// gatherGap is how long after a pass the changes of other agents and of
+// the Services are gathered before the next: changeGap while this agent
+// waits to see a new holder, else busyGap stretched to passShare times
+// the last pass's cost, at most maxGap.
+func gatherGap(waiting bool, passCost time.Duration) time.Duration {
+	if waiting {
+		return changeGap
+	}
+	return min(max(busyGap, passShare*passCost), maxGap)
+}
+
 // releaseTimeout bounds the final Lease release on shutdown, so a dead API
 // server cannot hold up a node drain.
 const releaseTimeout = 2 * time.Second
@@ -313,12 +337,9 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	svcChanged, rebind := false, false
 	// gather reports whether a change is left for a pass within the gap
 	// (changeGap, busyGap) after the last one, and arranges that pass.
+	var passCost time.Duration // the last pass's, wall time
 	gather := func() bool {
-		gap := busyGap
-		if r.waiting() {
-			gap = changeGap
-		}
-		wait := gap - time.Since(lastPass)
+		wait := gatherGap(r.waiting(), passCost) - time.Since(lastPass)
 		if wait <= 0 {
 			return false
 		}
@@ -377,6 +398,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			r.foreignAnswer(a)
 			continue
 		}
+		passStart := time.Now()
 		if svcChanged {
 			svcChanged, rebind = false, true
 			r.addrs = svc.Addresses()
@@ -391,6 +413,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		}
 		epoch, lastPass = el.LeadingEpoch(), time.Now()
 		r.reconcile()
+		passCost = time.Since(passStart)
 		// Published with the next renewal, for vipd status and the others.
 		ann := map[string]string{}
 		if hb != nil {
