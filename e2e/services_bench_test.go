@@ -26,7 +26,7 @@ import (
 )
 
 // BenchmarkServices measures LoadBalancer Services at scale, at vipd's
-// default timings (docs/benchmarks.md, "Services at scale"). Each sub-benchmark is one run; use
+// default timings (docs/benchmarks.md; the scale targets in docs/scale.md). Each sub-benchmark is one run; use
 //
 //	go test ./e2e -run '^$' -bench BenchmarkServices -benchtime 1x
 //

@@ -135,14 +135,14 @@ func (a app) run(ctx context.Context, cmd *cobra.Command) error {
 	if cfg.DebugAddr == "" {
 		// Nobody can read a heap profile without the debug endpoint: not
 		// sampling allocations saves the CPU of recording their stacks and
-		// the memory of the table they are kept in (docs/benchmarks.md).
+		// the memory of the table they are kept in (docs/scale-runs.md).
 		runtime.MemProfileRate = 0
 	}
 	if a.getenv("GOGC") == "" {
 		// The agent's heap is mostly caches that change little; collecting
 		// when it has grown by a quarter rather than doubled keeps its
 		// resident memory near what it holds, for a few percent more CPU
-		// (docs/benchmarks.md). GOGC, when set, decides as usual.
+		// (docs/scale-runs.md). GOGC, when set, decides as usual.
 		debug.SetGCPercent(gcPercent)
 	}
 	if err := a.runAgent(ctx, cfg, version, log); err != nil {

@@ -58,7 +58,7 @@ func Current() *Namespace {
 // OpenCurrent is Current with netlink sockets of its own, kept open until
 // Close. An agent renews the lifetime of every VIP it holds, one request
 // each, and opening and closing a socket per request cost it as much CPU as
-// the requests themselves (docs/benchmarks.md). Requests on the socket are
+// the requests themselves (docs/scale-runs.md). Requests on the socket are
 // serialised; it needs no privilege beyond what the requests need.
 func OpenCurrent() (*Namespace, error) { return open(netns.None()) }
 

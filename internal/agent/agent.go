@@ -41,7 +41,7 @@ const handoverLinger = 100 * time.Millisecond
 // they are renewed about twice per lifetime, which leaves half of it for a
 // late reconciliation. Each renewal is a netlink write per VIP held; with
 // hundreds held, renewing on every reconciliation was the agent's largest
-// cost (docs/benchmarks.md).
+// cost (docs/scale-runs.md).
 func refreshEvery(cfg config.Config) time.Duration {
 	return cfg.VIPLifetime * 3 / 8
 }
@@ -51,7 +51,7 @@ func refreshEvery(cfg config.Config) time.Duration {
 // Services are placed, each Service and each Lease event changes one
 // contest, and a pass looks at every binding, so a pass per event made
 // placing cost the number of events times the number of Services
-// (docs/benchmarks.md). The first change after a quiet spell is acted on
+// (docs/scale-runs.md). The first change after a quiet spell is acted on
 // at once; later ones wait for the gap. It is changeGap while this agent keeps a VIP silent for a handover
 // or keeps one after losing it (PreserveVIPOnLeadershipLoss): it is waiting
 // to see the new holder then. A VIP this agent takes or loses in the
@@ -65,7 +65,7 @@ const (
 // at every binding, so with thousands of Services it costs milliseconds,
 // and a pass every busyGap on each of ten agents sharing a machine with
 // the API server took the CPU its renewals needed (5,000 Services on the
-// benchmark's two cores, docs/benchmarks.md). While other agents' changes
+// benchmark's two cores, docs/scale.md). While other agents' changes
 // and the Services' stream in, passes are at least passShare times their
 // own wall time apart (so at most a twentieth of the time), never more
 // than maxGap. What this agent takes or loses is still acted on at once.

@@ -95,8 +95,9 @@ func (e *Elector) lapseEndedLocked(now time.Time) {
 // Not only a lapse: a take decided meanwhile may rest on node Leases as
 // stale as the claims (a watch that stalled with the renewals makes
 // others' Leases look expired), and a release that timed out may have
-// gone through. Holding back the claims just taken costs a re-home the
-// time of that read when a renewal was slow (docs/benchmarks.md).
+// gone through. A claim just taken for a reason that rests on neither is
+// exempt (takenFreshLocked): holding back the claims of a re-home cost it
+// the time of that read whenever a renewal was slow (docs/scale-runs.md).
 func (e *Elector) claimsStaleLocked() bool {
 	return e.fence.lapseBack.After(e.fence.freshAt) || e.staleSinceAPIBackLocked()
 }

@@ -16,7 +16,7 @@ import (
 // sooner for a reason of its own), never because a datagram arrived: with
 // a poller-registered socket, every beat of every peer woke the process,
 // hundreds of times a second, which cost an idle agent more CPU than the
-// beats themselves (docs/benchmarks.md). Its methods are safe for
+// beats themselves (docs/scale-runs.md). Its methods are safe for
 // concurrent use; after close they return net.ErrClosed.
 type socket struct {
 	mu sync.RWMutex

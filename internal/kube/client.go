@@ -4,7 +4,7 @@
 // client-go's clientset is not used: it, its typed clients and its
 // informer factory import a scheme that registers every API group, and an
 // agent that links them carries the code and type data of all of them:
-// about 8 MB of its resident memory (docs/benchmarks.md). The clients here
+// about 8 MB of its resident memory (docs/scale-runs.md). The clients here
 // are client-go's own generic ones (gentype) over a scheme of the four
 // groups vipd uses.
 package kube

@@ -21,7 +21,7 @@ import (
 // Lease updates sent at once, each conditional on the version read, with
 // ten watchers of the namespace's Leases as ten agents would be. It is the
 // reference for the re-home figure of BenchmarkServices
-// (docs/benchmarks.md), where the same writes share the machine with the
+// (docs/scale.md), where the same writes share the machine with the
 // agents.
 func BenchmarkLeaseUpdates(b *testing.B) {
 	const leases, watchers = 100, 10
