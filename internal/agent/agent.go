@@ -336,7 +336,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	// bindings are to be made again before it (setBindings).
 	svcChanged, rebind := false, false
 	// gather reports whether a change is left for a pass within the gap
-	// (changeGap, busyGap) after the last one, and arranges that pass.
+	// (gatherGap) after the last one, and arranges that pass.
 	var passCost time.Duration // the last pass's, wall time
 	gather := func() bool {
 		wait := gatherGap(r.waiting(), passCost) - time.Since(lastPass)
