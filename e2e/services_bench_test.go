@@ -145,7 +145,7 @@ func benchmarkServices(b *testing.B, bc svcBench) {
 	var first, last time.Time
 	if len(svcs) > curveStep {
 		var ok bool
-		r.curve, first, last, _, ok = createStepped(b, s, poll, procs, svcs, vips)
+		r.curve, first, last, ok = createStepped(b, s, poll, procs, svcs, vips)
 		if !ok {
 			// Stopped where it gave out: the curve is the figure.
 			fmt.Fprintf(os.Stdout, "\n%s: %d Services, %d nodes: did not settle\n", bc.mode, bc.services, bc.nodes)

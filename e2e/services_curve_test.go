@@ -43,11 +43,10 @@ type curvePoint struct {
 // createStepped creates svcs curveStep at a time. After each step it
 // waits until every VIP created so far is held by exactly one node and
 // records what the step cost the agents. It stops after the first step
-// that does not settle in time. It returns the curve, when the first and
-// the last Service were created, and the placement after the last step
-// that settled; ok is false if a step did not.
+// that does not settle in time. It returns the curve and when the first
+// and the last Service were created; ok is false if a step did not settle.
 func createStepped(tb testing.TB, s *svcEnv, poll *addrPoller, procs map[string]*lab.Process,
-	svcs []*corev1.Service, vips []netip.Addr) (curve []curvePoint, first, last time.Time, p placement, ok bool) {
+	svcs []*corev1.Service, vips []netip.Addr) (curve []curvePoint, first, last time.Time, ok bool) {
 	tb.Helper()
 	for lo := 0; lo < len(svcs); lo += curveStep {
 		hi := min(lo+curveStep, len(svcs))
@@ -65,8 +64,7 @@ func createStepped(tb testing.TB, s *svcEnv, poll *addrPoller, procs map[string]
 		} else {
 			var heldAt time.Time
 			heldAt, err = pollFor(poll, curveHoldTimeout, func(h map[netip.Addr][]string) error {
-				var err error
-				p, err = singleHolders(h, vips[:hi])
+				_, err := singleHolders(h, vips[:hi])
 				return err
 			}, vips[:hi])
 			pt.held = heldAt.Sub(at)
@@ -78,10 +76,10 @@ func createStepped(tb testing.TB, s *svcEnv, poll *addrPoller, procs map[string]
 		tb.Logf("step to %d Services: created in %v, held %v later, agent CPU %.2f s max, RSS %.1f MB max; err %v",
 			hi, dur(pt.created), dur(pt.held), pt.cpuMax, pt.rssMax, err)
 		if err != nil {
-			return curve, first, last, p, false
+			return curve, first, last, false
 		}
 	}
-	return curve, first, last, p, true
+	return curve, first, last, true
 }
 
 // pollFor reads the holders of vips every holderPollInterval until cond
