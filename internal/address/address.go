@@ -15,6 +15,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode"
 
@@ -46,6 +47,10 @@ type Namespace struct {
 	// sockets is nil for the current namespace: each request then opens a
 	// fresh netlink socket, as the netlink package's own functions do.
 	sockets map[int]*nl.SocketHandle
+	// protoKept: an address added here was found with vipd's IFA_PROTO
+	// mark. The kernel does not change while vipd runs, so later adds
+	// need not look again (a dump of every address each).
+	protoKept atomic.Bool
 }
 
 // Current is the namespace of the calling thread (for vipd, the host's).
@@ -335,8 +340,28 @@ func (i *Interface) Add(vip netip.Addr) error {
 	if foreign != nil {
 		return fmt.Errorf("adding %s to %s: %w", vip, i.Name, ErrNotOwned)
 	}
+	return i.addAbsent(vip)
+}
 
-	err = i.ns.newAddr(i.Index, vip, i.Lifetime, false)
+// AddListed is Add for a caller that has just listed the namespace's
+// addresses (Namespace.List): a VIP the listing shows nowhere on the
+// interface is added without looking again. The reconciler adds the VIPs
+// it takes one pass at a time, and each look is a dump of every address
+// the node has.
+func (i *Interface) AddListed(vip netip.Addr, l Listing) error {
+	vip, err := checkVIP(vip)
+	if err != nil {
+		return err
+	}
+	if l.On(i.Index, vip) {
+		return i.Add(vip) // vipd's (a refresh) or someone else's (refused)
+	}
+	return i.addAbsent(vip)
+}
+
+// addAbsent adds vip, which was not on the interface when last looked.
+func (i *Interface) addAbsent(vip netip.Addr) error {
+	err := i.ns.newAddr(i.Index, vip, i.Lifetime, false)
 	if errors.Is(err, unix.EEXIST) {
 		// Someone added it between our look and our add: whose is it?
 		owned, _, ferr := i.find(vip)
@@ -351,10 +376,12 @@ func (i *Interface) Add(vip netip.Addr) error {
 	if err != nil {
 		return fmt.Errorf("adding %s to %s: %w", vip, i.Name, err)
 	}
-
+	if i.ns.protoKept.Load() {
+		return nil
+	}
 	// An old kernel accepts the request but drops IFA_PROTO; an unmarked
 	// VIP could never be cleaned up safely, so take it off again.
-	owned, foreign, err = i.find(vip)
+	owned, foreign, err := i.find(vip)
 	if err != nil {
 		return fmt.Errorf("checking %s on %s: %w", vip, i.Name, err)
 	}
@@ -365,6 +392,7 @@ func (i *Interface) Add(vip netip.Addr) error {
 	if owned == nil {
 		return fmt.Errorf("adding %s to %s: address vanished right after it was added", vip, i.Name)
 	}
+	i.ns.protoKept.Store(true)
 	return nil
 }
 

@@ -317,6 +317,68 @@ func TestForeignAddressLeftAlone(t *testing.T) {
 	}
 }
 
+// AddListed adds what a listing shows absent without looking again, and
+// treats what it shows present, or what appeared after it, as Add does:
+// the administrator's address is refused and left alone, vipd's own is
+// kept.
+func TestAddListed(t *testing.T) {
+	tn := newTestNS(t)
+	v0 := tn.lookup("v0")
+	tn.ip("addr", "add", "192.0.2.30/24", "dev", "v0") // same IP as a VIP, other prefix
+	before, err := tn.ns.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Appear after the listing: another tool's, then vipd's own.
+	tn.ip("addr", "add", "192.0.2.40/32", "dev", "v0")
+	mine := netip.MustParseAddr("198.51.100.11")
+	if err := v0.Add(mine); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		vip     string
+		foreign bool
+	}{
+		{"192.0.2.30", true},     // in the listing, not vipd's
+		{"192.0.2.40", true},     // added by someone else since
+		{"198.51.100.11", false}, // added by vipd since
+		{"198.51.100.12", false}, // absent
+		{"2001:db8::12", false},  // absent
+	} {
+		vip := netip.MustParseAddr(c.vip)
+		err := v0.AddListed(vip, before)
+		if c.foreign {
+			if !errors.Is(err, ErrNotOwned) {
+				t.Errorf("AddListed(%s) = %v, want ErrNotOwned", vip, err)
+			}
+			if ents := tn.kernelEntries(v0, vip); len(ents) != 1 || ents[0].proto == Proto {
+				t.Errorf("kernel entries for %s: %+v, want the administrator's one only", vip, ents)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("AddListed(%s) = %v", vip, err)
+		}
+		if ents := tn.kernelEntries(v0, vip); len(ents) != 1 || ents[0].proto != Proto {
+			t.Errorf("kernel entries for %s: %+v, want vipd's one", vip, ents)
+		}
+	}
+	after, err := tn.ns.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var owned []string
+	for _, o := range after.Owned() {
+		owned = append(owned, o.Addr.String()+"@"+o.Interface)
+	}
+	if want := []string{"198.51.100.11@v0", "198.51.100.12@v0", "2001:db8::12@v0"}; !slices.Equal(owned, want) {
+		t.Errorf("owned after: %v, want %v", owned, want)
+	}
+	if !after.On(v0.Index, netip.MustParseAddr("192.0.2.30")) || after.On(v0.Index, netip.MustParseAddr("192.0.2.99")) {
+		t.Error("On does not tell the listed addresses")
+	}
+}
+
 // A restarted agent finds the VIPs an earlier run left behind, and only
 // those, and can clean them up.
 func TestOwnedAfterRestart(t *testing.T) {

@@ -24,25 +24,55 @@ type OwnedVIP struct {
 // namespace, in one dump: crash clean-up and the reconciler must find a
 // VIP wherever it was put.
 func (n *Namespace) OwnedAll() ([]OwnedVIP, error) {
+	l, err := n.List()
+	if err != nil {
+		return nil, err
+	}
+	return l.Owned(), nil
+}
+
+// Listing is one dump of every address in a namespace (List).
+type Listing struct {
+	owned []OwnedVIP
+	on    map[addrOn]bool
+}
+
+type addrOn struct {
+	addr  netip.Addr
+	index int
+}
+
+// List dumps every address of the namespace, vipd's and others'.
+func (n *Namespace) List() (Listing, error) {
 	addrs, err := n.dump(unix.AF_UNSPEC)
 	if err != nil {
-		return nil, fmt.Errorf("listing the VIPs vipd added: %w", err)
+		return Listing{}, fmt.Errorf("listing the VIPs vipd added: %w", err)
 	}
-	var out []OwnedVIP
+	l := Listing{on: make(map[addrOn]bool, len(addrs))}
 	name := n.namer()
 	for _, a := range addrs {
+		l.on[addrOn{a.addr, a.index}] = true
 		if a.proto == Proto {
-			out = append(out, OwnedVIP{Addr: a.addr, Interface: name(a.index), Index: a.index})
+			l.owned = append(l.owned, OwnedVIP{Addr: a.addr, Interface: name(a.index), Index: a.index})
 		}
 	}
-	slices.SortFunc(out, func(x, y OwnedVIP) int {
+	slices.SortFunc(l.owned, func(x, y OwnedVIP) int {
 		if c := x.Addr.Compare(y.Addr); c != 0 {
 			return c
 		}
 		return x.Index - y.Index
 	})
-	return slices.Compact(out), nil
+	l.owned = slices.Compact(l.owned)
+	return l, nil
 }
+
+// Owned are the addresses vipd added, sorted by address; the caller
+// must not change them.
+func (l Listing) Owned() []OwnedVIP { return l.owned }
+
+// On reports whether a was on the interface with the given index, with
+// any prefix length, vipd's or not.
+func (l Listing) On(index int, a netip.Addr) bool { return l.on[addrOn{a, index}] }
 
 // OwnedAll is Current().OwnedAll().
 func OwnedAll() ([]OwnedVIP, error) { return Current().OwnedAll() }

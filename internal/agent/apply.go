@@ -31,11 +31,14 @@ func (r *reconciler) lifetimesDue(now time.Time) bool {
 func (r *reconciler) apply(p plan) map[netip.Addr]error {
 	r.applied, r.appliedOK = p, false
 	clean := true
-	owned, err := r.links.owned()
+	// One listing serves the whole pass: what to remove, and which VIPs
+	// can be added without looking again (AddListed).
+	listing, err := r.links.list()
 	if err != nil {
 		r.log.Error("listing VIPs on the interfaces", "err", err)
 		return nil
 	}
+	owned := listing.Owned()
 	// A VIP may be on two interfaces for a moment (its Service moved).
 	type onIface struct {
 		addr  netip.Addr
@@ -118,7 +121,7 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 				renew[i] = append(renew[i], vip)
 			}
 		} else {
-			if err := i.Add(vip); err != nil {
+			if err := i.AddListed(vip, listing); err != nil {
 				r.log.Error("adding VIP", "vip", vip, "iface", name, "err", err)
 				if refused == nil {
 					refused = map[netip.Addr]error{}

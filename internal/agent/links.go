@@ -142,6 +142,9 @@ func (l *links) Reannounce(name string) {
 // owned lists the VIPs vipd put on any interface.
 func (l *links) owned() ([]address.OwnedVIP, error) { return l.ns.OwnedAll() }
 
+// list dumps every address of the node's namespace.
+func (l *links) list() (address.Listing, error) { return l.ns.List() }
+
 // remove takes an owned VIP off its interface.
 func (l *links) remove(o address.OwnedVIP) error { return l.ns.Remove(o) }
 
