@@ -204,6 +204,10 @@ type Elector struct {
 	// nodeLeases are the node Leases among leases, by name.
 	nodeLeases map[string]*observed
 	status     map[string]Status
+	// statusLog names the contests whose Status changed since the last
+	// TakeStatusChanges; statusLogAll says that every one may have.
+	statusLog    map[string]bool
+	statusLogAll bool
 	// eval is what evaluate keeps between runs (incremental.go).
 	eval      evalState
 	members   []string  // live agents as last evaluated
@@ -400,6 +404,35 @@ func (e *Elector) Statuses(names []string, out []Status) {
 	defer e.mu.Unlock()
 	for i, n := range names {
 		out[i] = e.status[n]
+	}
+}
+
+// TakeStatusChanges returns the contests whose Status changed since the
+// last call, or all (every Status may have changed, or this is the first
+// call), and starts a new log. The agent's reconciler, its one caller,
+// looks at those and not at every contest: with thousands of contests a
+// pass costs what changed.
+func (e *Elector) TakeStatusChanges() (names map[string]bool, all bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	names, all = e.statusLog, e.statusLogAll || e.statusLog == nil
+	e.statusLog, e.statusLogAll = map[string]bool{}, false
+	return names, all
+}
+
+// Unlogged returns those of names that the log started by the last
+// TakeStatusChanges does not name: a status read after that call may have
+// changed since, and such a change is in the log.
+func (e *Elector) Unlogged(names []string) []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.DeleteFunc(slices.Clone(names), func(n string) bool { return e.statusLogAll || e.statusLog[n] })
+}
+
+// logStatusLocked records that name's Status changed (TakeStatusChanges).
+func (e *Elector) logStatusLocked(name string) {
+	if e.statusLog != nil {
+		e.statusLog[name] = true
 	}
 }
 

@@ -87,6 +87,7 @@ func (e *Elector) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			e.mu.Lock()
 			e.status = map[string]Status{}
+			e.statusLogAll = true
 			e.mu.Unlock()
 			notify.Signal(e.changes)
 			return nil
@@ -258,6 +259,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 			delete(e.fence.taken, name)
 			if old, had := e.status[name]; had {
 				delete(e.status, name)
+				e.logStatusLocked(name)
 				changes = append(changes, statusChange{name: name, old: old, gone: true})
 			}
 			if o := e.leases[name]; o != nil && o.lease.Labels[LabelKind] == KindClaim {
@@ -335,6 +337,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		}
 		if old, had := e.status[name]; !had || old != st {
 			e.status[name] = st
+			e.logStatusLocked(name)
 			changes = append(changes, statusChange{name: name, old: old, next: st})
 		}
 	}
@@ -499,6 +502,7 @@ func (e *Elector) dropHolding() {
 	for name, s := range e.status {
 		if s.Leading {
 			e.status[name] = Status{}
+			e.logStatusLocked(name)
 		}
 	}
 	e.leadingEpoch.Add(1)

@@ -51,7 +51,9 @@ func incrementalEvaluateRun(t *testing.T, seed uint64) {
 	}
 	contests := map[string]Contest{}
 	inflight, freeSince, retryAt := map[string]bool{}, map[string]time.Time{}, map[string]time.Time{}
-	partial, writes := 0, 0
+	partial, writes, logged := 0, 0, 0
+	// mirror is what a reader that follows TakeStatusChanges knows.
+	mirror := map[string]Status{}
 	for step := range 400 {
 		switch r := rng.IntN(20); {
 		case r < 8: // a claim changes hands, is released or deleted
@@ -137,13 +139,30 @@ func incrementalEvaluateRun(t *testing.T, seed uint64) {
 		if a, b := jobNames(jobs), jobNames(fullJobs); !slices.Equal(a, b) {
 			t.Fatalf("step %d: writes\n got %v\nwant %v", step, a, b)
 		}
+		names, all := e.TakeStatusChanges()
+		e.mu.Lock()
+		if all {
+			mirror = maps.Clone(e.status)
+		}
+		for n := range names {
+			logged++
+			if st, ok := e.status[n]; ok {
+				mirror[n] = st
+			} else {
+				delete(mirror, n)
+			}
+		}
+		if !maps.Equal(mirror, e.status) {
+			t.Fatalf("step %d: following TakeStatusChanges gives\n%v\nnot\n%v", step, mirror, e.status)
+		}
+		e.mu.Unlock()
 		for _, j := range jobs {
 			inflight[j.name] = true
 		}
 		writes += len(jobs)
 	}
-	t.Logf("%d partial evaluations, %d writes", partial, writes)
-	if partial < 100 || writes < 20 {
+	t.Logf("%d partial evaluations, %d writes, %d status changes logged", partial, writes, logged)
+	if partial < 100 || writes < 20 || logged < 50 {
 		t.Errorf("%d partial evaluations and %d writes in 400 steps: the test no longer tries what it should", partial, writes)
 	}
 }
@@ -197,5 +216,28 @@ func TestSetContestsMarksWhatChanged(t *testing.T) {
 	defer e.mu.Unlock()
 	if e.contests == nil || len(e.contests) != 0 {
 		t.Errorf("contests after setting none: %v (must be empty, not nil: nil means not set yet)", e.contests)
+	}
+}
+
+// Unlogged names what the log started by TakeStatusChanges does not: a
+// status the reader took for missed may have changed since, and then the
+// next TakeStatusChanges gives it.
+func TestUnlogged(t *testing.T) {
+	e := benchElector(t, 0)
+	if _, all := e.TakeStatusChanges(); !all {
+		t.Error("the first TakeStatusChanges does not say every status may have changed")
+	}
+	e.mu.Lock()
+	e.logStatusLocked("a")
+	e.mu.Unlock()
+	if got := e.Unlogged([]string{"a", "b"}); !slices.Equal(got, []string{"b"}) {
+		t.Errorf("Unlogged(a, b) after a changed = %v, want [b]", got)
+	}
+	names, all := e.TakeStatusChanges()
+	if all || !maps.Equal(names, map[string]bool{"a": true}) {
+		t.Errorf("TakeStatusChanges = %v, %v; want [a], false", names, all)
+	}
+	if got := e.Unlogged([]string{"a", "b"}); !slices.Equal(got, []string{"a", "b"}) {
+		t.Errorf("Unlogged(a, b) after a new log = %v, want both", got)
 	}
 }
