@@ -138,6 +138,14 @@ func newEnvNodes(tb testing.TB, o envOptions, nodes int) *env {
 	}
 	e.lab = l
 	tb.Cleanup(func() {
+		// The agents say so when their own checks find a fault in vipd.
+		bad, err := l.LogLines(`msg="internal error`)
+		if err != nil {
+			tb.Errorf("reading the agents' logs: %v", err)
+		}
+		for _, line := range bad {
+			tb.Errorf("an agent found a fault in itself: %s", line)
+		}
 		if err := l.Close(); err != nil {
 			tb.Errorf("closing the lab: %v", err)
 		}

@@ -14,6 +14,7 @@ import (
 	"maps"
 	"net/http"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/vipd/vipd/internal/address"
@@ -270,7 +271,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 	r := &reconciler{links: links, ann: &timedAnnouncer{announcer: links, obs: obs}, el: el, svc: svc, hb: hb, peers: pr,
 		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs, node: cfg.NodeName,
 		handovers: handovers{max: cfg.LeaseDuration, linger: handoverLinger}, wake: make(chan struct{}, 1),
-		refused: map[string]refusal{}, badAddrs: map[string]string{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()},
+		refused: map[string]refusal{}, freshBound: map[string]bool{}, active: map[string]bool{}, badAddrs: map[string]string{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()},
 		linksUp: map[string]bool{iface.Name: true}, refreshEvery: refreshEvery(cfg),
 		settings: contestSettings{cpLease: cfg.LeaseName, cpVIPs: cpVIPs, svcLease: cfg.ServiceLeaseName, perAddress: cfg.ServiceElection,
 			iface: iface.Name, svcIface: links.svc},
@@ -381,7 +382,8 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		case <-r.wake:
 			r.recheck = true
 		case <-resync.C:
-			r.recheck = true // someone may have changed what vipd put in place
+			r.recheck = true  // someone may have changed what vipd put in place
+			r.fullPass = true // and every binding is looked at again
 		case l := <-ifaceEv.link:
 			r.linkChanged(l.name, l.st)
 			r.forgetNodeAddrs()
@@ -455,7 +457,22 @@ type binding struct {
 	// local are the nodes with a ready endpoint when the VIP is restricted
 	// to them (externalTrafficPolicy: Local); nil for none.
 	local []string
+	// pos is the binding's index in the reconciler's bindings.
+	pos int
 }
+
+// sameBinding reports whether x and y bind the same VIPs and Services to
+// the same contest, candidates and interface (pos aside).
+func sameBinding(x, y binding) bool {
+	return x.contest == y.contest && x.controlPlane == y.controlPlane && x.iface == y.iface && x.needs == y.needs &&
+		x.pool == y.pool && x.selector == y.selector && slices.Equal(x.vips, y.vips) &&
+		sameList(x.candidates, y.candidates) && sameList(x.local, y.local) &&
+		slices.EqualFunc(x.services, y.services, slices.Equal)
+}
+
+// sameList compares two lists of nodes where nil (no restriction) differs
+// from empty (no node).
+func sameList(x, y []string) bool { return (x == nil) == (y == nil) && slices.Equal(x, y) }
 
 // contests lists the contests of bs, in buf (whose contents it replaces).
 func contests(buf []election.Contest, bs []binding) []election.Contest {

@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -29,34 +28,45 @@ type observer struct {
 	// took holds, per VIP taken and not announced yet, when it was taken.
 	took map[netip.Addr]time.Time
 
-	// last is the state after the last reconciliation: what vipd_vip_held
-	// reports, and who holds each VIP for the Services' choice of
-	// reporter. Both are worked out from it when asked, not on every
-	// reconciliation.
-	last atomic.Pointer[reconciledState]
-}
-
-// reconciledState is the bindings and their status after one
-// reconciliation; neither is modified afterwards.
-type reconciledState struct {
-	bs     []binding
-	status []election.Status // of bs[i]
-
-	once    sync.Once
+	// leaders is who holds each VIP after the last reconciliation, for
+	// the Services' choice of reporter, kept up to date a binding at a
+	// time (nil before the first); bs are the bindings then, for
+	// vipd_vip_held, worked out when scraped.
 	leaders map[netip.Addr]string
+	bs      []binding
 }
 
-// leadersOf returns who holds each VIP.
-func (s *reconciledState) leadersOf() map[netip.Addr]string {
-	s.once.Do(func() {
-		s.leaders = map[netip.Addr]string{}
-		for i, b := range s.bs {
-			for _, v := range b.vips {
-				s.leaders[v] = s.status[i].Leader
+// leaderChange is what a reconciliation learnt of who holds some VIPs.
+type leaderChange struct {
+	vips   []netip.Addr
+	leader string
+	gone   bool // the VIPs' binding went: forget them
+}
+
+// reconciled records the state after a reconciliation: the bindings, and
+// the changes of who holds their VIPs; the gone ones are applied first, as
+// a VIP may have moved to another binding.
+func (o *observer) reconciled(bs []binding, changes []leaderChange) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.bs = bs
+	if o.leaders == nil {
+		o.leaders = map[netip.Addr]string{}
+	}
+	for _, c := range changes {
+		if c.gone {
+			for _, v := range c.vips {
+				delete(o.leaders, v)
 			}
 		}
-	})
-	return s.leaders
+	}
+	for _, c := range changes {
+		if !c.gone {
+			for _, v := range c.vips {
+				o.leaders[v] = c.leader
+			}
+		}
+	}
 }
 
 // heldSeries is one series of vipd_vip_held.
@@ -162,12 +172,6 @@ func (o *observer) announced(vips []netip.Addr) {
 	}
 }
 
-// reconciled records the state after a reconciliation: per VIP, whether
-// this agent holds it, and who holds what for the reporter choice.
-func (o *observer) reconciled(bs []binding, status []election.Status) {
-	o.last.Store(&reconciledState{bs: bs, status: status})
-}
-
 // reporters are the live agents that serve Services, sorted by name.
 func (o *observer) reporters() []string {
 	infos := o.el.NodeAnnotation(AnnotationConfig)
@@ -192,16 +196,18 @@ func (o *observer) reporters() []string {
 // from the last reconciliation: all agents must judge from the freshest
 // view they have, or two would record, or none.
 func (o *observer) Reporter(addrs []netip.Addr) string {
-	last := o.last.Load()
-	if last == nil {
+	o.mu.Lock()
+	if o.leaders == nil {
+		o.mu.Unlock()
 		return ""
 	}
-	leaders := last.leadersOf()
 	for _, a := range addrs {
-		if h := leaders[a]; h != "" {
+		if h := o.leaders[a]; h != "" {
+			o.mu.Unlock()
 			return h
 		}
 	}
+	o.mu.Unlock()
 	r := o.reporters()
 	if !slices.Contains(r, o.node) {
 		return ""
@@ -211,13 +217,18 @@ func (o *observer) Reporter(addrs []netip.Addr) string {
 
 // heldNow returns the series of vipd_vip_held.
 func (o *observer) heldNow() []heldSeries {
-	last := o.last.Load()
-	if last == nil {
-		return nil
+	o.mu.Lock()
+	bs := o.bs
+	o.mu.Unlock()
+	names := make([]string, len(bs))
+	for i, b := range bs {
+		names[i] = b.contest
 	}
+	status := make([]election.Status, len(bs))
+	o.el.Statuses(names, status)
 	var series []heldSeries
-	for i, b := range last.bs {
-		st := last.status[i]
+	for i, b := range bs {
+		st := status[i]
 		for i, v := range b.vips {
 			var svcs []types.NamespacedName
 			if i < len(b.services) {

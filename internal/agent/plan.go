@@ -29,6 +29,19 @@ func (p *plan) add(q plan, iface string) {
 	}
 }
 
+// addHeld adds vips, held on iface, to p: present and announced, as
+// planFor plans them for a holder, without a plan of their own.
+func (p *plan) addHeld(vips []netip.Addr, iface string) {
+	p.present = append(p.present, vips...)
+	p.announce = append(p.announce, vips...)
+	if p.on == nil {
+		p.on = map[netip.Addr]string{}
+	}
+	for _, v := range vips {
+		p.on[v] = iface
+	}
+}
+
 // byIface groups vips by the interface p puts them on.
 func (p plan) byIface(vips []netip.Addr) map[string][]netip.Addr {
 	out := map[string][]netip.Addr{}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
@@ -112,5 +113,19 @@ func TestApplyNeeded(t *testing.T) {
 	}
 	if r := (&reconciler{refreshEvery: time.Minute, refreshed: now}); !r.applyNeeded(plan{}, now) {
 		t.Error("the first pass does not apply")
+	}
+}
+
+// addHeld plans a holder's VIPs as add does with planFor's plan.
+func TestAddHeldIsPlanForLeading(t *testing.T) {
+	vips := []netip.Addr{netip.MustParseAddr("198.51.100.100"), netip.MustParseAddr("2001:db8:100::100")}
+	other := []netip.Addr{netip.MustParseAddr("203.0.113.5")}
+	var got, want plan
+	got.addHeld(other, "eth1")
+	got.addHeld(vips, "eth0")
+	want.add(planFor(election.Status{Leading: true}, other, false, false, nil), "eth1")
+	want.add(planFor(election.Status{Leading: true}, vips, false, false, nil), "eth0")
+	if !slices.Equal(got.present, want.present) || !slices.Equal(got.announce, want.announce) || !maps.Equal(got.on, want.on) {
+		t.Errorf("addHeld: %+v, planFor and add: %+v", got, want)
 	}
 }

@@ -88,8 +88,18 @@ type reconciler struct {
 	// names is reconcile's buffer for reading the bindings' statuses at
 	// once.
 	names []string
-	// rebound: setBindings made the bindings again since the last pass.
-	rebound bool
+	// rebound: setBindings made the bindings again since the last pass;
+	// freshBound are the contests whose binding it changed or made.
+	rebound    bool
+	freshBound map[string]bool
+	// active are the contests the next pass looks at whatever changed:
+	// held, without a holder, or with VIPs in the plan (reconcile).
+	active map[string]bool
+	// fullPass: the next pass looks at every binding (something that
+	// concerns them all changed).
+	fullPass bool
+	// lookBuf is reconcile's buffer for the bindings it looks at.
+	lookBuf []int
 	// contestBuf is setBindings' buffer for the contests it hands over.
 	contestBuf []election.Contest
 	// ownAddrs are this node's own addresses as nodeAddrs last read them,
@@ -248,12 +258,18 @@ func (r *reconciler) setBindings(cfg config.Config) {
 		}
 	}
 	r.links.setUsed(used)
+	old := r.bound
 	r.bindings = bs
 	// Pointers into bindings, which is replaced, never changed, so that
 	// lastBound stays as it was: a thousand bindings are copied no more.
 	r.bound = make(map[string]*binding, len(r.bindings))
 	for i := range r.bindings {
-		r.bound[r.bindings[i].contest] = &r.bindings[i]
+		b := &r.bindings[i]
+		b.pos = i
+		r.bound[b.contest] = b
+		if o := old[b.contest]; o == nil || !sameBinding(*o, *b) {
+			r.freshBound[b.contest] = true
+		}
 	}
 	r.boundNow.Store(&r.bound) // never changed once made
 	r.rebound = true
@@ -323,42 +339,81 @@ func (r *reconciler) updateLacking(bs []binding) {
 		}
 	}
 	r.lacking = lacking
+	r.fullPass = true // every binding that needs one of them
 	r.el.SetLacking(lacking)
 }
 
 // reconcile makes the node match what the election says now.
+//
+// It looks at the bindings whose status or binding changed since the last
+// pass, and at those that may change without either: held ones (their
+// VIPs are in the plan), ones without a holder (a heartbeat may name it;
+// preserve keeps a lost IPv4 VIP until one is seen) and handovers. The
+// others contribute nothing to the plan, and did not at the last pass, so
+// a pass costs what changed, not the number of Services. Every binding is
+// looked at after a change that concerns all of them (fullPass).
 func (r *reconciler) reconcile() {
 	now := time.Now()
 	r.expireRefusals(now)
 	var want plan
 	var servedHere []services.Held
 	var asks, holding []string
-	// seen[i] is the status of r.bindings[i]; changed are the i whose
-	// status is not what r.last says, which learns them after screen.
-	seen := make([]election.Status, len(r.bindings))
+	changedNames, all := r.el.TakeStatusChanges()
+	full := all || r.fullPass || r.last == nil
+	r.fullPass = false
+	// A full pass after a partial one checks that the partial ones miss
+	// nothing: a status change in a binding they would not have looked at
+	// is a fault of this code, said at once (the full pass mends it).
+	var partial map[int]bool
+	if full && !all && r.last != nil {
+		partial = map[int]bool{}
+		for _, i := range r.toLook(false, changedNames) {
+			partial[i] = true
+		}
+	}
+	var missed []string
+	look := r.toLook(full, changedNames)
+	// seen[k] is the status of look[k]; changed are the k whose status is
+	// not what r.last says, which learns them after screen.
+	seen := make([]election.Status, len(look))
 	var changed []int
+	var leaders []leaderChange
 	var leading []*binding // as the election says, whatever this node lacks
 	r.names = r.names[:0]
-	for _, b := range r.bindings {
-		r.names = append(r.names, b.contest)
+	for _, i := range look {
+		r.names = append(r.names, r.bindings[i].contest)
 	}
 	r.el.Statuses(r.names, seen)
-	for i := range r.bindings {
+	for k, i := range look {
 		b := &r.bindings[i]
-		st := seen[i]
-		if !st.Leading && st.Leader == "" && r.hb != nil {
+		st := seen[k]
+		// Without a holder in the API, a contest is looked at in every
+		// pass: a beat may name the holder, or stop naming it.
+		leaderless := !st.Leading && st.Leader == ""
+		if leaderless && r.hb != nil {
 			// Cut from the API, a node that lost a contest cannot see the new
 			// holder there; an authenticated beat of the holder tells.
 			st.Leader = r.hb.HolderOf(b.contest)
-			seen[i] = st
+			seen[k] = st
 		}
 		if st.Leading {
 			leading = append(leading, b)
 		}
 		prev := r.last[b.contest]
 		if st != prev {
-			changed = append(changed, i)
+			if partial != nil && !partial[i] {
+				missed = append(missed, b.contest)
+			}
+			changed = append(changed, k)
 			r.obs.changed(*b, prev, st)
+		}
+		if r.freshBound[b.contest] {
+			if old := r.lastBound[b.contest]; old != nil {
+				leaders = append(leaders, leaderChange{vips: old.vips, gone: true})
+			}
+		}
+		if all || r.freshBound[b.contest] || st.Leader != prev.Leader {
+			leaders = append(leaders, leaderChange{vips: b.vips, leader: st.Leader})
 		}
 		if _, lacks := r.lacking[b.needs]; b.needs != "" && lacks {
 			// Released as soon as the election has said why; meanwhile
@@ -370,11 +425,17 @@ func (r *reconciler) reconcile() {
 			why = r.el.Report(b.contest).Reason
 		}
 		handover := r.handovers.keep(*b, r.node, prev, st, why, now)
-		p := planFor(st, b.vips, r.preserve, handover, func(v netip.Addr) bool { return r.onIface(b.iface, v) })
-		if len(p.present) > len(p.announce) {
-			asks = append(asks, b.contest) // preserved: who holds it now?
+		planned := st.Leading // and p is not needed: a holder's VIPs all go in, announced
+		if planned {
+			want.addHeld(b.vips, b.iface)
+		} else {
+			p := planFor(st, b.vips, r.preserve, handover, func(v netip.Addr) bool { return r.onIface(b.iface, v) })
+			if len(p.present) > len(p.announce) {
+				asks = append(asks, b.contest) // preserved: who holds it now?
+			}
+			want.add(p, b.iface)
+			planned = len(p.present) > 0
 		}
-		want.add(p, b.iface)
 		if st.Leading {
 			rep := r.el.Report(b.contest)
 			for _, v := range b.vips {
@@ -382,6 +443,37 @@ func (r *reconciler) reconcile() {
 			}
 			holding = append(holding, b.contest)
 		}
+		// Looked at again in the next pass, whatever changes: what is
+		// held, what has no holder, what the plan keeps.
+		switch was := r.active[b.contest]; {
+		case leaderless || seen[k].Leading || planned:
+			if !was {
+				r.active[b.contest] = true
+			}
+		case was:
+			delete(r.active, b.contest)
+		}
+	}
+	// Contests that went are looked for only if some did: as many as the
+	// last pass had, less those still bound, which were bound then or are
+	// new since.
+	gone := false
+	if r.rebound {
+		added := 0
+		for c := range r.freshBound {
+			if r.bound[c] != nil && r.lastBound[c] == nil {
+				added++
+			}
+		}
+		gone = len(r.lastBound) > len(r.bound)-added
+	}
+	clear(r.freshBound)
+	if len(missed) > 0 {
+		missed = r.el.Unlogged(missed) // changed since TakeStatusChanges: logged for the next pass
+	}
+	if len(missed) > 0 {
+		r.log.Error("internal error: passes that look only at what changed missed status changes; a full pass mends them",
+			"elections", missed)
 	}
 	want = r.screen(want, leading, now)
 	// r.last is kept up to date in place, not made anew: with a thousand
@@ -390,20 +482,34 @@ func (r *reconciler) reconcile() {
 	if r.last == nil {
 		r.last = make(map[string]election.Status, len(r.bindings))
 	}
-	for _, i := range changed {
-		r.last[r.bindings[i].contest] = seen[i]
+	for _, k := range changed {
+		r.last[r.bindings[look[k]].contest] = seen[k]
 	}
 	if r.rebound {
 		// The bindings were made again: forget the contests that went.
 		r.rebound = false
-		for contest, prev := range r.last {
+		for contest, ob := range r.lastBound {
+			if !gone {
+				break // none went: a thousand lookups spared
+			}
 			if _, ok := r.bound[contest]; ok {
 				continue
 			}
-			if prev.Leading {
-				r.obs.lost(r.lastBinding(contest), "", election.LostRemoved) // its Services went away
+			if r.last[contest].Leading {
+				r.obs.lost(*ob, "", election.LostRemoved) // its Services went away
 			}
+			leaders = append(leaders, leaderChange{vips: ob.vips, gone: true})
 			delete(r.last, contest)
+			delete(r.active, contest)
+		}
+		if len(r.last) > len(r.bound) {
+			// Statuses of contests bound by no pass (made and gone between
+			// two): nothing was done with them.
+			for contest := range r.last {
+				if _, ok := r.bound[contest]; !ok {
+					delete(r.last, contest)
+				}
+			}
 		}
 		r.handovers.forget(func(c string) bool { _, ok := r.bound[c]; return ok })
 	}
@@ -424,7 +530,7 @@ func (r *reconciler) reconcile() {
 			r.refuse(vip, err, now)
 		}
 	}
-	r.obs.reconciled(r.bindings, seen)
+	r.obs.reconciled(r.bindings, leaders)
 	if r.svc != nil {
 		// The controller writes the status of the Services among these.
 		r.svc.SetHeld(servedHere)
@@ -432,6 +538,39 @@ func (r *reconciler) reconcile() {
 	}
 	r.metrics.live.Set(boolGauge(r.el.Live()))
 	r.passed.Store(time.Now().UnixNano())
+}
+
+// toLook returns the indexes in r.bindings of the bindings a pass looks
+// at, in order: all of them if full; otherwise those whose status changed
+// (names), whose binding changed, the active ones and the handovers.
+func (r *reconciler) toLook(full bool, names map[string]bool) []int {
+	look := r.lookBuf[:0]
+	defer func() { r.lookBuf = look }()
+	if full {
+		for i := range r.bindings {
+			look = append(look, i)
+		}
+		return look
+	}
+	add := func(c string) {
+		if b := r.bound[c]; b != nil {
+			look = append(look, b.pos)
+		}
+	}
+	for c := range names {
+		add(c)
+	}
+	for c := range r.freshBound {
+		add(c)
+	}
+	for c := range r.active {
+		add(c)
+	}
+	for c := range r.handovers.until {
+		add(c)
+	}
+	slices.Sort(look)
+	return slices.Compact(look)
 }
 
 // lastBinding is the binding contest had at the last pass (zero if none).

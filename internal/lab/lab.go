@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -341,6 +342,27 @@ func (l *Lab) Close() error {
 // Client's Netns, BridgeNetns or APINetns) and returns its combined output.
 func (l *Lab) Exec(ctx context.Context, ns string, name string, args ...string) (string, error) {
 	return execIn(ctx, ns, nil, name, args...)
+}
+
+// LogLines returns the lines of every process's log so far that contain
+// substr, each prefixed with the log's file name.
+func (l *Lab) LogLines(substr string) ([]string, error) {
+	l.mu.Lock()
+	procs := slices.Clone(l.procs)
+	l.mu.Unlock()
+	var out []string
+	for _, p := range procs {
+		b, err := os.ReadFile(p.logPath)
+		if err != nil {
+			return out, fmt.Errorf("reading %s: %w", p.logPath, err)
+		}
+		for line := range strings.Lines(string(b)) {
+			if strings.Contains(line, substr) {
+				out = append(out, filepath.Base(p.logPath)+": "+strings.TrimSpace(line))
+			}
+		}
+	}
+	return out, nil
 }
 
 // Dir is the directory holding process logs.
