@@ -54,6 +54,19 @@ type conflicts struct {
 	total prometheus.Counter
 	// seen are the foreign answers for held VIPs, last reported when.
 	seen map[netip.Addr]time.Time
+	// scratch are screen's sets, emptied and filled again by every pass
+	// rather than made anew: a pass makes them as large as what this
+	// node holds.
+	scratch struct{ reported, fresh, held, present, kept map[netip.Addr]bool }
+}
+
+// reset empties *m for reuse, making it on first use.
+func reset(m *map[netip.Addr]bool) map[netip.Addr]bool {
+	if *m == nil {
+		*m = map[netip.Addr]bool{}
+	}
+	clear(*m)
+	return *m
 }
 
 type foundConflict struct {
@@ -123,16 +136,16 @@ func (r *reconciler) screen(p plan, leading []*binding, now time.Time) plan {
 		macs[m] = true
 	}
 	c.ours.Store(&macs)
-	reported := map[netip.Addr]bool{}
+	reported := reset(&c.scratch.reported)
 	for _, v := range r.el.NodeAnnotation(AnnotationConflicts) {
 		for a := range parseConflicts(v) {
 			reported[a] = true
 		}
 	}
-	fresh := map[netip.Addr]bool{}
+	fresh := reset(&c.scratch.fresh)
 	// A VIP this node no longer holds is probed again when it comes back.
 	// Looked at from the held side: a node holds a tenth of a thousand.
-	held := make(map[netip.Addr]bool, len(p.present))
+	held := reset(&c.scratch.held)
 	for _, b := range leading {
 		for _, v := range b.vips {
 			held[v] = true
@@ -154,7 +167,10 @@ func (r *reconciler) screen(p plan, leading []*binding, now time.Time) plan {
 		}
 	}
 	var probe []netip.Addr
-	present := setOf(r.present)
+	present := reset(&c.scratch.present)
+	for _, v := range r.present {
+		present[v] = true
+	}
 	keep := func(v netip.Addr) bool {
 		if f, ok := c.found[v]; ok {
 			if now.Before(f.until) {
@@ -174,9 +190,13 @@ func (r *reconciler) screen(p plan, leading []*binding, now time.Time) plan {
 		}
 		return false
 	}
-	p.present = slices.DeleteFunc(slices.Clone(p.present), func(v netip.Addr) bool { return !keep(v) })
-	kept := setOf(p.present)
-	p.announce = slices.DeleteFunc(slices.Clone(p.announce), func(v netip.Addr) bool { return !kept[v] })
+	// In place: the plan is the pass's own, made for this call.
+	p.present = slices.DeleteFunc(p.present, func(v netip.Addr) bool { return !keep(v) })
+	kept := reset(&c.scratch.kept)
+	for _, v := range p.present {
+		kept[v] = true
+	}
+	p.announce = slices.DeleteFunc(p.announce, func(v netip.Addr) bool { return !kept[v] })
 	if len(probe) > 0 {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
