@@ -50,9 +50,9 @@ func refreshEvery(cfg config.Config) time.Duration {
 // changeGap and busyGap are how long other agents' claims and changes of
 // the Services are gathered before a reconciliation. While a thousand
 // Services are placed, each Service and each Lease event changes one
-// contest, and a pass looks at every binding, so a pass per event made
-// placing cost the number of events times the number of Services
-// (docs/scale-runs.md). The first change after a quiet spell is acted on
+// contest, and a pass made the bindings again and looked at every one, so
+// a pass per event made placing cost the number of events times the number
+// of Services (docs/scale-runs.md); making the bindings still costs that. The first change after a quiet spell is acted on
 // at once; later ones wait for the gap. It is changeGap while this agent keeps a VIP silent for a handover
 // or keeps one after losing it (PreserveVIPOnLeadershipLoss): it is waiting
 // to see the new holder then. A VIP this agent takes or loses in the
@@ -62,8 +62,9 @@ const (
 	busyGap   = 100 * time.Millisecond
 )
 
-// passShare and maxGap stretch busyGap while passes are dear: a pass looks
-// at every binding, so with thousands of Services it costs milliseconds,
+// passShare and maxGap stretch busyGap while passes are dear: a pass that
+// follows a change of the Services makes every binding again, so with
+// thousands of Services it costs milliseconds,
 // and a pass every busyGap on each of ten agents sharing a machine with
 // the API server took the CPU its renewals needed (5,000 Services on the
 // benchmark's two cores, docs/scale.md). While other agents' changes
