@@ -246,6 +246,11 @@ func Load(flags *pflag.FlagSet, getenv func(string) string) (Config, error) {
 	if c.ServiceLeaseName, err = objectNameSetting(l.lookup(flagServiceLeaseName), "Lease", c.ServiceLeaseName); err != nil {
 		return Config{}, err
 	}
+	if c.Services && c.ServiceLeaseName == c.LeaseName {
+		// Two elections in one Lease: the agent would take them for one.
+		return Config{}, fmt.Errorf("%s and %s both name the Lease %q: the control-plane election and the Services' one need a Lease each",
+			l.lookup(flagLeaseName).name, l.lookup(flagServiceLeaseName).name, c.LeaseName)
+	}
 	if c.LoadBalancerClass, err = lbClass(l.lookup(flagLBClass), c.LoadBalancerClass); err != nil {
 		return Config{}, err
 	}
