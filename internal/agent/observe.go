@@ -29,10 +29,12 @@ type observer struct {
 	took map[netip.Addr]time.Time
 
 	// leaders is who holds each VIP after the last reconciliation, for
-	// the Services' choice of reporter, kept up to date a binding at a
-	// time (nil before the first); bs are the bindings then, for
-	// vipd_vip_held, worked out when scraped.
+	// the Services' choice of reporter, and leading the contests this
+	// agent led then, kept up to date a binding at a time (nil before the
+	// first); bs are the bindings then. vipd_vip_held is worked out from
+	// bs and leading when scraped.
 	leaders map[netip.Addr]string
+	leading map[string]bool
 	bs      []binding
 }
 
@@ -43,15 +45,30 @@ type leaderChange struct {
 	gone   bool // the VIPs' binding went: forget them
 }
 
+// leadingChange says whether this agent leads a contest after a
+// reconciliation.
+type leadingChange struct {
+	contest string
+	leading bool
+}
+
 // reconciled records the state after a reconciliation: the bindings, and
-// the changes of who holds their VIPs; the gone ones are applied first, as
-// a VIP may have moved to another binding.
-func (o *observer) reconciled(bs []binding, changes []leaderChange) {
+// the changes of who holds their VIPs (the gone ones are applied first, as
+// a VIP may have moved to another binding) and of what this agent leads.
+func (o *observer) reconciled(bs []binding, changes []leaderChange, leading []leadingChange) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.bs = bs
 	if o.leaders == nil {
 		o.leaders = map[netip.Addr]string{}
+		o.leading = map[string]bool{}
+	}
+	for _, c := range leading {
+		if c.leading {
+			o.leading[c.contest] = true
+		} else {
+			delete(o.leading, c.contest)
+		}
 	}
 	for _, c := range changes {
 		if c.gone {
@@ -218,17 +235,10 @@ func (o *observer) Reporter(addrs []netip.Addr) string {
 // heldNow returns the series of vipd_vip_held.
 func (o *observer) heldNow() []heldSeries {
 	o.mu.Lock()
-	bs := o.bs
-	o.mu.Unlock()
-	names := make([]string, len(bs))
-	for i, b := range bs {
-		names[i] = b.contest
-	}
-	status := make([]election.Status, len(bs))
-	o.el.Statuses(names, status)
+	defer o.mu.Unlock()
 	var series []heldSeries
-	for i, b := range bs {
-		st := status[i]
+	for _, b := range o.bs {
+		st := election.Status{Leading: o.leading[b.contest]}
 		for i, v := range b.vips {
 			var svcs []types.NamespacedName
 			if i < len(b.services) {

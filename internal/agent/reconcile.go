@@ -262,16 +262,19 @@ func (r *reconciler) setBindings(cfg config.Config) {
 	r.bindings = bs
 	// Pointers into bindings, which is replaced, never changed, so that
 	// lastBound stays as it was: a thousand bindings are copied no more.
-	r.bound = make(map[string]*binding, len(r.bindings))
+	bound := make(map[string]*binding, len(r.bindings))
 	for i := range r.bindings {
 		b := &r.bindings[i]
 		b.pos = i
-		r.bound[b.contest] = b
+		bound[b.contest] = b
 		if o := old[b.contest]; o == nil || !sameBinding(*o, *b) {
 			r.freshBound[b.contest] = true
 		}
 	}
-	r.boundNow.Store(&r.bound) // never changed once made
+	// Published once filled, and never changed: the election's goroutine
+	// reads it (silenced).
+	r.bound = bound
+	r.boundNow.Store(&bound)
 	r.rebound = true
 	// SetContests keeps the values, not the slice: the buffer is reused.
 	r.contestBuf = contests(r.contestBuf, r.bindings)
@@ -378,6 +381,7 @@ func (r *reconciler) reconcile() {
 	seen := make([]election.Status, len(look))
 	var changed []int
 	var leaders []leaderChange
+	var leadingNow []leadingChange
 	var leading []*binding // as the election says, whatever this node lacks
 	r.names = r.names[:0]
 	for _, i := range look {
@@ -414,6 +418,9 @@ func (r *reconciler) reconcile() {
 		}
 		if all || r.freshBound[b.contest] || st.Leader != prev.Leader {
 			leaders = append(leaders, leaderChange{vips: b.vips, leader: st.Leader})
+		}
+		if all || st.Leading != prev.Leading {
+			leadingNow = append(leadingNow, leadingChange{contest: b.contest, leading: st.Leading})
 		}
 		if _, lacks := r.lacking[b.needs]; b.needs != "" && lacks {
 			// Released as soon as the election has said why; meanwhile
@@ -499,6 +506,7 @@ func (r *reconciler) reconcile() {
 				r.obs.lost(*ob, "", election.LostRemoved) // its Services went away
 			}
 			leaders = append(leaders, leaderChange{vips: ob.vips, gone: true})
+			leadingNow = append(leadingNow, leadingChange{contest: contest})
 			delete(r.last, contest)
 			delete(r.active, contest)
 		}
@@ -530,7 +538,7 @@ func (r *reconciler) reconcile() {
 			r.refuse(vip, err, now)
 		}
 	}
-	r.obs.reconciled(r.bindings, leaders)
+	r.obs.reconciled(r.bindings, leaders, leadingNow)
 	if r.svc != nil {
 		// The controller writes the status of the Services among these.
 		r.svc.SetHeld(servedHere)
