@@ -135,6 +135,7 @@ func benchmarkServices(b *testing.B, bc svcBench) {
 	}
 	cpu0, place0 := agentCPU(b, procs), time.Now()
 	prof.cpu("place", s.lab.Nodes, profileChunk, false)
+	prof.apiServer("place", profileChunk)
 	err := parallel(ctx, 8, len(vips), func(ctx context.Context, i int) error {
 		return s.createSlice(ctx, s.endpointSlice(s.ns, svcs[i].Name, svcs[i].Name+"-1", s.lab.Nodes[i%len(s.lab.Nodes)]))
 	})
@@ -203,6 +204,7 @@ func benchmarkServices(b *testing.B, bc svcBench) {
 		}
 	}
 	prof.cpu("rehome", survivors, 3*time.Second, true)
+	prof.apiServer("rehome", 3*time.Second)
 	start := time.Now()
 	if err := procs[lost.Name].Kill(); err != nil {
 		b.Fatal(err)

@@ -26,7 +26,9 @@ import (
 // heap profile after it (heap-<node>.pprof, with heapstats-<node>.txt and
 // smaps-<node>.txt) and a CPU profile of each
 // survivor while the lost node's VIPs are re-homed (rehome-<node>-0.pprof,
-// 3 s); the agents' logs are kept in <dir>/<sub-benchmark>/logs. pprof merges the pieces:
+// 3 s), with CPU profiles of the API server over the first 10 s of
+// placing and the re-home (apiserver-place.pprof, apiserver-rehome.pprof);
+// the agents' logs are kept in <dir>/<sub-benchmark>/logs. pprof merges the pieces:
 // `go tool pprof -top <dir>/.../place-n1-*.pprof`.
 
 // debugAddr is where the agents serve the profiler when profiling.
@@ -112,6 +114,27 @@ func (p *benchProfiler) cpu(what string, nodes []*lab.Node, d time.Duration, onc
 			}
 		})
 	}
+}
+
+// apiServer profiles the API server's CPU for d in the background, into
+// apiserver-<what>.pprof (with the admin's credentials, which may read
+// /debug/pprof).
+func (p *benchProfiler) apiServer(what string, d time.Duration) {
+	if p == nil {
+		return
+	}
+	p.wg.Go(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
+		defer cancel()
+		b, err := pkg.admin.CoreV1().RESTClient().Get().AbsPath("/debug/pprof/profile").
+			Param("seconds", strconv.Itoa(max(1, int(d/time.Second)))).DoRaw(ctx)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(p.dir, "apiserver-"+what+".pprof"), b, 0o644)
+		}
+		if err != nil {
+			p.tb.Logf("profile of the API server (%s): %v", what, err)
+		}
+	})
 }
 
 // heap writes a heap profile of every node's agent, after a GC, with the
