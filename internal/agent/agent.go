@@ -223,6 +223,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 			Log:           log,
 			Reporter:      obs.Reporter,
 			ReporterGrace: cfg.LeaseDuration,
+			Claiming:      el.Claiming,
 		})
 		if err != nil {
 			return fmt.Errorf("setting up LoadBalancer Services: %w", err)

@@ -266,6 +266,8 @@ type Elector struct {
 	// for none of a contest's VIPs any more: a claim it lets go is
 	// released only then.
 	silenced func(contest string) bool
+	// claims counts the takes queued or in flight (Claiming).
+	claims *claimWrites
 }
 
 // New returns an Elector; it starts once Run is called and contends only
@@ -297,6 +299,7 @@ func New(cfg Config) (*Elector, error) {
 		relist:  make(chan struct{}, 1),
 		jobs:    make(chan job),
 		done:    make(chan result, writeWorkers),
+		claims:  newClaimWrites(),
 		retries: backoff.Tracker[string]{Policy: backoff.Policy{Base: cfg.RetryPeriod / 4, Max: 30 * cfg.RetryPeriod}},
 
 		leases:         map[string]*observed{},

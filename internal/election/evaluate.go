@@ -61,6 +61,7 @@ func (e *Elector) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer e.claims.reset() // the loop that counts the takes stops here
 	wg.Go(func() { e.renewLoop(ctx) })
 	wg.Go(func() { e.refreshLoop(ctx) })
 	for range writeWorkers {
@@ -99,6 +100,9 @@ func (e *Elector) Run(ctx context.Context) error {
 			// hundreds of claims must not cost an evaluation each.
 			for more := true; more; {
 				delete(inflight, r.name)
+				if r.op == opAcquire {
+					e.claims.add(-1)
+				}
 				if d := e.retryDelay(r); d > 0 {
 					retryAt[r.name] = e.now().Add(d)
 				}
@@ -118,6 +122,7 @@ func (e *Elector) Run(ctx context.Context) error {
 		for _, j := range jobs {
 			inflight[j.name] = true
 		}
+		e.countClaims(jobs)
 		queue = append(queue, jobs...)
 		timer.Reset(max(wakeAt.Sub(e.now()), time.Millisecond))
 	}

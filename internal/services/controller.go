@@ -58,6 +58,10 @@ type Config struct {
 	// is kept, in case this node becomes the reporter meanwhile (the other
 	// turned out to be gone): about a Lease duration.
 	ReporterGrace time.Duration
+	// Claiming, if set, returns a channel closed once none of this node's
+	// claim writes is pending (election.Elector.Claiming): status writes
+	// wait for it, at most statusHold.
+	Claiming func() <-chan struct{}
 }
 
 // Address is one service VIP and everything that shares it.
@@ -148,6 +152,8 @@ type Controller struct {
 	pending  []pendingEvent
 	assigned map[types.NamespacedName]map[netip.Addr]bool // takeovers already reported
 	rejected map[netip.Addr]*rejection
+
+	hold statusHolder
 }
 
 // New checks cfg and returns a Controller; Run starts it.
@@ -330,6 +336,9 @@ func (c *Controller) processNext(ctx context.Context) bool {
 	case kindAllocate:
 		err = c.allocate(ctx, it.svc)
 	case kindStatus:
+		if c.holdStatus(ctx, it.svc) {
+			break
+		}
 		err = c.syncStatus(ctx, it.svc)
 	}
 	if err != nil && ctx.Err() == nil {
