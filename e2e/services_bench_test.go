@@ -203,6 +203,7 @@ func benchmarkServices(b *testing.B, bc svcBench) {
 			survivors = append(survivors, n)
 		}
 	}
+	prof.apiMetrics("before-rehome")
 	prof.cpu("rehome", survivors, 3*time.Second, true)
 	prof.apiServer("rehome", 3*time.Second)
 	start := time.Now()
@@ -225,6 +226,7 @@ func benchmarkServices(b *testing.B, bc svcBench) {
 	r.rehome = rehomedAt.Sub(start)
 	r.movedOthers = len(moved)
 	prof.wait()
+	prof.apiMetrics("after-rehome")
 
 	report(b, bc, r)
 }

@@ -27,7 +27,9 @@ import (
 // smaps-<node>.txt) and a CPU profile of each
 // survivor while the lost node's VIPs are re-homed (rehome-<node>-0.pprof,
 // 3 s), with CPU profiles of the API server over the first 10 s of
-// placing and the re-home (apiserver-place.pprof, apiserver-rehome.pprof);
+// placing and the re-home (apiserver-place.pprof, apiserver-rehome.pprof)
+// and its metrics before and after the re-home (apiserver-before-rehome.txt,
+// apiserver-after-rehome.txt);
 // the agents' logs are kept in <dir>/<sub-benchmark>/logs. pprof merges the pieces:
 // `go tool pprof -top <dir>/.../place-n1-*.pprof`.
 
@@ -135,6 +137,23 @@ func (p *benchProfiler) apiServer(what string, d time.Duration) {
 			p.tb.Logf("profile of the API server (%s): %v", what, err)
 		}
 	})
+}
+
+// apiMetrics writes the API server's metrics (request latencies, the
+// waits of its priority and fairness queues) to apiserver-<what>.txt.
+func (p *benchProfiler) apiMetrics(what string) {
+	if p == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := pkg.admin.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	if err == nil {
+		err = os.WriteFile(filepath.Join(p.dir, "apiserver-"+what+".txt"), b, 0o644)
+	}
+	if err != nil {
+		p.tb.Logf("metrics of the API server (%s): %v", what, err)
+	}
 }
 
 // heap writes a heap profile of every node's agent, after a GC, with the
