@@ -22,8 +22,11 @@ const statusHold = time.Second
 // the last VIP would move later.
 type statusHolder struct {
 	mu sync.Mutex
-	// since is when the current wait began; zero: none.
+	// since is when the current wait began, on the channel on that
+	// Claiming gave then: a new channel means the takes were all written
+	// in between, and a new wait begins.
 	since time.Time
+	on    <-chan struct{}
 	// parked are the Services whose status waits; waiting: a goroutine
 	// puts them back in the queue when the claims are written.
 	parked  map[types.NamespacedName]bool
@@ -43,13 +46,12 @@ func (c *Controller) holdStatus(ctx context.Context, nn types.NamespacedName) bo
 	defer h.mu.Unlock()
 	select {
 	case <-claims:
-		h.since = time.Time{} // the next wait is a new one
 		return false
 	default:
 	}
 	now := time.Now()
-	if h.since.IsZero() {
-		h.since = now
+	if claims != h.on {
+		h.since, h.on = now, claims
 	}
 	if now.Sub(h.since) >= statusHold {
 		return false // waited long enough; a new wait begins once the claims are done
@@ -70,19 +72,14 @@ func (c *Controller) holdStatus(ctx context.Context, nn types.NamespacedName) bo
 func (c *Controller) unpark(ctx context.Context, claims <-chan struct{}, deadline time.Time) {
 	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
-	done := false
 	select {
 	case <-ctx.Done():
 	case <-claims:
-		done = true
 	case <-t.C:
 	}
 	h := &c.hold
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if done {
-		h.since = time.Time{}
-	}
 	for nn := range h.parked {
 		c.queue.Add(item{kind: kindStatus, svc: nn})
 	}

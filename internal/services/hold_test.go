@@ -56,4 +56,28 @@ func TestStatusWaitsForClaims(t *testing.T) {
 	if d := time.Since(held); d < statusHold {
 		t.Errorf("status written %v after the VIP was held with claims pending, want at least %v", d, statusHold)
 	}
+
+	// Those takes are written, with no status pending; later ones hold
+	// the next status up again.
+	mu.Lock()
+	close(claims)
+	claims, doneAt = make(chan struct{}), time.Time{}
+	mu.Unlock()
+	create(t, client, ns, "db", ann("192.0.2.63"))
+	waitFor(t, "three addresses planned", func() bool { return len(c.Addresses()) == 3 })
+	c.SetHeld([]Held{{IP: web, Reason: "new"}, {IP: netip.MustParseAddr("192.0.2.62"), Reason: "new"},
+		{IP: netip.MustParseAddr("192.0.2.63"), Reason: "new"}})
+	time.AfterFunc(300*time.Millisecond, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		doneAt = time.Now()
+		close(claims)
+	})
+	waitFor(t, "ingress 192.0.2.63", func() bool { return ingressIs(get(t, client, ns, "db"), "192.0.2.63") })
+	mu.Lock()
+	early = doneAt.IsZero()
+	mu.Unlock()
+	if early {
+		t.Fatal("after a wait cut short, the status of a later take was written while its claim write was pending")
+	}
 }
