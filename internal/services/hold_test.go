@@ -26,22 +26,30 @@ func TestStatusWaitsForClaims(t *testing.T) {
 	create(t, client, ns, "api", ann("192.0.2.62"))
 	waitFor(t, "both addresses planned", func() bool { return len(c.Addresses()) == 2 })
 
+	// doneLater ends the pending claims 300 ms from now; ended reports
+	// whether it has.
+	var done bool
+	doneLater := func() {
+		time.AfterFunc(300*time.Millisecond, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			done = true
+			close(claims)
+		})
+	}
+	ended := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return done
+	}
+
 	// The claims are done 300 ms after the VIP is held: its status may
 	// only come after that.
 	web := netip.MustParseAddr("192.0.2.61")
-	var doneAt time.Time
 	c.SetHeld([]Held{{IP: web, Reason: "new"}})
-	time.AfterFunc(300*time.Millisecond, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		doneAt = time.Now()
-		close(claims)
-	})
+	doneLater()
 	waitFor(t, "ingress 192.0.2.61", func() bool { return ingressIs(get(t, client, ns, "web"), "192.0.2.61") })
-	mu.Lock()
-	early := doneAt.IsZero()
-	mu.Unlock()
-	if early {
+	if !ended() {
 		t.Fatal("the status was written while the claim writes were pending")
 	}
 
@@ -61,23 +69,15 @@ func TestStatusWaitsForClaims(t *testing.T) {
 	// the next status up again.
 	mu.Lock()
 	close(claims)
-	claims, doneAt = make(chan struct{}), time.Time{}
+	claims, done = make(chan struct{}), false
 	mu.Unlock()
 	create(t, client, ns, "db", ann("192.0.2.63"))
 	waitFor(t, "three addresses planned", func() bool { return len(c.Addresses()) == 3 })
 	c.SetHeld([]Held{{IP: web, Reason: "new"}, {IP: netip.MustParseAddr("192.0.2.62"), Reason: "new"},
 		{IP: netip.MustParseAddr("192.0.2.63"), Reason: "new"}})
-	time.AfterFunc(300*time.Millisecond, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		doneAt = time.Now()
-		close(claims)
-	})
+	doneLater()
 	waitFor(t, "ingress 192.0.2.63", func() bool { return ingressIs(get(t, client, ns, "db"), "192.0.2.63") })
-	mu.Lock()
-	early = doneAt.IsZero()
-	mu.Unlock()
-	if early {
+	if !ended() {
 		t.Fatal("after a wait cut short, the status of a later take was written while its claim write was pending")
 	}
 }
