@@ -119,24 +119,13 @@ func (p *benchProfiler) cpu(what string, nodes []*lab.Node, d time.Duration, onc
 }
 
 // apiServer profiles the API server's CPU for d in the background, into
-// apiserver-<what>.pprof (with the admin's credentials, which may read
-// /debug/pprof).
+// apiserver-<what>.pprof.
 func (p *benchProfiler) apiServer(what string, d time.Duration) {
 	if p == nil {
 		return
 	}
-	p.wg.Go(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
-		defer cancel()
-		b, err := pkg.admin.CoreV1().RESTClient().Get().AbsPath("/debug/pprof/profile").
-			Param("seconds", strconv.Itoa(max(1, int(d/time.Second)))).DoRaw(ctx)
-		if err == nil {
-			err = os.WriteFile(filepath.Join(p.dir, "apiserver-"+what+".pprof"), b, 0o644)
-		}
-		if err != nil {
-			p.tb.Logf("profile of the API server (%s): %v", what, err)
-		}
-	})
+	uri := "/debug/pprof/profile?seconds=" + strconv.Itoa(max(1, int(d/time.Second)))
+	p.wg.Go(func() { p.fromAPIServer(uri, "apiserver-"+what+".pprof", d+30*time.Second) })
 }
 
 // apiMetrics writes the API server's metrics (request latencies, the
@@ -145,14 +134,21 @@ func (p *benchProfiler) apiMetrics(what string) {
 	if p == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	p.fromAPIServer("/metrics", "apiserver-"+what+".txt", 30*time.Second)
+}
+
+// fromAPIServer writes what the API server answers at uri, asked with the
+// admin's credentials (which may read /debug/pprof and /metrics), to file
+// in the profiles' directory.
+func (p *benchProfiler) fromAPIServer(uri, file string, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	b, err := pkg.admin.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	b, err := pkg.admin.CoreV1().RESTClient().Get().RequestURI(uri).DoRaw(ctx)
 	if err == nil {
-		err = os.WriteFile(filepath.Join(p.dir, "apiserver-"+what+".txt"), b, 0o644)
+		err = os.WriteFile(filepath.Join(p.dir, file), b, 0o644)
 	}
 	if err != nil {
-		p.tb.Logf("metrics of the API server (%s): %v", what, err)
+		p.tb.Logf("%s from the API server: %v", uri, err)
 	}
 }
 
