@@ -404,8 +404,8 @@ func (c *Controller) slicesOf(nn types.NamespacedName) []*discoveryv1.EndpointSl
 // spliceLocked replaces the plan of the Services in group, and of the
 // addresses they share, with sub. It returns the Services' plans it
 // replaced and whether the addresses changed. The services map is changed
-// in place (it is read under c.mu only); the addresses slice is new, as
-// Addresses hands the old one out.
+// in place (it is read under c.mu only); the addresses slice, when they
+// changed, is new, as Addresses hands the old one out.
 func (c *Controller) spliceLocked(group map[types.NamespacedName]bool, sub plan) (replaced map[types.NamespacedName]*servicePlan, changed bool) {
 	old := c.plan
 	replaced = make(map[types.NamespacedName]*servicePlan, len(group))
@@ -434,6 +434,13 @@ func (c *Controller) spliceLocked(group map[types.NamespacedName]bool, sub plan)
 	for k, i := range drop {
 		gone[k] = old.addresses[i]
 	}
+	if equalAddresses(gone, sub.addresses) {
+		// Merged back, they would make the same list. Most replans (a
+		// status written, an endpoint moved) change no address, and the
+		// copy of every address each of them made for nothing was a
+		// good part of what an agent allocated while Services arrived.
+		return replaced, false
+	}
 	addrs := make([]Address, 0, len(old.addresses)-len(drop)+len(sub.addresses))
 	i, k := 0, 0
 	for n, a := range old.addresses {
@@ -448,11 +455,8 @@ func (c *Controller) spliceLocked(group map[types.NamespacedName]bool, sub plan)
 		addrs = append(addrs, a)
 	}
 	addrs = append(addrs, sub.addresses[i:]...)
-	changed = !equalAddresses(gone, sub.addresses)
-	if changed {
-		c.plan.addresses = addrs
-	}
-	return replaced, changed
+	c.plan.addresses = addrs
+	return replaced, true
 }
 
 // reindexLocked brings the index up to date from the Services a plan was
