@@ -133,6 +133,7 @@ func benchmarkServices(b *testing.B, bc svcBench) {
 		// server has 2,768 of them, too few for 5,000 Services.
 		svcs[i].Spec.AllocateLoadBalancerNodePorts = ptr.To(false)
 	}
+	prof.heapBefore("before-place", s.lab.Nodes)
 	cpu0, place0 := agentCPU(b, procs), time.Now()
 	prof.cpu("place", s.lab.Nodes, profileChunk, false)
 	prof.apiServer("place", profileChunk)

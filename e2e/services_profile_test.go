@@ -24,7 +24,11 @@ import (
 // Services are created and placed (place-<node>-<i>.pprof, 10 s each), a
 // CPU profile of each over the steady window (steady-<node>-0.pprof), a
 // heap profile after it (heap-<node>.pprof, with heapstats-<node>.txt and
-// smaps-<node>.txt) and a CPU profile of each
+// smaps-<node>.txt) and one before the Services are created
+// (heap-before-place-<node>.pprof: what placing allocated is the
+// difference, `go tool pprof -sample_index=alloc_space -diff_base
+// heap-before-place-n1.pprof heap-n1.pprof`, which includes the steady
+// window), a CPU profile of each
 // survivor while the lost node's VIPs are re-homed (rehome-<node>-0.pprof,
 // 3 s), with CPU profiles of the API server over the first 10 s of
 // placing and the re-home (apiserver-place.pprof, apiserver-rehome.pprof)
@@ -168,6 +172,17 @@ func (p *benchProfiler) heap(nodes []*lab.Node, procs map[string]*lab.Process) {
 		}
 		p.fetch(n, "/debug/pprof/heap?gc=1", "heap-"+n.Name, 0)
 		p.fetch(n, "/debug/pprof/heap?debug=1", "heapstats-"+n.Name, 0)
+	}
+}
+
+// heapBefore writes a heap profile of every node's agent (its
+// allocations so far) as heap-<label>-<node>.pprof.
+func (p *benchProfiler) heapBefore(label string, nodes []*lab.Node) {
+	if p == nil {
+		return
+	}
+	for _, n := range nodes {
+		p.fetch(n, "/debug/pprof/heap", "heap-"+label+"-"+n.Name, 0)
 	}
 }
 
