@@ -63,7 +63,11 @@ type Guard struct {
 
 	mu   sync.Mutex
 	conn *nftables.Conn // nil until needed, and after a failed batch
-	fams []*family
+	// sw renews the switch (switch.go); nil until needed, and after a
+	// failed renewal.
+	sw    *switchConn
+	fams  []*family
+	swBuf []*family // the families renewed, kept between renewals
 	// The current members, sorted; answer is part of guarded.
 	guarded, answer []netip.Addr
 	guardRenewed    time.Time
@@ -285,8 +289,12 @@ func (g *Guard) refreshLocked() error {
 		return ErrClosed
 	}
 	withMembers := g.opts.GuardTimeout > 0 && len(g.guarded) > 0 && time.Since(g.guardRenewed) >= guardRenewal
-	if (len(g.answer) == 0 || g.aliveTimeoutLocked() == 0) && !withMembers {
+	t := g.aliveTimeoutLocked()
+	if (len(g.answer) == 0 || t == 0) && !withMembers {
 		return nil // nothing to renew, or the switch is to lapse
+	}
+	if !withMembers && g.renewSwitchLocked(t) == nil {
+		return nil
 	}
 	err := g.updateLocked(g.guarded, g.answer, withMembers, func(c *nftables.Conn, f *family) error {
 		return g.renewLocked(c, f, g.guarded, g.answer, withMembers, false)
@@ -306,6 +314,7 @@ func (g *Guard) Close() error {
 		return nil
 	}
 	g.closed = true
+	g.dropSwitchLocked()
 	err := g.batchLocked(func(c *nftables.Conn) error {
 		for _, f := range g.fams {
 			// Adding first makes the deletion succeed even if the table
