@@ -180,7 +180,8 @@ type Monitor struct {
 
 	// Owned by Run's goroutine.
 	buf     []byte
-	rbuf    []byte // a longer datagram than MaxBeatLen is cut, and then too long
+	rbuf    []byte    // a longer datagram than MaxBeatLen is cut, and then too long
+	names   nameCache // the names beats carry; used by drain only
 	targets []target
 }
 

@@ -47,7 +47,7 @@ func (m *Monitor) drain() error {
 // handle takes in one datagram received at now. The checks run cheapest
 // first, and nothing a beat says is used before its MAC checked out.
 func (m *Monitor) handle(p []byte, from netip.AddrPort, now time.Time) {
-	b, body, sum, err := decodeBeat(p)
+	b, body, sum, err := decodeBeat(p, &m.names)
 	if err != nil {
 		m.drop("malformed", from, "", err, now)
 		return
@@ -69,7 +69,9 @@ func (m *Monitor) handle(p []byte, from netip.AddrPort, now time.Time) {
 	}
 	key, ok := keys.byID[b.KeyID]
 	if !ok {
-		m.drop("auth", from, b.From, fmt.Errorf("signed with key %x, which this agent does not have", b.KeyID[:]), now)
+		// The array, not a slice of it: slicing b here made every beat
+		// received escape to the heap.
+		m.drop("auth", from, b.From, fmt.Errorf("signed with key %x, which this agent does not have", b.KeyID), now)
 		return
 	}
 	if !authentic(key, body, sum) {

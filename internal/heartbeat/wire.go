@@ -105,8 +105,9 @@ func appendBeat(dst []byte, b beat, key *macer) []byte {
 
 // decodeBeat parses one datagram and returns the beat, the signed part and
 // the MAC, which the caller checks with the key named by KeyID. It never
-// panics, whatever p holds.
-func decodeBeat(p []byte) (b beat, body, sum []byte, err error) {
+// panics, whatever p holds. The names come from nc when it has them (nil:
+// always new strings).
+func decodeBeat(p []byte, nc *nameCache) (b beat, body, sum []byte, err error) {
 	if len(p) < headerLen+3+6+macLen {
 		return beat{}, nil, nil, errShort
 	}
@@ -131,7 +132,7 @@ func decodeBeat(p []byte) (b beat, body, sum []byte, err error) {
 			return beat{}, nil, nil, errLength
 		}
 		n := int(rest[0])
-		names[i], rest = string(rest[1:1+n]), rest[1+n:]
+		names[i], rest = nc.get(rest[1:1+n]), rest[1+n:]
 	}
 	b.Cluster, b.From, b.To = names[0], names[1], names[2]
 	if b.From == "" || b.To == "" {
@@ -160,6 +161,32 @@ func decodeBeat(p []byte) (b beat, body, sum []byte, err error) {
 	}
 	b.Hears, b.Asks, b.Holds = lists[0], lists[1], lists[2]
 	return b, body, sum, nil
+}
+
+// nameCache keeps the strings of the names beats carry, so that decoding
+// a beat does not make them anew: the same few names (the cluster, this
+// node, its peers) come in hundreds of times a second. It is bounded, so
+// datagrams with made-up names cannot grow it, only make it miss. Not safe
+// for concurrent use.
+type nameCache struct {
+	s    [64]string
+	next int
+}
+
+// get returns b as a string, from the cache if it holds it.
+func (c *nameCache) get(b []byte) string {
+	if c == nil {
+		return string(b)
+	}
+	for _, s := range c.s {
+		if s == string(b) { // compared without converting
+			return s
+		}
+	}
+	s := string(b)
+	c.s[c.next] = s
+	c.next = (c.next + 1) % len(c.s)
+	return s
 }
 
 // authentic checks a beat's MAC under key in constant time.

@@ -34,7 +34,7 @@ func TestBeatRoundTrip(t *testing.T) {
 		if len(p) > MaxBeatLen {
 			t.Errorf("%+v encodes to %d bytes, more than MaxBeatLen %d", b, len(p), MaxBeatLen)
 		}
-		got, body, sum, err := decodeBeat(p)
+		got, body, sum, err := decodeBeat(p, nil)
 		if err != nil {
 			t.Errorf("decoding %+v: %v", b, err)
 			continue
@@ -68,7 +68,7 @@ func TestBeatLayout(t *testing.T) {
 	}
 	// Unknown flag bits are ignored, for flags added later within version 2.
 	p[7] |= 0xf0
-	b, _, _, err := decodeBeat(p)
+	b, _, _, err := decodeBeat(p, nil)
 	if err != nil || b.State != (State{APIOK: true, Live: true}) {
 		t.Fatalf("with unknown flag bits: %+v, %v", b, err)
 	}
@@ -99,7 +99,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"trailing byte", append(append([]byte(nil), good...), 0), errLength},
 		{"empty sender", mutate(func(p []byte) []byte { p[nameAt+2] = 0; return append(p[:nameAt+3], p[nameAt+5:]...) }), errNoName},
 	} {
-		_, _, _, err := decodeBeat(tc.p)
+		_, _, _, err := decodeBeat(tc.p, nil)
 		if !errors.Is(err, tc.want) {
 			t.Errorf("%s (%q): got %v, want %v", tc.name, tc.p, err, tc.want)
 		}
@@ -112,7 +112,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte("VIPDHB2"))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, p []byte) {
-		b, body, sum, err := decodeBeat(p)
+		b, body, sum, err := decodeBeat(p, nil)
 		if err != nil {
 			return
 		}
@@ -201,5 +201,31 @@ func TestLimiter(t *testing.T) {
 	}
 	if ok, n := l.allow("a", t0.Add(time.Second)); !ok || n != 3 {
 		t.Fatalf("after the period: %v with %d suppressed, want true with 3", ok, n)
+	}
+}
+
+// TestNameCache: decoding through the cache gives the same beat, makes no
+// new string for a name it has seen, and stays bounded under names that
+// keep changing.
+func TestNameCache(t *testing.T) {
+	var nc nameCache
+	b := beat{Cluster: "uid/kube-system", From: "n1", To: "n2", Incarnation: 1, Seq: 1, Hears: []uint32{7}}
+	p := appendBeat(nil, b, newMACer(testKey))
+	got, _, _, err := decodeBeat(p, &nc)
+	if err != nil || !reflect.DeepEqual(got, b) {
+		t.Fatalf("decoding through the cache: %+v, %v; want %+v", got, err, b)
+	}
+	// The beat's one list is all that is left to allocate.
+	if n := testing.AllocsPerRun(100, func() { _, _, _, _ = decodeBeat(p, &nc) }); n != 1 {
+		t.Errorf("decoding a beat whose names are cached allocated %v times, want 1 (its list)", n)
+	}
+	for i := range 1000 {
+		name := []byte(strings.Repeat("x", i%200+1))
+		if s := nc.get(name); s != string(name) {
+			t.Fatalf("get(%q) = %q", name, s)
+		}
+	}
+	if s := nc.get([]byte("n1")); s != "n1" {
+		t.Errorf("get(n1) after the cache turned over = %q", s)
 	}
 }
