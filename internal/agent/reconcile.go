@@ -98,6 +98,14 @@ type reconciler struct {
 	lookBuf []int
 	// contestBuf is setBindings' buffer for the contests it hands over.
 	contestBuf []election.Contest
+	// A pass's buffers for the statuses it reads, the VIPs it serves and
+	// the contests it holds; heldSent and holdingSent are what the last
+	// pass that saw a change handed to the Services controller and the
+	// beats. Most passes change neither: a new list, and a map made from
+	// it, per pass were a good part of what a pass allocated.
+	seenBuf                 []election.Status
+	heldBuf, heldSent       []services.Held
+	holdingBuf, holdingSent []string
 	// ownAddrs are this node's own addresses as nodeAddrs last read them,
 	// at ownAddrsAt; nil: to be read.
 	ownAddrs   map[netip.Addr]string
@@ -162,8 +170,9 @@ func (r *reconciler) reconcile() {
 	now := time.Now()
 	r.expireRefusals(now)
 	var want plan
-	var servedHere []services.Held
-	var asks, holding []string
+	servedHere, holding := r.heldBuf[:0], r.holdingBuf[:0]
+	defer func() { r.heldBuf, r.holdingBuf = servedHere, holding }()
+	var asks []string
 	changedNames, all := r.el.TakeStatusChanges()
 	full := all || r.fullPass || r.last == nil
 	r.fullPass = false
@@ -181,7 +190,8 @@ func (r *reconciler) reconcile() {
 	look := r.toLook(full, changedNames)
 	// seen[k] is the status of look[k]; changed are the k whose status is
 	// not what r.last says, which learns them after screen.
-	seen := make([]election.Status, len(look))
+	seen := slices.Grow(r.seenBuf[:0], len(look))[:len(look)]
+	r.seenBuf = seen
 	var changed []int
 	var leaders []leaderChange
 	var leadingNow []leadingChange
@@ -333,7 +343,10 @@ func (r *reconciler) reconcile() {
 	r.asking = len(asks) > 0
 	if r.hb != nil {
 		r.hb.SetAsks(asks)
-		r.hb.SetHolding(holding)
+		if !slices.Equal(holding, r.holdingSent) {
+			r.hb.SetHolding(holding)
+			r.holdingSent = append(r.holdingSent[:0], holding...)
+		}
 	}
 	if r.applyNeeded(want, now) {
 		r.recheck = false
@@ -343,8 +356,12 @@ func (r *reconciler) reconcile() {
 	}
 	r.obs.reconciled(r.bindings, leaders, leadingNow)
 	if r.svc != nil {
-		// The controller writes the status of the Services among these.
-		r.svc.SetHeld(servedHere)
+		// The controller writes the status of the Services among these;
+		// it keeps the list, so it gets one of its own.
+		if r.heldSent == nil || !slices.Equal(servedHere, r.heldSent) {
+			r.heldSent = append([]services.Held{}, servedHere...) // not nil: sent
+			r.svc.SetHeld(r.heldSent)
+		}
 		r.svc.FlushEvents() // who holds what, or who is live, may have changed
 	}
 	r.metrics.live.Set(boolGauge(r.el.Live()))
