@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"syscall"
 	"time"
 
@@ -255,11 +256,8 @@ func (g *Guard) dropSwitchLocked() {
 func (g *Guard) answeredFamilies(buf []*family) []*family {
 	out := buf[:0]
 	for _, f := range g.fams {
-		for _, a := range g.answer {
-			if f.holds(a) {
-				out = append(out, f)
-				break
-			}
+		if slices.ContainsFunc(g.answer, f.holds) {
+			out = append(out, f)
 		}
 	}
 	return out
