@@ -72,27 +72,33 @@ func parseAddr(m []byte) (kernelAddr, error) {
 		return kernelAddr{}, fmt.Errorf("short address message (%d bytes)", len(m))
 	}
 	msg := nl.DeserializeIfAddrmsg(m)
-	attrs, err := nl.ParseRouteAttr(m[msg.Len():])
-	if err != nil {
-		return kernelAddr{}, fmt.Errorf("parsing address message: %w", err)
-	}
 	a := kernelAddr{prefixLen: int(msg.Prefixlen), index: int(msg.Index), flags: uint32(msg.Flags)}
 	var local, address netip.Addr
-	for _, attr := range attrs {
-		switch attr.Attr.Type {
+	// The attributes are read in place: a listing parses every address of
+	// the node on every pass that applies, and the netlink packages' parsers
+	// allocate a slice of attributes per address, or copy each one, which
+	// was most of what a listing allocated.
+	for b := m[msg.Len():]; len(b) >= unix.SizeofRtAttr; {
+		l := int(nl.NativeEndian().Uint16(b[0:2]))
+		if l < unix.SizeofRtAttr || l > len(b) {
+			return kernelAddr{}, fmt.Errorf("parsing address message: attribute of %d bytes in %d", l, len(b))
+		}
+		v := b[unix.SizeofRtAttr:l]
+		switch nl.NativeEndian().Uint16(b[2:4]) {
 		case unix.IFA_LOCAL:
-			local, _ = netip.AddrFromSlice(attr.Value)
+			local, _ = netip.AddrFromSlice(v)
 		case unix.IFA_ADDRESS:
-			address, _ = netip.AddrFromSlice(attr.Value)
+			address, _ = netip.AddrFromSlice(v)
 		case unix.IFA_FLAGS:
-			if len(attr.Value) >= 4 {
-				a.flags = nl.NativeEndian().Uint32(attr.Value)
+			if len(v) >= 4 {
+				a.flags = nl.NativeEndian().Uint32(v)
 			}
 		case ifaProto:
-			if len(attr.Value) >= 1 {
-				a.proto = attr.Value[0]
+			if len(v) >= 1 {
+				a.proto = v[0]
 			}
 		}
+		b = b[min(len(b), (l+unix.RTA_ALIGNTO-1)&^(unix.RTA_ALIGNTO-1)):]
 	}
 	// IFA_LOCAL is the address itself; IFA_ADDRESS is the peer of a
 	// point-to-point address, and the only one IPv6 usually sends.
