@@ -24,14 +24,14 @@ import (
 
 // testNS is a network namespace made for one test.
 type testNS struct {
-	t    *testing.T
+	t    testing.TB
 	name string
 	ns   *Namespace
 }
 
 // newTestNS creates a namespace with two veth pairs, v0-v1 and w0-w1, all
 // up, and removes it when the test ends.
-func newTestNS(t *testing.T) *testNS {
+func newTestNS(t testing.TB) *testNS {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces")
