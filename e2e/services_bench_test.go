@@ -308,10 +308,42 @@ func newAddrPoller(tb testing.TB, nodes []*lab.Node) *addrPoller {
 }
 
 // holders maps each of vips to the nodes that have it.
+//
+// The nodes are read one after the other, which with thousands of
+// addresses takes a while: a VIP that moves from a node read early to one
+// read later shows on both. So when some VIP shows on several nodes, every
+// node is read again in the opposite order, and a node counts as having a
+// VIP only if both reads say so: a move shows on at most one node then,
+// while two nodes that really both have it show in both reads.
 func (p *addrPoller) holders(vips []netip.Addr) (map[netip.Addr][]string, error) {
+	onNode, err := p.read(false)
+	if err != nil {
+		return nil, err
+	}
+	h := holdersFrom(p.nodes, onNode, vips)
+	if !slices.ContainsFunc(vips, func(v netip.Addr) bool { return len(h[v]) > 1 }) {
+		return h, nil
+	}
+	again, err := p.read(true)
+	if err != nil {
+		return nil, err
+	}
+	for i := range onNode {
+		onNode[i] = slices.DeleteFunc(onNode[i], func(a netip.Addr) bool { return !slices.Contains(again[i], a) })
+	}
+	return holdersFrom(p.nodes, onNode, vips), nil
+}
+
+// read lists the addresses on each node's eth0, the last node first if
+// backwards.
+func (p *addrPoller) read(backwards bool) ([][]netip.Addr, error) {
 	onNode := make([][]netip.Addr, len(p.nodes))
-	for i, h := range p.handles {
-		addrs, err := h.AddrList(p.links[i], netlink.FAMILY_ALL)
+	for k := range p.handles {
+		i := k
+		if backwards {
+			i = len(p.handles) - 1 - k
+		}
+		addrs, err := p.handles[i].AddrList(p.links[i], netlink.FAMILY_ALL)
 		if err != nil {
 			return nil, fmt.Errorf("listing addresses of %s: %w", p.nodes[i].Name, err)
 		}
@@ -321,7 +353,7 @@ func (p *addrPoller) holders(vips []netip.Addr) (map[netip.Addr][]string, error)
 			}
 		}
 	}
-	return holdersFrom(p.nodes, onNode, vips), nil
+	return onNode, nil
 }
 
 // pollUntil reads the holders of vips every holderPollInterval until cond

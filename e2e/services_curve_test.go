@@ -67,7 +67,9 @@ func createStepped(tb testing.TB, s *svcEnv, poll *addrPoller, procs map[string]
 				_, err := singleHolders(h, vips[:hi])
 				return err
 			}, vips[:hi])
-			pt.held = heldAt.Sub(at)
+			if err == nil {
+				pt.held = heldAt.Sub(at)
+			}
 		}
 		pt.cpuMax, pt.cpuAvg = cpuDelta(cpu0, agentCPU(tb, procs), 1)
 		pt.rssMax, _ = agentRSS(tb, procs)
@@ -113,7 +115,11 @@ func printCurve(w io.Writer, curve []curvePoint) {
 	fmt.Fprintf(w, "    %-9s %-10s %-12s %-22s %-12s %s\n", "Services", "created in", "held after", "agent CPU max / mean", "ms/Service", "RSS max")
 	prev := 0
 	for _, pt := range curve {
-		fmt.Fprintf(w, "    %-9d %-10s %-12s %-22s %-12.2f %.1f MB\n", pt.services, dur(pt.created), dur(pt.held),
+		held := dur(pt.held)
+		if pt.err != nil {
+			held = "—" // not all held: pt.held means nothing
+		}
+		fmt.Fprintf(w, "    %-9d %-10s %-12s %-22s %-12.2f %.1f MB\n", pt.services, dur(pt.created), held,
 			fmt.Sprintf("%.2f s / %.2f s", pt.cpuMax, pt.cpuAvg), 1000*pt.cpuAvg/float64(pt.services-prev), pt.rssMax)
 		if pt.err != nil {
 			fmt.Fprintf(w, "    gave out: %v\n", pt.err)
