@@ -405,7 +405,6 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		passStart := time.Now()
 		if svcChanged {
 			svcChanged, rebind = false, true
-			r.addrs = svc.Addresses()
 		}
 		if svc != nil && r.synced && !maps.Equal(r.peerAddrs, el.NodeAnnotation(AnnotationNodeAddrs)) {
 			rebind = true // a node joined or its addresses changed

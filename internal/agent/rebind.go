@@ -63,40 +63,58 @@ func (r *reconciler) setBindings(cfg config.Config) {
 			owner[a] = "node " + node
 		}
 	}
-	if len(r.addrs) > 0 {
+	// The Services' addresses are read in place (services.ReadAddresses):
+	// copying a thousand addresses on every change of one was the largest
+	// part of what this cost. Nothing in here may call the controller.
+	read := func(f func([]services.Address)) { f(nil) }
+	if r.svc != nil {
+		read = r.svc.ReadAddresses
+	}
+	some := false
+	read(func(addrs []services.Address) { some = len(addrs) > 0 })
+	if some {
 		for a, ifname := range r.nodeAddrs(time.Now()) {
 			// Named, not "this node": the Event about it is cluster-wide.
 			owner[a] = "node " + cfg.NodeName + " (" + ifname + ")"
 		}
 	}
-	// ok is r.addrs without the rejected ones: r.addrs itself while none
-	// is, since copying a thousand addresses on every change of one was
-	// the largest part of what this cost.
-	var ok []services.Address
-	rejected := map[netip.Addr]string{}
+	type refusal struct {
+		addr   services.Address
+		reason string
+	}
+	var refused []refusal
+	var bs []binding
+	read(func(addrs []services.Address) {
+		// ok is addrs without the refused ones: addrs itself while none
+		// is.
+		var ok []services.Address
+		for i, a := range addrs {
+			if who, taken := owner[a.IP]; taken {
+				refused = append(refused, refusal{a, fmt.Sprintf("address %s belongs to %s; a VIP must not be a node address", a.IP, who)})
+				if ok == nil {
+					ok = make([]services.Address, i, len(addrs))
+					copy(ok, addrs[:i])
+				}
+				continue
+			}
+			if ok != nil {
+				ok = append(ok, a)
+			}
+		}
+		if ok == nil {
+			ok = addrs
+		}
+		bs = bindingsFor(r.settings, ok, &r.memo)
+	})
+	rejected := make(map[netip.Addr]string, len(refused))
 	defer func() { r.rejected = rejected }()
-	for i, a := range r.addrs {
-		if who, taken := owner[a.IP]; taken {
-			reason := fmt.Sprintf("address %s belongs to %s; a VIP must not be a node address", a.IP, who)
-			r.svc.Reject(a.IP, reason)
-			if r.rejected[a.IP] != reason {
-				r.log.Warn("refusing service address", "vip", a.IP, "service", joinNames(a.Services), "reason", reason)
-			}
-			rejected[a.IP] = reason
-			if ok == nil {
-				ok = make([]services.Address, i, len(r.addrs))
-				copy(ok, r.addrs[:i])
-			}
-			continue
+	for _, f := range refused {
+		r.svc.Reject(f.addr.IP, f.reason)
+		if r.rejected[f.addr.IP] != f.reason {
+			r.log.Warn("refusing service address", "vip", f.addr.IP, "service", joinNames(f.addr.Services), "reason", f.reason)
 		}
-		if ok != nil {
-			ok = append(ok, a)
-		}
+		rejected[f.addr.IP] = f.reason
 	}
-	if ok == nil {
-		ok = r.addrs
-	}
-	bs := bindingsFor(r.settings, ok, &r.memo)
 	if r.place.needsNodes(bs) {
 		if r.nodes == nil {
 			r.log.Info("watching Nodes: a node selector decides where some VIPs may live")

@@ -48,7 +48,6 @@ type reconciler struct {
 	svc   *services.Controller // nil without Services
 	hb    *heartbeat.Monitor   // nil without heartbeats
 	peers *peers               // says in the beats when this node is not live; nil without heartbeats
-	addrs []services.Address   // the Services' addresses, last seen
 	// synced: the contests were set once; peerAddrs are the other nodes'
 	// addresses they were set with.
 	synced    bool

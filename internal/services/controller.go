@@ -371,12 +371,22 @@ func (c *Controller) sliceMatters(obj any) bool {
 	return c.filter.serves(svc) && svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
 }
 
-// Addresses returns the current desired addresses, sorted by IP. The
-// result is shared: callers must not modify it.
+// Addresses returns a copy of the current desired addresses, sorted by IP.
 func (c *Controller) Addresses() []Address {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.plan.addresses
+	return slices.Clone(c.plan.addresses)
+}
+
+// ReadAddresses calls f with the current desired addresses, sorted by IP,
+// without copying them: f must neither keep nor change the slice (the
+// Address values in it are its own to keep), and must not call back into
+// the controller, which is locked meanwhile. A replan changes the list in
+// place, so that a change of one address does not cost a copy of all.
+func (c *Controller) ReadAddresses(f func([]Address)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f(c.plan.addresses)
 }
 
 // Changes delivers a value (coalesced) whenever Addresses may have changed,

@@ -403,9 +403,11 @@ func (c *Controller) slicesOf(nn types.NamespacedName) []*discoveryv1.EndpointSl
 
 // spliceLocked replaces the plan of the Services in group, and of the
 // addresses they share, with sub. It returns the Services' plans it
-// replaced and whether the addresses changed. The services map is changed
-// in place (it is read under c.mu only); the addresses slice, when they
-// changed, is new, as Addresses hands the old one out.
+// replaced and whether the addresses changed. The services map and the
+// addresses slice are changed in place: both are read under c.mu only
+// (Addresses copies, ReadAddresses lends), and a new list of every address
+// at each change of one was a good part of what an agent allocated while
+// Services arrived.
 func (c *Controller) spliceLocked(group map[types.NamespacedName]bool, sub plan) (replaced map[types.NamespacedName]*servicePlan, changed bool) {
 	old := c.plan
 	replaced = make(map[types.NamespacedName]*servicePlan, len(group))
@@ -419,7 +421,7 @@ func (c *Controller) spliceLocked(group map[types.NamespacedName]bool, sub plan)
 
 	// The old addresses that a Service of the group shares are among those
 	// the group asked for (the index is still the old plan's); the others
-	// stay, merged with the new ones in IP order.
+	// stay, and the new ones go in among them in IP order.
 	var drop []int
 	for nn := range group {
 		for _, a := range c.index.asks[nn] {
@@ -435,26 +437,27 @@ func (c *Controller) spliceLocked(group map[types.NamespacedName]bool, sub plan)
 		gone[k] = old.addresses[i]
 	}
 	if equalAddresses(gone, sub.addresses) {
-		// Merged back, they would make the same list. Most replans (a
-		// status written, an endpoint moved) change no address, and the
-		// copy of every address each of them made for nothing was a
-		// good part of what an agent allocated while Services arrived.
+		// Put back, they would make the same list: most replans (a
+		// status written, an endpoint moved) change no address.
 		return replaced, false
 	}
-	addrs := make([]Address, 0, len(old.addresses)-len(drop)+len(sub.addresses))
-	i, k := 0, 0
-	for n, a := range old.addresses {
+	addrs := old.addresses
+	kept, k := 0, 0
+	for n := range addrs {
 		if k < len(drop) && drop[k] == n {
 			k++
 			continue
 		}
-		for i < len(sub.addresses) && sub.addresses[i].IP.Less(a.IP) {
-			addrs = append(addrs, sub.addresses[i])
-			i++
-		}
-		addrs = append(addrs, a)
+		addrs[kept] = addrs[n]
+		kept++
 	}
-	addrs = append(addrs, sub.addresses[i:]...)
+	clear(addrs[kept:]) // no longer referenced from the spare capacity
+	addrs = addrs[:kept]
+	// The group's addresses are its own: none of them is among those kept.
+	for _, a := range sub.addresses {
+		i, _ := slices.BinarySearchFunc(addrs, a.IP, func(x Address, ip netip.Addr) int { return x.IP.Compare(ip) })
+		addrs = slices.Insert(addrs, i, a)
+	}
 	c.plan.addresses = addrs
 	return replaced, true
 }

@@ -3,7 +3,9 @@ package services
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"reflect"
+	"slices"
 	"strconv"
 	"testing"
 
@@ -233,5 +235,37 @@ func BenchmarkReplanOne(b *testing.B) {
 				bed.c.replan()
 			}
 		})
+	}
+}
+
+// A replan changes the address list in place: what Addresses handed out
+// before must not change with it, and ReadAddresses sees the new list.
+func TestAddressesAreACopy(t *testing.T) {
+	b := newPlanTestBed(t)
+	for i, ip := range []string{"192.0.2.1", "192.0.2.3", "192.0.2.5"} {
+		nn := types.NamespacedName{Namespace: "a", Name: fmt.Sprintf("s%d", i)}
+		_ = b.svcs.Update(svc("a/"+nn.Name, i, class("vipd"), ann(ip)))
+	}
+	b.c.markDirty(types.NamespacedName{}, true)
+	b.c.replan()
+	before := b.c.Addresses()
+	kept := slices.Clone(before)
+	// One Service moves to an address between the others: a partial
+	// replan that changes the list.
+	_ = b.svcs.Update(svc("a/s0", 0, class("vipd"), ann("192.0.2.4")))
+	b.c.markDirty(types.NamespacedName{Namespace: "a", Name: "s0"}, false)
+	b.c.replan()
+	if !equalAddresses(before, kept) {
+		t.Fatalf("the addresses handed out changed with the replan:\n got %v\nwant %v", before, kept)
+	}
+	var now []netip.Addr
+	b.c.ReadAddresses(func(as []Address) {
+		for _, a := range as {
+			now = append(now, a.IP)
+		}
+	})
+	want := []netip.Addr{netip.MustParseAddr("192.0.2.3"), netip.MustParseAddr("192.0.2.4"), netip.MustParseAddr("192.0.2.5")}
+	if !slices.Equal(now, want) {
+		t.Fatalf("ReadAddresses after the replan: %v, want %v", now, want)
 	}
 }
