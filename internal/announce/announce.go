@@ -81,6 +81,7 @@ type Announcer struct {
 	mu     sync.Mutex // guards everything below and every send
 	closed bool
 	vips   map[netip.Addr]*schedule
+	want   []netip.Addr // Set's buffer
 	arp    *packet.Conn // opened with the first IPv4 VIP
 	ndp    *ndp.Conn    // opened with the first IPv6 VIP
 
@@ -159,29 +160,34 @@ func New(ifi *net.Interface, opts Options, log *slog.Logger) (*Announcer, error)
 // Interval. A VIP left out is never announced again once Set returns.
 // VIPs that stay keep their schedule.
 func (a *Announcer) Set(vips []netip.Addr) {
-	want := map[netip.Addr]bool{}
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
+	// want is vips, valid, sorted and without repeats, in a buffer kept
+	// between calls: the agent sets every VIP it announces on each pass
+	// that applies, and a set of them made each time was garbage.
+	want := a.want[:0]
 	for _, v := range vips {
 		v = v.Unmap().WithZone("")
 		if !v.IsValid() || v.IsUnspecified() || v.IsMulticast() {
 			a.log.Warn("not announcing an invalid VIP", "vip", v)
 			continue
 		}
-		want[v] = true
+		want = append(want, v)
 	}
-
-	a.mu.Lock()
-	if a.closed {
-		a.mu.Unlock()
-		return
-	}
+	slices.SortFunc(want, netip.Addr.Compare)
+	want = slices.Compact(want)
+	a.want = want
 	for v := range a.vips {
-		if !want[v] {
+		if _, ok := slices.BinarySearchFunc(want, v, netip.Addr.Compare); !ok {
 			delete(a.vips, v)
 			a.log.Info("stopped announcing", "vip", v)
 		}
 	}
 	now := time.Now()
-	for _, v := range slices.SortedFunc(maps.Keys(want), netip.Addr.Compare) {
+	for _, v := range want {
 		if _, ok := a.vips[v]; ok {
 			continue
 		}

@@ -696,3 +696,23 @@ func TestFullQueueRetriedSoon(t *testing.T) {
 	}
 	t.Fatal("could not free the queue within the retries in three tries")
 }
+
+// The agent sets every VIP it announces on each pass that applies: setting
+// the same ones again, in any order, keeps them and allocates nothing
+// (TestWithdrawAndClose: and restarts no burst).
+func TestSetAgainAllocatesNothing(t *testing.T) {
+	l := newLab(t, labConfig{})
+	a := l.newAnnouncer(testOpts, nil)
+	a.Set([]netip.Addr{vip4, vip6})
+	l.frame.waitN(t, vip6, 1, 5*time.Second)
+	again := []netip.Addr{vip6, vip4, vip6}
+	if allocs := testing.AllocsPerRun(100, func() { a.Set(again) }); allocs > 0 {
+		t.Errorf("setting the same VIPs again allocates %.0f times, want none", allocs)
+	}
+	a.mu.Lock()
+	n := len(a.vips)
+	a.mu.Unlock()
+	if n != 2 {
+		t.Errorf("%d VIPs announced after setting the same two again, want 2", n)
+	}
+}
