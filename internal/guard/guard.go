@@ -293,7 +293,10 @@ func (g *Guard) refreshLocked() error {
 	if (len(g.answer) == 0 || t == 0) && !withMembers {
 		return nil // nothing to renew, or the switch is to lapse
 	}
-	if !withMembers && g.renewSwitchLocked(t) == nil {
+	if g.renewFastLocked(t, withMembers) == nil {
+		if withMembers {
+			g.guardRenewed = time.Now()
+		}
 		return nil
 	}
 	err := g.updateLocked(g.guarded, g.answer, withMembers, func(c *nftables.Conn, f *family) error {

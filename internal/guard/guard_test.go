@@ -524,6 +524,26 @@ func BenchmarkRefresh(b *testing.B) {
 		if err := g.Close(); err != nil {
 			b.Fatal(err)
 		}
+		// The agent's guard gives its members timeouts (GuardTimeout),
+		// which a refresh renews once a second, with the switch.
+		gm, err := NewAt(p.aNS, Options{GuardTimeout: 5 * time.Second})
+		if err != nil {
+			b.Fatal(err)
+		}
+		set(b, gm, vips, vips)
+		b.Run(fmt.Sprintf("refresh-members/vips=%d", 2*n), func(b *testing.B) {
+			for b.Loop() {
+				gm.mu.Lock()
+				gm.guardRenewed = time.Time{} // due
+				gm.mu.Unlock()
+				if err := gm.Refresh(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		if err := gm.Close(); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 

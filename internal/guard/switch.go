@@ -4,10 +4,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"syscall"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -66,12 +68,10 @@ func (g *Guard) dialSwitch() (*switchConn, error) {
 
 func (s *switchConn) close() { _ = s.conn.Close() }
 
-// renew replaces the alive element of each of fams with one that lapses
-// after timeout, in one batch, and waits for the kernel's
-// acknowledgements.
-func (s *switchConn) renew(fams []*family, timeout time.Duration) error {
-	s.out = appendSwitchBatch(s.out[:0], fams, timeout)
-	s.acks = 2 * len(fams)
+// send sends the batch in s.out, which asks for acks acknowledgements, and
+// waits for them.
+func (s *switchConn) send(acks int) error {
+	s.acks = acks
 	s.err = nil
 	if err := s.raw.Control(s.run); err != nil {
 		return err
@@ -136,41 +136,100 @@ func countAcks(b []byte) (int, error) {
 
 // appendSwitchBatch appends to b the batch that replaces the alive
 // element of each of fams, as google/nftables builds it: for each family,
-// FlushSet(alive) and SetAddElements(alive, aliveElement(f, timeout)).
-func appendSwitchBatch(b []byte, fams []*family, timeout time.Duration) []byte {
-	const nft = unix.NFNL_SUBSYS_NFTABLES << 8
-	seq := uint32(1)
+// FlushSet(alive) and SetAddElements(alive, aliveElement(f, timeout)). It
+// returns the batch and the acknowledgements it asks for.
+func appendSwitchBatch(b []byte, fams []*family, timeout time.Duration) ([]byte, int) {
+	seq, acks := uint32(1), 0
 	b, m := beginMsg(b, unix.NFNL_MSG_BATCH_BEGIN, netlink.Request, seq, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)
 	b = endMsg(b, m)
 	for _, f := range fams {
-		fam, set := uint8(f.table.Family), f.alive
-
-		seq++
-		b, m = beginMsg(b, nft|unix.NFT_MSG_DELSETELEM, netlink.Request|netlink.Acknowledge, seq, fam, 0)
-		b = appendString(b, unix.NFTA_SET_TABLE, set.Table.Name)
-		b = appendString(b, unix.NFTA_SET_NAME, set.Name)
-		b = endMsg(b, m)
-
-		seq++
-		b, m = beginMsg(b, nft|unix.NFT_MSG_NEWSETELEM, netlink.Request|netlink.Acknowledge|netlink.Create, seq, fam, 0)
-		b = appendString(b, unix.NFTA_SET_NAME, set.Name)
-		b = binary.BigEndian.AppendUint32(appendAttrHeader(b, unix.NFTA_LOOKUP_SET_ID, 4), set.ID)
-		b = appendString(b, unix.NFTA_SET_TABLE, set.Table.Name)
-		list := len(b)
-		b = appendAttrHeader(b, unix.NFTA_SET_ELEM_LIST_ELEMENTS|unix.NLA_F_NESTED, 0)
-		elem := len(b)
-		b = appendAttrHeader(b, 1|unix.NLA_F_NESTED, 0) // the first element
-		key := len(b)
-		b = appendAttrHeader(b, unix.NFTA_SET_ELEM_KEY|unix.NLA_F_NESTED, 0)
-		b = pad(append(appendAttrHeader(b, unix.NFTA_DATA_VALUE, 1), fam), 1) // aliveElement's key
-		b = closeNested(b, key)
-		b = binary.BigEndian.AppendUint64(appendAttrHeader(b, unix.NFTA_SET_ELEM_TIMEOUT, 8), uint64(timeout.Milliseconds()))
-		b = closeNested(b, elem)
-		b = closeNested(b, list)
-		b = endMsg(b, m)
+		b, seq, acks = appendRenewal(b, seq, acks, f, f.alive, nil, timeout)
 	}
+	return appendBatchEnd(b, seq), acks
+}
+
+// appendMembersBatch appends to b the batch that renewLocked queues with
+// withMembers for each of fams, as google/nftables builds it: for each
+// family, the guarded and answered VIPs of gs and as renewed with
+// guardTimeout, and the alive element with aliveTimeout if the family has
+// an answered VIP and aliveTimeout > 0; a set with nothing to add is left
+// alone. It returns the batch and the acknowledgements it asks for; no
+// acknowledgement, no batch to send.
+func appendMembersBatch(b []byte, fams []*family, gs, as []netip.Addr, guardTimeout, aliveTimeout time.Duration) ([]byte, int) {
+	seq, acks := uint32(1), 0
+	b, m := beginMsg(b, unix.NFNL_MSG_BATCH_BEGIN, netlink.Request, seq, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)
+	b = endMsg(b, m)
+	for _, f := range fams {
+		if slices.ContainsFunc(gs, f.holds) {
+			b, seq, acks = appendRenewal(b, seq, acks, f, f.guarded, gs, guardTimeout)
+		}
+		if slices.ContainsFunc(as, f.holds) {
+			b, seq, acks = appendRenewal(b, seq, acks, f, f.answer, as, guardTimeout)
+			if aliveTimeout > 0 {
+				b, seq, acks = appendRenewal(b, seq, acks, f, f.alive, nil, aliveTimeout)
+			}
+		}
+	}
+	return appendBatchEnd(b, seq), acks
+}
+
+// appendRenewal appends FlushSet(set) and SetAddElements(set, elements)
+// as google/nftables builds them: the elements are f's addresses of addrs
+// (elements(pick(addrs, f), timeout)), or for the alive set its one
+// element (aliveElement(f, timeout)).
+func appendRenewal(b []byte, seq uint32, acks int, f *family, set *nftables.Set, addrs []netip.Addr, timeout time.Duration) ([]byte, uint32, int) {
+	const nft = unix.NFNL_SUBSYS_NFTABLES << 8
+	fam := uint8(f.table.Family)
+
 	seq++
-	b, m = beginMsg(b, unix.NFNL_MSG_BATCH_END, netlink.Request, seq, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)
+	b, m := beginMsg(b, nft|unix.NFT_MSG_DELSETELEM, netlink.Request|netlink.Acknowledge, seq, fam, 0)
+	b = appendString(b, unix.NFTA_SET_TABLE, set.Table.Name)
+	b = appendString(b, unix.NFTA_SET_NAME, set.Name)
+	b = endMsg(b, m)
+
+	seq++
+	b, m = beginMsg(b, nft|unix.NFT_MSG_NEWSETELEM, netlink.Request|netlink.Acknowledge|netlink.Create, seq, fam, 0)
+	b = appendString(b, unix.NFTA_SET_NAME, set.Name)
+	b = binary.BigEndian.AppendUint32(appendAttrHeader(b, unix.NFTA_LOOKUP_SET_ID, 4), set.ID)
+	b = appendString(b, unix.NFTA_SET_TABLE, set.Table.Name)
+	list := len(b)
+	b = appendAttrHeader(b, unix.NFTA_SET_ELEM_LIST_ELEMENTS|unix.NLA_F_NESTED, 0)
+	n := 0
+	element := func(key ...byte) {
+		n++
+		elem := len(b)
+		b = appendAttrHeader(b, uint16(n)|unix.NLA_F_NESTED, 0)
+		k := len(b)
+		b = appendAttrHeader(b, unix.NFTA_SET_ELEM_KEY|unix.NLA_F_NESTED, 0)
+		b = pad(append(appendAttrHeader(b, unix.NFTA_DATA_VALUE, len(key)), key...), len(key))
+		b = closeNested(b, k)
+		if set.HasTimeout && timeout != 0 {
+			b = binary.BigEndian.AppendUint64(appendAttrHeader(b, unix.NFTA_SET_ELEM_TIMEOUT, 8), uint64(timeout.Milliseconds()))
+		}
+		b = closeNested(b, elem)
+	}
+	if set == f.alive {
+		element(fam)
+	}
+	for _, a := range addrs {
+		switch {
+		case !f.holds(a):
+		case a.Is4():
+			k := a.As4()
+			element(k[:]...)
+		default:
+			k := a.As16()
+			element(k[:]...)
+		}
+	}
+	b = closeNested(b, list)
+	return endMsg(b, m), seq, acks + 2
+}
+
+// appendBatchEnd ends a batch begun with sequence number 1 whose last
+// message had seq.
+func appendBatchEnd(b []byte, seq uint32) []byte {
+	b, m := beginMsg(b, unix.NFNL_MSG_BATCH_END, netlink.Request, seq+1, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)
 	return endMsg(b, m)
 }
 
@@ -220,25 +279,34 @@ func pad(b []byte, n int) []byte {
 
 func nlAlign(n int) int { return (n + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1) }
 
-// renewSwitchLocked renews the switch of each family with an answered VIP
-// to lapse after t (> 0). On an error it drops the socket, whose
-// acknowledgements may be out of step: the caller renews through
-// google/nftables instead, which also mends tables someone removed.
-func (g *Guard) renewSwitchLocked(t time.Duration) error {
+// renewFastLocked renews, on the guard's own socket, the switch of each
+// family with an answered VIP to lapse after t (> 0), and withMembers
+// also the guarded and answered VIPs (once a second: their timeouts), as
+// renewLocked would through google/nftables. On an error it drops the
+// socket, whose acknowledgements may be out of step: the caller renews
+// through google/nftables instead, which also mends tables someone
+// removed.
+func (g *Guard) renewFastLocked(t time.Duration, withMembers bool) error {
 	if g.sw == nil {
 		sw, err := g.dialSwitch()
 		if err != nil {
-			g.log.Debug("renewing the guard's switch through google/nftables", "err", err)
+			g.log.Debug("renewing the guard's sets through google/nftables", "err", err)
 			return err
 		}
 		g.sw = sw
 	}
-	g.swBuf = g.answeredFamilies(g.swBuf)
-	if len(g.swBuf) == 0 {
+	var acks int
+	if withMembers {
+		g.sw.out, acks = appendMembersBatch(g.sw.out[:0], g.fams, g.guarded, g.answer, g.guardTimeout(), t)
+	} else {
+		g.swBuf = g.answeredFamilies(g.swBuf)
+		g.sw.out, acks = appendSwitchBatch(g.sw.out[:0], g.swBuf, t)
+	}
+	if acks == 0 {
 		return nil
 	}
-	if err := g.sw.renew(g.swBuf, t); err != nil {
-		g.log.Debug("renewing the guard's switch through google/nftables", "err", err)
+	if err := g.sw.send(acks); err != nil {
+		g.log.Debug("renewing the guard's sets through google/nftables", "err", err)
 		g.dropSwitchLocked()
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -12,10 +13,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// libraryBatch returns the bytes google/nftables sends for FlushSet and
-// SetAddElements of the alive element of each of fams, captured from a
-// connection that acknowledges everything.
-func libraryBatch(t *testing.T, fams []*family, timeout time.Duration) []byte {
+// libraryBatch returns the bytes google/nftables sends for what queue
+// queues, captured from a connection that acknowledges everything.
+func libraryBatch(t *testing.T, queue func(c *nftables.Conn) error) []byte {
 	t.Helper()
 	ack := netlink.Message{Header: netlink.Header{Type: netlink.Error}, Data: make([]byte, 4+unix.SizeofNlMsghdr)}
 	var sent []netlink.Message
@@ -35,11 +35,8 @@ func libraryBatch(t *testing.T, fams []*family, timeout time.Duration) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range fams {
-		c.FlushSet(f.alive)
-		if err := c.SetAddElements(f.alive, []nftables.SetElement{aliveElement(f, timeout)}); err != nil {
-			t.Fatal(err)
-		}
+	if err := queue(c); err != nil {
+		t.Fatal(err)
 	}
 	if err := c.Flush(); err != nil {
 		t.Fatal(err)
@@ -53,6 +50,20 @@ func libraryBatch(t *testing.T, fams []*family, timeout time.Duration) []byte {
 		out = append(out, b...)
 	}
 	return out
+}
+
+// countAcksAsked counts the messages of batch b that ask for an
+// acknowledgement.
+func countAcksAsked(t *testing.T, b []byte) int {
+	t.Helper()
+	n := 0
+	for rest := b; len(rest) >= unix.SizeofNlMsghdr; {
+		if netlink.HeaderFlags(binary.NativeEndian.Uint16(rest[6:]))&netlink.Acknowledge != 0 {
+			n++
+		}
+		rest = rest[nlAlign(int(binary.NativeEndian.Uint32(rest))):]
+	}
+	return n
 }
 
 // withoutSeqAndPort zeroes the sequence number and port of each netlink
@@ -90,10 +101,79 @@ func TestSwitchBatchMatchesLibrary(t *testing.T) {
 		{"both", fams, 1234567 * time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			want := withoutSeqAndPort(t, libraryBatch(t, tc.fams, tc.timeout))
-			got := withoutSeqAndPort(t, appendSwitchBatch(nil, tc.fams, tc.timeout))
-			if !bytes.Equal(got, want) {
+			want := withoutSeqAndPort(t, libraryBatch(t, func(c *nftables.Conn) error {
+				for _, f := range tc.fams {
+					c.FlushSet(f.alive)
+					if err := c.SetAddElements(f.alive, []nftables.SetElement{aliveElement(f, tc.timeout)}); err != nil {
+						return err
+					}
+				}
+				return nil
+			}))
+			b, acks := appendSwitchBatch(nil, tc.fams, tc.timeout)
+			if got := withoutSeqAndPort(t, b); !bytes.Equal(got, want) {
 				t.Errorf("batch differs from google/nftables'\n got % x\nwant % x", got, want)
+			}
+			if want := countAcksAsked(t, want); acks != want {
+				t.Errorf("batch counts %d acknowledgements, asks for %d", acks, want)
+			}
+		})
+	}
+}
+
+// TestMembersBatchMatchesLibrary: the guard's own renewal of its members,
+// once a second, sends what renewLocked queues through google/nftables,
+// byte for byte, whichever families the VIPs are of and whether the
+// switch is to lapse.
+func TestMembersBatchMatchesLibrary(t *testing.T) {
+	v4 := []netip.Addr{netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("203.0.113.200")}
+	v6 := []netip.Addr{netip.MustParseAddr("2001:db8::10"), netip.MustParseAddr("2001:db8:100::2:aca")}
+	for _, tc := range []struct {
+		name   string
+		gs, as []netip.Addr
+		until  time.Duration // from now; 0: none set
+	}{
+		{"ipv4 guarded and answered", v4, v4[:1], 0},
+		{"ipv6 only guarded", v6, nil, 0},
+		{"both families, one answered", append(slices.Clone(v4), v6...), v6, 0},
+		{"both answered, switch lapsing", append(slices.Clone(v4), v6...), append(v4[1:2:2], v6[1]), -time.Second},
+		{"both answered, switch short", append(slices.Clone(v4), v6...), append(v4[:1:1], v6...), 57 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := &Guard{fams: newFamilies(TableName), opts: Options{AnswerTimeout: 130 * time.Millisecond, GuardTimeout: 4 * time.Second}}
+			for i, f := range g.fams {
+				f.guarded.ID, f.answer.ID, f.alive.ID = uint32(10*i+1), uint32(10*i+2), uint32(10*i+3)
+			}
+			g.guarded, g.answer = tc.gs, tc.as
+			if tc.until != 0 {
+				g.until = time.Now().Add(tc.until)
+			}
+			slices.SortFunc(g.guarded, netip.Addr.Compare)
+			slices.SortFunc(g.answer, netip.Addr.Compare)
+			t0 := g.aliveTimeoutLocked()
+			want := withoutSeqAndPort(t, libraryBatch(t, func(c *nftables.Conn) error {
+				for _, f := range g.fams {
+					if err := g.renewLocked(c, f, g.guarded, g.answer, true, false); err != nil {
+						return err
+					}
+				}
+				return nil
+			}))
+			if g.aliveTimeoutLocked() != t0 {
+				t.Skip("the switch's timeout changed while the batches were built; run again")
+			}
+			b, acks := appendMembersBatch(nil, g.fams, g.guarded, g.answer, g.guardTimeout(), t0)
+			if got := withoutSeqAndPort(t, b); !bytes.Equal(got, want) {
+				t.Errorf("batch differs from google/nftables'\n got % x\nwant % x", got, want)
+			}
+			if want := countAcksAsked(t, want); acks != want {
+				t.Errorf("batch counts %d acknowledgements, asks for %d", acks, want)
+			}
+			// Built again in the same buffer, it allocates nothing.
+			if n := testing.AllocsPerRun(20, func() {
+				b, _ = appendMembersBatch(b[:0], g.fams, g.guarded, g.answer, g.guardTimeout(), t0)
+			}); n != 0 {
+				t.Errorf("building a renewal of the members allocated %v times, want 0", n)
 			}
 		})
 	}
@@ -103,8 +183,8 @@ func TestSwitchBatchMatchesLibrary(t *testing.T) {
 // renewal allocates nothing.
 func TestSwitchBatchAllocatesNothing(t *testing.T) {
 	fams := newFamilies(TableName)
-	buf := appendSwitchBatch(nil, fams, time.Second)
-	if n := testing.AllocsPerRun(100, func() { buf = appendSwitchBatch(buf[:0], fams, 129*time.Millisecond) }); n != 0 {
+	buf, _ := appendSwitchBatch(nil, fams, time.Second)
+	if n := testing.AllocsPerRun(100, func() { buf, _ = appendSwitchBatch(buf[:0], fams, 129*time.Millisecond) }); n != 0 {
 		t.Errorf("building a renewal allocated %v times, want 0", n)
 	}
 }
@@ -185,4 +265,60 @@ func TestSwitchRenewal(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("after the ruleset was flushed and built again", 400*time.Millisecond)
+}
+
+// TestMembersRenewal renews the guarded and answered VIPs through the
+// guard's own socket in a real kernel: after a renewal every member
+// carries the guard's timeout afresh, and a renewal allocates nothing.
+func TestMembersRenewal(t *testing.T) {
+	p := newPair(t)
+	g := p.guard(Options{AnswerTimeout: time.Second, GuardTimeout: 5 * time.Second})
+	set(t, g, []netip.Addr{vip4, vip6}, []netip.Addr{vip4})
+
+	// The members' elements were given guardTimeout (6 s) by Set; a second
+	// later, a renewal that includes them gives it to them again.
+	renew := func() {
+		t.Helper()
+		g.mu.Lock()
+		g.guardRenewed = time.Time{} // due
+		g.mu.Unlock()
+		if err := g.Refresh(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(1100 * time.Millisecond) // the members' timeouts run down meanwhile
+	renew()
+	if g.sw == nil {
+		t.Fatal("the members were renewed through google/nftables, not the guard's own socket")
+	}
+	c, err := nftables.New(nftables.WithNetNSFd(int(p.aNS)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := g.guardTimeout()
+	for _, f := range newFamilies(TableName) {
+		for _, s := range []*nftables.Set{f.guarded, f.answer} {
+			els, err := c.GetSetElements(s)
+			if err != nil {
+				t.Fatalf("listing %s %s: %v", f.what, s.Name, err)
+			}
+			wantN := 1 // vip4 in ip's sets, vip6 in ip6's guarded
+			if f.table.Family == nftables.TableFamilyIPv6 && s.Name == "answer" {
+				wantN = 0
+			}
+			if len(els) != wantN {
+				t.Fatalf("%s %s holds %d elements, want %d", f.what, s.Name, len(els), wantN)
+			}
+			// Renewed: almost all of the timeout is left, not the 4.9 s
+			// that Set's elements would have left by now.
+			for _, e := range els {
+				if e.Timeout != want || e.Expires < want-500*time.Millisecond {
+					t.Errorf("%s %s: element %v expires in %v of %v, want it renewed to %v", f.what, s.Name, e.Key, e.Expires, e.Timeout, want)
+				}
+			}
+		}
+	}
+	if n := testing.AllocsPerRun(20, renew); n != 0 {
+		t.Errorf("a renewal of the members allocated %v times, want 0", n)
+	}
 }
