@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -202,15 +203,11 @@ func (g *Guard) changeLocked(c *nftables.Conn, f *family, gs, as []netip.Addr) e
 		old, next []netip.Addr
 	}{{f.guarded, g.guarded, gs}, {f.answer, g.answer, as}} {
 		gone, added := diff(s.old, s.next, f)
-		if len(gone) > 0 {
-			if err := c.SetDeleteElements(s.set, elements(gone, 0)); err != nil {
-				return err
-			}
+		if err := inMessages(c.SetDeleteElements, s.set, elements(gone, 0)); err != nil {
+			return err
 		}
-		if len(added) > 0 {
-			if err := c.SetAddElements(s.set, elements(added, g.guardTimeout())); err != nil {
-				return err
-			}
+		if err := inMessages(c.SetAddElements, s.set, elements(added, g.guardTimeout())); err != nil {
+			return err
 		}
 	}
 	// Set renews the switch, as Refresh does, where it matters.
@@ -376,10 +373,28 @@ func renew(c *nftables.Conn, s *nftables.Set, els []nftables.SetElement, always 
 		return nil
 	}
 	c.FlushSet(s)
-	if len(els) == 0 {
-		return nil
+	return inMessages(c.SetAddElements, s, els)
+}
+
+// maxElemsPerMsg bounds the elements of one message. google/nftables
+// puts all the elements it is given in one nested attribute, whose length
+// has 16 bits: past 1,638 IPv6 elements (40 bytes each) it wraps around,
+// and the kernel took the first 361 of 2,000 and reported success. 1,024
+// IPv6 elements make 41 KB.
+const maxElemsPerMsg = 1024
+
+// inMessages queues op (SetAddElements, SetDeleteElements) for els in
+// messages of at most maxElemsPerMsg elements each; the batch they go in
+// still takes effect whole or not at all.
+func inMessages(op func(*nftables.Set, []nftables.SetElement) error, s *nftables.Set, els []nftables.SetElement) error {
+	for len(els) > 0 {
+		n := min(len(els), maxElemsPerMsg)
+		if err := op(s, els[:n]); err != nil {
+			return err
+		}
+		els = els[n:]
 	}
-	return c.SetAddElements(s, els)
+	return nil
 }
 
 // updateLocked sends one batch built by fill for each family. If the
@@ -478,8 +493,16 @@ func (g *Guard) dial(opts ...nftables.ConnOption) (*nftables.Conn, error) {
 	if g.ns.IsOpen() {
 		opts = append(opts, nftables.WithNetNSFd(int(g.ns)))
 	}
+	opts = append(opts, nftables.WithSockOptions(func(c *netlink.Conn) error { return c.SetWriteBuffer(sendBuffer) }))
 	return nftables.New(opts...)
 }
+
+// sendBuffer is the send buffer the guard asks for on its netlink sockets.
+// A batch goes in one send, and with the default buffer (212 KB) a node
+// holding 3,000 IPv6 VIPs could not set its guard ("message too long": 80
+// bytes a VIP, in two sets). The kernel grants at most twice
+// net.core.wmem_max.
+const sendBuffer = 4 << 20
 
 // closeNS closes a namespace handle of NewAt's; New's has none.
 func closeNS(ns *netns.NsHandle) {

@@ -56,6 +56,10 @@ func (g *Guard) dialSwitch() (*switchConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening nftables netlink socket: %w", err)
 	}
+	if err := c.SetWriteBuffer(sendBuffer); err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("nftables netlink socket: %w", err)
+	}
 	raw, err := c.SyscallConn()
 	if err != nil {
 		_ = c.Close()
@@ -174,9 +178,10 @@ func appendMembersBatch(b []byte, fams []*family, gs, as []netip.Addr, guardTime
 }
 
 // appendRenewal appends FlushSet(set) and SetAddElements(set, elements)
-// as google/nftables builds them: the elements are f's addresses of addrs
+// as google/nftables builds them, the elements in messages of at most
+// maxElemsPerMsg (addElements): the elements are f's addresses of addrs
 // (elements(pick(addrs, f), timeout)), or for the alive set its one
-// element (aliveElement(f, timeout)).
+// element (aliveElement(f, timeout)). There must be at least one.
 func appendRenewal(b []byte, seq uint32, acks int, f *family, set *nftables.Set, addrs []netip.Addr, timeout time.Duration) ([]byte, uint32, int) {
 	const nft = unix.NFNL_SUBSYS_NFTABLES << 8
 	fam := uint8(f.table.Family)
@@ -186,16 +191,28 @@ func appendRenewal(b []byte, seq uint32, acks int, f *family, set *nftables.Set,
 	b = appendString(b, unix.NFTA_SET_TABLE, set.Table.Name)
 	b = appendString(b, unix.NFTA_SET_NAME, set.Name)
 	b = endMsg(b, m)
+	acks++
 
-	seq++
-	b, m = beginMsg(b, nft|unix.NFT_MSG_NEWSETELEM, netlink.Request|netlink.Acknowledge|netlink.Create, seq, fam, 0)
-	b = appendString(b, unix.NFTA_SET_NAME, set.Name)
-	b = binary.BigEndian.AppendUint32(appendAttrHeader(b, unix.NFTA_LOOKUP_SET_ID, 4), set.ID)
-	b = appendString(b, unix.NFTA_SET_TABLE, set.Table.Name)
-	list := len(b)
-	b = appendAttrHeader(b, unix.NFTA_SET_ELEM_LIST_ELEMENTS|unix.NLA_F_NESTED, 0)
-	n := 0
+	var list, n int // where the open message's element list starts, and its elements
+	open := func() {
+		seq++
+		b, m = beginMsg(b, nft|unix.NFT_MSG_NEWSETELEM, netlink.Request|netlink.Acknowledge|netlink.Create, seq, fam, 0)
+		b = appendString(b, unix.NFTA_SET_NAME, set.Name)
+		b = binary.BigEndian.AppendUint32(appendAttrHeader(b, unix.NFTA_LOOKUP_SET_ID, 4), set.ID)
+		b = appendString(b, unix.NFTA_SET_TABLE, set.Table.Name)
+		list, n = len(b), 0
+		b = appendAttrHeader(b, unix.NFTA_SET_ELEM_LIST_ELEMENTS|unix.NLA_F_NESTED, 0)
+		acks++
+	}
+	shut := func() {
+		b = closeNested(b, list)
+		b = endMsg(b, m)
+	}
 	element := func(key ...byte) {
+		if n == maxElemsPerMsg {
+			shut()
+			open()
+		}
 		n++
 		elem := len(b)
 		b = appendAttrHeader(b, uint16(n)|unix.NLA_F_NESTED, 0)
@@ -208,6 +225,7 @@ func appendRenewal(b []byte, seq uint32, acks int, f *family, set *nftables.Set,
 		}
 		b = closeNested(b, elem)
 	}
+	open()
 	if set == f.alive {
 		element(fam)
 	}
@@ -222,8 +240,8 @@ func appendRenewal(b []byte, seq uint32, acks int, f *family, set *nftables.Set,
 			element(k[:]...)
 		}
 	}
-	b = closeNested(b, list)
-	return endMsg(b, m), seq, acks + 2
+	shut()
+	return b, seq, acks
 }
 
 // appendBatchEnd ends a batch begun with sequence number 1 whose last

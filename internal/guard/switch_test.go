@@ -138,6 +138,8 @@ func TestMembersBatchMatchesLibrary(t *testing.T) {
 		{"both families, one answered", append(slices.Clone(v4), v6...), v6, 0},
 		{"both answered, switch lapsing", append(slices.Clone(v4), v6...), append(v4[1:2:2], v6[1]), -time.Second},
 		{"both answered, switch short", append(slices.Clone(v4), v6...), append(v4[:1:1], v6...), 57 * time.Millisecond},
+		// More elements than one message takes (maxElemsPerMsg).
+		{"2,500 IPv6 and 600 IPv4", manyVIPs(600, 2500), manyVIPs(0, 2500), 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := &Guard{fams: newFamilies(TableName), opts: Options{AnswerTimeout: 130 * time.Millisecond, GuardTimeout: 4 * time.Second}}
@@ -321,4 +323,68 @@ func TestMembersRenewal(t *testing.T) {
 	if n := testing.AllocsPerRun(20, renew); n != 0 {
 		t.Errorf("a renewal of the members allocated %v times, want 0", n)
 	}
+}
+
+// manyVIPs returns n4 IPv4 and n6 IPv6 documentation addresses, sorted.
+func manyVIPs(n4, n6 int) []netip.Addr {
+	var out []netip.Addr
+	for i := range n4 {
+		out = append(out, netip.AddrFrom4([4]byte{[3]byte{192, 198, 203}[i/250%3], [3]byte{0, 51, 0}[i/250%3], [3]byte{2, 100, 113}[i/250%3], byte(1 + i%250)}))
+	}
+	for i := range n6 {
+		out = append(out, netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0x02, 14: byte(i >> 8), 15: byte(i)}))
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
+
+// TestManyMembers: a node may hold thousands of VIPs (one election for all
+// Services). Every one of 5,000 IPv6 VIPs lands in the guard's sets and is
+// renewed: more than one netlink message takes (in one message, the kernel
+// took the first 361 of 2,000 and reported success), and more than a
+// default send buffer (at 3,000, "message too long").
+func TestManyMembers(t *testing.T) {
+	p := newPair(t)
+	g := p.guard(Options{AnswerTimeout: time.Second, GuardTimeout: 5 * time.Second})
+	vips := manyVIPs(0, 5000)
+	set(t, g, vips, vips)
+	c, err := nftables.New(nftables.WithNetNSFd(int(p.aNS)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFamilies(TableName)[1]
+	check := func(when string, fresh time.Duration) {
+		t.Helper()
+		for _, s := range []*nftables.Set{f.guarded, f.answer} {
+			els, err := c.GetSetElements(s)
+			if err != nil {
+				t.Fatalf("%s: listing %s: %v", when, s.Name, err)
+			}
+			stale := 0
+			for _, e := range els {
+				if e.Expires < fresh {
+					stale++
+				}
+			}
+			if len(els) != len(vips) || stale > 0 {
+				t.Errorf("%s: %s holds %d elements (%d not renewed), want %d, all renewed", when, s.Name, len(els), stale, len(vips))
+			}
+		}
+	}
+	check("after Set", g.guardTimeout()-500*time.Millisecond)
+	time.Sleep(1100 * time.Millisecond)
+	g.mu.Lock()
+	g.guardRenewed = time.Time{} // due
+	g.mu.Unlock()
+	if err := g.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if g.sw == nil {
+		t.Fatal("the members were renewed through google/nftables, not the guard's own socket")
+	}
+	check("after a renewal", g.guardTimeout()-500*time.Millisecond)
+	// A change in place of many: most of them go, then come back.
+	set(t, g, vips[:1000], vips[:1000])
+	set(t, g, vips, vips)
+	check("after a change of 4,000 in place", 0)
 }
