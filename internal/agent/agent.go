@@ -274,7 +274,7 @@ func Run(ctx context.Context, cfg config.Config, version string, log *slog.Logge
 		preserve: cfg.PreserveVIPOnLeadershipLoss, log: log, metrics: m, obs: obs, node: cfg.NodeName,
 		handovers: handovers{max: cfg.LeaseDuration, linger: handoverLinger}, wake: make(chan struct{}, 1),
 		refused: map[string]refusal{}, freshBound: map[string]bool{}, active: map[string]bool{}, badAddrs: map[string]string{}, refusals: backoff.Tracker[string]{Policy: refusalBackoff()},
-		linksUp: map[string]bool{iface.Name: true}, refreshEvery: refreshEvery(cfg),
+		linksUp: map[string]bool{iface.Name: true}, refreshEvery: refreshEvery(cfg), renewals: renewalWatch{lifetime: cfg.VIPLifetime},
 		settings: contestSettings{cpLease: cfg.LeaseName, cpVIPs: cpVIPs, svcLease: cfg.ServiceLeaseName, perAddress: cfg.ServiceElection,
 			iface: iface.Name, svcIface: links.svc},
 		place: place,

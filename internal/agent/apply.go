@@ -136,10 +136,18 @@ func (r *reconciler) apply(p plan) map[netip.Addr]error {
 			announce = append(announce, vip)
 		}
 	}
+	renewing := time.Now()
+	n := 0
 	for i, vips := range renew {
+		n += len(vips)
 		for vip, err := range i.RefreshAll(vips) {
 			r.log.Error("renewing VIP lifetime", "vip", vip, "iface", i.Name, "err", err)
 		}
+	}
+	if took := time.Since(renewing); n > 0 && r.renewals.slow(took, time.Now()) {
+		r.log.Warn("renewing the VIPs' lifetimes takes the kernel too long for --vip-lifetime: VIPs may expire before they are renewed; "+
+			"give them a longer --vip-lifetime, or spread them over more nodes (per-address elections)",
+			"vips", n, "took", took.Round(time.Millisecond), "vip_lifetime", r.renewals.lifetime)
 	}
 	clean = r.setGuard(present, announce) && clean
 	r.ann.Set(p.byIface(announce))
@@ -162,4 +170,27 @@ func sorted(a []netip.Addr) []netip.Addr {
 	a = slices.Clone(a)
 	slices.SortFunc(a, netip.Addr.Compare)
 	return slices.Compact(a)
+}
+
+// renewalWatch tells when a round of lifetime renewals took more than a
+// quarter of the VIP lifetime, at most once per renewalWarnEvery: the
+// kernel's cost of a renewal grows with the IPv6 addresses of the node, so
+// a round of 2,000 IPv6 VIPs takes about 0.6 s, and a much larger one
+// longer than the default 2 s lifetime
+// (docs/addresses-and-announcements.md).
+type renewalWatch struct {
+	lifetime time.Duration
+	warned   time.Time
+}
+
+const renewalWarnEvery = time.Minute
+
+// slow reports whether a round that took took, ending at now, is to be
+// warned about.
+func (w *renewalWatch) slow(took time.Duration, now time.Time) bool {
+	if w.lifetime <= 0 || took <= w.lifetime/4 || (!w.warned.IsZero() && now.Sub(w.warned) < renewalWarnEvery) {
+		return false
+	}
+	w.warned = now
+	return true
 }

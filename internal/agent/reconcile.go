@@ -144,6 +144,7 @@ type reconciler struct {
 	// a netlink write each per Lease event.
 	refreshEvery time.Duration
 	refreshed    time.Time
+	renewals     renewalWatch // warns when a round of renewals is too slow
 	// boundNow and answeringNow are bound and the VIPs this node answers
 	// for (announced, or answered by the kernel) after the last pass, for
 	// the election's goroutine (silenced).
