@@ -314,7 +314,8 @@ func newAddrPoller(tb testing.TB, nodes []*lab.Node) *addrPoller {
 // read later shows on both. So when some VIP shows on several nodes, every
 // node is read again in the opposite order, and a node counts as having a
 // VIP only if both reads say so: a move shows on at most one node then,
-// while two nodes that really both have it show in both reads.
+// while two nodes that really both have it show in both reads. (A VIP that
+// moves between the reads may show on no node; the next poll sees it.)
 func (p *addrPoller) holders(vips []netip.Addr) (map[netip.Addr][]string, error) {
 	onNode, err := p.read(false)
 	if err != nil {
@@ -329,7 +330,11 @@ func (p *addrPoller) holders(vips []netip.Addr) (map[netip.Addr][]string, error)
 		return nil, err
 	}
 	for i := range onNode {
-		onNode[i] = slices.DeleteFunc(onNode[i], func(a netip.Addr) bool { return !slices.Contains(again[i], a) })
+		seen := make(map[netip.Addr]bool, len(again[i]))
+		for _, a := range again[i] {
+			seen[a] = true
+		}
+		onNode[i] = slices.DeleteFunc(onNode[i], func(a netip.Addr) bool { return !seen[a] })
 	}
 	return holdersFrom(p.nodes, onNode, vips), nil
 }

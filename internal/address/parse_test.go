@@ -1,7 +1,9 @@
 package address
 
 import (
+	"encoding/binary"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -36,5 +38,15 @@ func TestParseAddr(t *testing.T) {
 	}
 	if _, err := parseAddr(make([]byte, 3)); err == nil {
 		t.Error("a short message parsed without error")
+	}
+	// An attribute whose length runs past the message, or is shorter than
+	// its own header, is refused.
+	b := n.addrRequest(7, netip.MustParseAddr("192.0.2.10"), 0, false).Serialize()[unix.SizeofNlMsghdr:]
+	for _, l := range []uint16{uint16(len(b)), 3} {
+		bad := slices.Clone(b)
+		binary.NativeEndian.PutUint16(bad[unix.SizeofIfAddrmsg:], l)
+		if _, err := parseAddr(bad); err == nil {
+			t.Errorf("an attribute of length %d in %d bytes parsed without error", l, len(bad)-unix.SizeofIfAddrmsg)
+		}
 	}
 }

@@ -69,10 +69,8 @@ func (r *reconciler) setBindings(cfg config.Config) {
 	read := func(f func([]services.Address)) { f(nil) }
 	if r.svc != nil {
 		read = r.svc.ReadAddresses
-	}
-	some := false
-	read(func(addrs []services.Address) { some = len(addrs) > 0 })
-	if some {
+		// Read before the addresses, which may appear meanwhile (at most
+		// once a second: nodeAddrs keeps what it read).
 		for a, ifname := range r.nodeAddrs(time.Now()) {
 			// Named, not "this node": the Event about it is cluster-wide.
 			owner[a] = "node " + cfg.NodeName + " (" + ifname + ")"

@@ -500,8 +500,10 @@ func (g *Guard) dial(opts ...nftables.ConnOption) (*nftables.Conn, error) {
 // sendBuffer is the send buffer the guard asks for on its netlink sockets.
 // A batch goes in one send, and with the default buffer (212 KB) a node
 // holding 3,000 IPv6 VIPs could not set its guard ("message too long": 80
-// bytes a VIP, in two sets). The kernel grants at most twice
-// net.core.wmem_max.
+// bytes a VIP, in two sets). With CAP_NET_ADMIN, which the guard needs
+// anyway, the kernel grants it (SO_SNDBUFFORCE: 8 MB, about 100,000 VIPs);
+// without, at most twice net.core.wmem_max (425 KB by default, about
+// 5,000 IPv6 VIPs), and a larger batch fails with "message too long".
 const sendBuffer = 4 << 20
 
 // closeNS closes a namespace handle of NewAt's; New's has none.

@@ -383,8 +383,8 @@ func TestManyMembers(t *testing.T) {
 		t.Fatal("the members were renewed through google/nftables, not the guard's own socket")
 	}
 	check("after a renewal", g.guardTimeout()-500*time.Millisecond)
-	// A change in place of many: most of them go, then come back.
+	// A change of many: most of them go, then come back.
 	set(t, g, vips[:1000], vips[:1000])
 	set(t, g, vips, vips)
-	check("after a change of 4,000 in place", 0)
+	check("after 4,000 went and came back", 0)
 }

@@ -453,10 +453,19 @@ func (c *Controller) spliceLocked(group map[types.NamespacedName]bool, sub plan)
 	}
 	clear(addrs[kept:]) // no longer referenced from the spare capacity
 	addrs = addrs[:kept]
-	// The group's addresses are its own: none of them is among those kept.
-	for _, a := range sub.addresses {
-		i, _ := slices.BinarySearchFunc(addrs, a.IP, func(x Address, ip netip.Addr) int { return x.IP.Compare(ip) })
-		addrs = slices.Insert(addrs, i, a)
+	// The group's addresses are its own: none of them is among those
+	// kept. Both lists are sorted: merged from the back, in place, each
+	// address moves once however many come.
+	n := len(sub.addresses)
+	addrs = slices.Grow(addrs, n)[:kept+n]
+	for i, j, k := kept-1, n-1, kept+n-1; j >= 0; k-- {
+		if i >= 0 && addrs[i].IP.Compare(sub.addresses[j].IP) > 0 {
+			addrs[k] = addrs[i]
+			i--
+		} else {
+			addrs[k] = sub.addresses[j]
+			j--
+		}
 	}
 	c.plan.addresses = addrs
 	return replaced, true
