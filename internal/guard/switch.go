@@ -144,8 +144,7 @@ func countAcks(b []byte) (int, error) {
 // returns the batch and the acknowledgements it asks for.
 func appendSwitchBatch(b []byte, fams []*family, timeout time.Duration) ([]byte, int) {
 	seq, acks := uint32(1), 0
-	b, m := beginMsg(b, unix.NFNL_MSG_BATCH_BEGIN, netlink.Request, seq, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)
-	b = endMsg(b, m)
+	b = appendBatchBegin(b, seq)
 	for _, f := range fams {
 		b, seq, acks = appendRenewal(b, seq, acks, f, f.alive, nil, timeout)
 	}
@@ -161,8 +160,7 @@ func appendSwitchBatch(b []byte, fams []*family, timeout time.Duration) ([]byte,
 // acknowledgement, no batch to send.
 func appendMembersBatch(b []byte, fams []*family, gs, as []netip.Addr, guardTimeout, aliveTimeout time.Duration) ([]byte, int) {
 	seq, acks := uint32(1), 0
-	b, m := beginMsg(b, unix.NFNL_MSG_BATCH_BEGIN, netlink.Request, seq, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)
-	b = endMsg(b, m)
+	b = appendBatchBegin(b, seq)
 	for _, f := range fams {
 		if slices.ContainsFunc(gs, f.holds) {
 			b, seq, acks = appendRenewal(b, seq, acks, f, f.guarded, gs, guardTimeout)
@@ -179,7 +177,7 @@ func appendMembersBatch(b []byte, fams []*family, gs, as []netip.Addr, guardTime
 
 // appendRenewal appends FlushSet(set) and SetAddElements(set, elements)
 // as google/nftables builds them, the elements in messages of at most
-// maxElemsPerMsg (addElements): the elements are f's addresses of addrs
+// maxElemsPerMsg (inMessages): the elements are f's addresses of addrs
 // (elements(pick(addrs, f), timeout)), or for the alive set its one
 // element (aliveElement(f, timeout)). There must be at least one.
 func appendRenewal(b []byte, seq uint32, acks int, f *family, set *nftables.Set, addrs []netip.Addr, timeout time.Duration) ([]byte, uint32, int) {
@@ -242,6 +240,12 @@ func appendRenewal(b []byte, seq uint32, acks int, f *family, set *nftables.Set,
 	}
 	shut()
 	return b, seq, acks
+}
+
+// appendBatchBegin begins a batch with sequence number seq.
+func appendBatchBegin(b []byte, seq uint32) []byte {
+	b, m := beginMsg(b, unix.NFNL_MSG_BATCH_BEGIN, netlink.Request, seq, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)
+	return endMsg(b, m)
 }
 
 // appendBatchEnd ends a batch begun with sequence number 1 whose last
