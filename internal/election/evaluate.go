@@ -2,6 +2,7 @@ package election
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"slices"
 	"strings"
@@ -139,6 +140,8 @@ func (e *Elector) retryDelay(r result) time.Duration {
 		return 0
 	case isRace(r.err):
 		return e.cfg.RetryPeriod / 4
+	case errors.Is(r.err, errTakeStale):
+		return 0 // decided afresh by the next evaluation
 	}
 	d := e.retries.Failed(r.name)
 	e.log.Warn("lease write failed; retrying later", "lease", r.name, "op", r.op.String(), "err", r.err,

@@ -2,6 +2,7 @@ package election
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -210,6 +211,7 @@ func TestFreshTakeNotFenced(t *testing.T) {
 	// election gives.
 	take := func(t *testing.T, e *Elector, want Reason) {
 		t.Helper()
+		e.evaluate(inflight, freeSince, retryAt) // decides the take
 		e.mu.Lock()
 		base := e.leases["c"].lease
 		why := e.takeReasonLocked(base)
@@ -236,6 +238,9 @@ func TestFreshTakeNotFenced(t *testing.T) {
 	}
 
 	e, _, _ = setup(t, PeerReport{}) // never heard: its node Lease decides
+	e.mu.Lock()
+	e.leases[NodeLeasePrefix+"n2"].seen = e.now().Add(-time.Minute) // and has expired
+	e.mu.Unlock()
 	take(t, e, TookHolderExpired)
 	if leading(e, "c") {
 		t.Error("a claim taken because its holder's node Lease looked expired is held before every Lease is read afresh")
@@ -306,5 +311,69 @@ func TestSilentTakeReason(t *testing.T) {
 	peers.vouched["n2"] = true
 	if got := reason(); got != TookHolderExpired {
 		t.Errorf("holder silent here but heard by another agent: reason %q, want %q", got, TookHolderExpired)
+	}
+}
+
+// TestQueuedTakeDroppedWhenHolderIsBack: a take waits in the queue behind
+// others; if its holder, judged not live when it was decided, is live
+// again before it is written, it is not written. The holder took its claim
+// back without writing it (already-holder), so the conditional write alone
+// would have succeeded and taken the claim from a live holder that answers
+// for its VIPs (seen at 5,000 Services x 10 nodes, docs/scale-runs-2.md).
+// On the real API server, whose write is conditional on the version read.
+func TestQueuedTakeDroppedWhenHolderIsBack(t *testing.T) {
+	client := newClient(t, nil)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	peers := &stubPeers{reports: map[string]PeerReport{"n2": {Heard: true, APIOK: true, Live: false}}}
+	e, _ := fenceElectorOn(t, client, ns, peers)
+	e.SetContests([]Contest{{Name: "c"}})
+	e.record(&coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: NodeLeasePrefix + "n2", ResourceVersion: "1", Labels: map[string]string{LabelKind: KindNode}},
+		Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To("n2"), LeaseDurationSeconds: ptr.To(int32(5))}})
+	claim := claimIn(ns, "c", "n2")
+	claim.ResourceVersion = ""
+	c, err := client.Leases(ns).Create(ctx, claim, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.record(c)
+
+	inflight, freeSince, retryAt := map[string]bool{}, map[string]time.Time{}, map[string]time.Time{}
+	decide := func() job {
+		t.Helper()
+		jobs, _ := e.evaluate(inflight, freeSince, retryAt)
+		if len(jobs) != 1 || jobs[0].name != "c" || jobs[0].op != opAcquire || jobs[0].why != TookHolderNotLive {
+			t.Fatalf("jobs = %+v, want one take of c from a holder that is not live", jobs)
+		}
+		inflight["c"] = true // queued, as Run marks it
+		return jobs[0]
+	}
+	j := decide()
+	// n2 is live again before the take is written, and still holds c.
+	peers.reports["n2"] = PeerReport{Heard: true, APIOK: true, Live: true}
+	e.evaluate(inflight, freeSince, retryAt)
+	if s := e.Status("c"); s.Leader != "n2" {
+		t.Fatalf("status %+v once n2 is live again, want n2 leading", s)
+	}
+	if err := e.do(ctx, j); !errors.Is(err, errTakeStale) {
+		t.Fatalf("queued take written after its holder came back: err %v, want %v", err, errTakeStale)
+	}
+	if h := claimHolder(t, ns, "c"); h != "n2" {
+		t.Fatalf("claim holder %q after the dropped take, want n2", h)
+	}
+	if e.Report("c").Leading {
+		t.Error("a dropped take is reported as taken")
+	}
+
+	// The take still stands when its holder is still not live: written.
+	delete(inflight, "c")
+	peers.reports["n2"] = PeerReport{Heard: true, APIOK: true, Live: false}
+	j = decide()
+	if err := e.do(ctx, j); err != nil {
+		t.Fatalf("a take that still stands: %v", err)
+	}
+	if h := claimHolder(t, ns, "c"); h != "n1" {
+		t.Fatalf("claim holder %q after the take, want n1", h)
 	}
 }

@@ -2,6 +2,7 @@ package election
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"math"
@@ -316,6 +317,40 @@ func isRace(err error) bool {
 	return apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err)
 }
 
+// errTakeStale: a take waited in the queue until what it was decided on
+// no longer held (takeStands); nothing was written.
+var errTakeStale = errors.New("take no longer stands")
+
+// takeStands says why a take decided earlier must not be written now, or
+// "" if it still stands: this agent was live at the last evaluation, which
+// still found the contest free, and the claim is as the take read it.
+//
+// Takes wait in a queue behind each other (a re-home decides hundreds at
+// once, and an API server under load writes a few dozen a second), and a
+// claim's holder that was judged not live may be live again by then. The
+// write is conditional on the claim's resourceVersion, but that does not
+// catch it: a holder that comes back takes its claims back without
+// writing them (already-holder), so the claim is unchanged and the write
+// would take it from a live holder that answers for its VIPs.
+func (e *Elector) takeStands(j job) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.wasLive {
+		return "this agent is not live"
+	}
+	if !e.eval.free[j.name] {
+		return "the claim is held validly now"
+	}
+	o := e.leases[j.name]
+	switch {
+	case j.base == nil && o != nil:
+		return "the claim was created meanwhile"
+	case j.base != nil && (o == nil || o.lease.ResourceVersion != j.base.ResourceVersion):
+		return "the claim changed meanwhile"
+	}
+	return ""
+}
+
 func (e *Elector) do(ctx context.Context, j job) error {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.RenewDeadline)
 	defer cancel()
@@ -324,6 +359,11 @@ func (e *Elector) do(ctx context.Context, j job) error {
 	switch j.op {
 	case opAcquire:
 		prev := holder(j.base)
+		if why := e.takeStands(j); why != "" {
+			log.Info("not taking a claim after all: what the take was decided on no longer holds",
+				"previous_holder", prev, "reason", j.why, "because", why)
+			return errTakeStale
+		}
 		if j.why == TookHolderUnknown {
 			log.Warn("taking over a claim whose holder has no vipd node Lease: another program (kube-vip?) wrote it, or the node was renamed",
 				"previous_holder", prev)
