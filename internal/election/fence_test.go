@@ -190,16 +190,7 @@ func TestFreshTakeNotFenced(t *testing.T) {
 		ns := newNamespace(t)
 		e, clock := fenceElectorOn(t, client, ns, peers)
 		e.SetContests([]Contest{{Name: "c", Candidates: []string{"n1", "n2"}}})
-		e.record(&coordinationv1.Lease{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: NodeLeasePrefix + "n2", ResourceVersion: "1", Labels: map[string]string{LabelKind: KindNode}},
-			Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To("n2"), LeaseDurationSeconds: ptr.To(int32(5))}})
-		claim := claimIn(ns, "c", "n2")
-		claim.ResourceVersion = ""
-		c, err := client.Leases(ns).Create(ctx, claim, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		e.record(c)
+		n2HoldsC(t, e, client, ns)
 		e.setAPIOK(false)
 		*clock = clock.Add(500 * time.Millisecond)
 		if err := e.renew(ctx, clock.Add(-1500*time.Millisecond), *clock); err != nil {
@@ -314,6 +305,22 @@ func TestSilentTakeReason(t *testing.T) {
 	}
 }
 
+// n2HoldsC gives n2 a node Lease in e's view, renewed now, and a claim
+// "c" on the API server, in e's view too.
+func n2HoldsC(t *testing.T, e *Elector, client kube.Interface, ns string) {
+	t.Helper()
+	e.record(&coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: NodeLeasePrefix + "n2", ResourceVersion: "1", Labels: map[string]string{LabelKind: KindNode}},
+		Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To("n2"), LeaseDurationSeconds: ptr.To(int32(5))}})
+	claim := claimIn(ns, "c", "n2")
+	claim.ResourceVersion = ""
+	c, err := client.Leases(ns).Create(context.Background(), claim, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.record(c)
+}
+
 // TestQueuedTakeDroppedWhenHolderIsBack: a take waits in the queue behind
 // others; if its holder, judged not live when it was decided, is live
 // again before it is written, it is not written. The holder took its claim
@@ -328,16 +335,7 @@ func TestQueuedTakeDroppedWhenHolderIsBack(t *testing.T) {
 	peers := &stubPeers{reports: map[string]PeerReport{"n2": {Heard: true, APIOK: true, Live: false}}}
 	e, _ := fenceElectorOn(t, client, ns, peers)
 	e.SetContests([]Contest{{Name: "c"}})
-	e.record(&coordinationv1.Lease{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: NodeLeasePrefix + "n2", ResourceVersion: "1", Labels: map[string]string{LabelKind: KindNode}},
-		Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To("n2"), LeaseDurationSeconds: ptr.To(int32(5))}})
-	claim := claimIn(ns, "c", "n2")
-	claim.ResourceVersion = ""
-	c, err := client.Leases(ns).Create(ctx, claim, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.record(c)
+	n2HoldsC(t, e, client, ns)
 
 	inflight, freeSince, retryAt := map[string]bool{}, map[string]time.Time{}, map[string]time.Time{}
 	decide := func() job {
