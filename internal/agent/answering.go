@@ -39,13 +39,11 @@ func (r *reconciler) silenced(contest string) bool {
 	if ans == nil {
 		return false
 	}
-	bound := r.boundNow.Load()
-	if bound == nil {
-		return true // no contest bound yet: none of its VIPs is here
-	}
-	b := (*bound)[contest]
+	r.boundMu.RLock()
+	defer r.boundMu.RUnlock()
+	b := r.boundNow[contest]
 	if b == nil {
-		return true
+		return true // not bound (yet): none of its VIPs is here
 	}
 	for _, v := range b.vips {
 		if (*ans)[v] {

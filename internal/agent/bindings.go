@@ -65,10 +65,14 @@ type contestSettings struct {
 // address whose Services, candidates, interface and pool did not change
 // gets the binding it had, so that setting the bindings costs what
 // changed, not an allocation per address.
-func bindingsFor(s contestSettings, addrs []services.Address, memo *bindingMemo) []binding {
+//
+// The bindings are made in buf, whose contents are replaced, when it has
+// room.
+func bindingsFor(s contestSettings, addrs []services.Address, memo *bindingMemo, buf []binding) []binding {
 	memo.start()
 	defer memo.done()
-	out := make([]binding, 0, len(addrs)+2)
+	clear(buf) // nothing of the last use stays reachable through it
+	out := slices.Grow(buf[:0], len(addrs)+2)
 	if len(s.cpVIPs) > 0 {
 		out = append(out, binding{contest: s.cpLease, vips: s.cpVIPs, controlPlane: true, iface: s.iface})
 	}

@@ -44,7 +44,7 @@ func TestBindingsFor(t *testing.T) {
 			iface: "eth0", svcIface: "eth0"}
 	}
 	t.Run("per address", func(t *testing.T) {
-		check(t, bindingsFor(settings(true, cp), addrs, nil), []want{
+		check(t, bindingsFor(settings(true, cp), addrs, nil, nil), []want{
 			{"plndr-cp-lock", []netip.Addr{cp}, nil},
 			{"vipd-svc-192-0-2-10", []netip.Addr{a}, nil},
 			{"vipd-svc-203-0-113-7", []netip.Addr{b}, []string{"n2"}},
@@ -52,14 +52,14 @@ func TestBindingsFor(t *testing.T) {
 		})
 	})
 	t.Run("one for all", func(t *testing.T) {
-		check(t, bindingsFor(settings(false, cp), addrs, nil), []want{
+		check(t, bindingsFor(settings(false, cp), addrs, nil, nil), []want{
 			{"plndr-cp-lock", []netip.Addr{cp}, nil},
 			{"vipd-svc-203-0-113-7", []netip.Addr{b}, []string{"n2"}},
 			{"plndr-svcs-lock", []netip.Addr{a, v6}, nil},
 		})
 	})
 	t.Run("Services are carried", func(t *testing.T) {
-		got := bindingsFor(settings(false, cp), addrs, nil)
+		got := bindingsFor(settings(false, cp), addrs, nil, nil)
 		if svcs := got[0].allServices(); len(svcs) != 1 || svcs[0].String() != "web/api" || !got[0].cpVIP(cp) {
 			t.Errorf("control-plane binding: Services %v, cpVIP %v; want [web/api], true", svcs, got[0].cpVIP(cp))
 		}
@@ -68,7 +68,7 @@ func TestBindingsFor(t *testing.T) {
 		}
 	})
 	t.Run("services only", func(t *testing.T) {
-		got := bindingsFor(settings(false), addrs[:1], nil)
+		got := bindingsFor(settings(false), addrs[:1], nil, nil)
 		check(t, got, []want{{"plndr-svcs-lock", []netip.Addr{a}, nil}})
 	})
 	t.Run("interfaces and pools", func(t *testing.T) {
@@ -83,7 +83,7 @@ func TestBindingsFor(t *testing.T) {
 			{IP: other, Interface: "vlan7"},
 			{IP: same, Interface: "eth1"},
 			{IP: cp, Interface: "vlan7"}, // rides on the control plane, on its interface
-		}, nil)
+		}, nil, nil)
 		type where struct{ contest, iface, needs, selector string }
 		var gotW []where
 		for _, b := range got {
@@ -112,11 +112,11 @@ func TestBindingMemo(t *testing.T) {
 	addrs := []services.Address{{IP: a, Services: web}, {IP: b, Services: web}}
 	set := contestSettings{cpLease: "cp", svcLease: "svcs", perAddress: true, iface: "eth0", svcIface: "eth0"}
 	var memo bindingMemo
-	first := bindingsFor(set, addrs, &memo)
+	first := bindingsFor(set, addrs, &memo, nil)
 	changed := []services.Address{{IP: a, Services: web}, {IP: b, Services: web, Candidates: []string{"n2"}}}
-	second := bindingsFor(set, changed, &memo)
-	if !reflect.DeepEqual(second, bindingsFor(set, changed, nil)) {
-		t.Fatalf("with a memo %+v, without %+v", second, bindingsFor(set, changed, nil))
+	second := bindingsFor(set, changed, &memo, nil)
+	if !reflect.DeepEqual(second, bindingsFor(set, changed, nil, nil)) {
+		t.Fatalf("with a memo %+v, without %+v", second, bindingsFor(set, changed, nil, nil))
 	}
 	if reflect.ValueOf(first[0].vips).Pointer() != reflect.ValueOf(second[0].vips).Pointer() {
 		t.Error("an unchanged address got a new binding")
@@ -125,11 +125,39 @@ func TestBindingMemo(t *testing.T) {
 		t.Errorf("a changed address kept its old binding: %+v", second[1])
 	}
 	moved := []services.Address{{IP: a, Services: web, Interface: "vlan7"}, changed[1]}
-	if third := bindingsFor(set, moved, &memo); third[0].iface != "vlan7" || third[0].needs != "vlan7" {
+	if third := bindingsFor(set, moved, &memo, nil); third[0].iface != "vlan7" || third[0].needs != "vlan7" {
 		t.Errorf("an address moved to another interface kept its old binding: %+v", third[0])
 	}
-	bindingsFor(set, changed[:1], &memo)
+	bindingsFor(set, changed[:1], &memo, nil)
 	if _, ok := memo.entries[b]; ok || len(memo.entries) != 1 {
 		t.Errorf("the memo keeps an address that is gone: %v", memo.entries)
+	}
+}
+
+// TestBindingsInBuffer: bindings made in the buffer of an earlier round
+// are what a fresh slice gives, in the buffer's array, and nothing of the
+// earlier round stays in it (setBindings reuses the bindings of two rounds
+// ago).
+func TestBindingsInBuffer(t *testing.T) {
+	set := contestSettings{cpLease: "cp", svcLease: "svcs", perAddress: true, iface: "eth0", svcIface: "eth0"}
+	web := []types.NamespacedName{{Namespace: "x", Name: "web"}}
+	var many, few []services.Address
+	for i := range 5 {
+		many = append(many, services.Address{IP: netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)}), Services: web})
+	}
+	few = append(few, services.Address{IP: netip.MustParseAddr("198.51.100.7"), Services: web, Candidates: []string{"n2"}})
+	var memo bindingMemo
+	buf := bindingsFor(set, many, &memo, nil)
+	got := bindingsFor(set, few, &memo, buf)
+	if want := bindingsFor(set, few, nil, nil); !reflect.DeepEqual(got, want) {
+		t.Fatalf("made in a used buffer: %+v, want %+v", got, want)
+	}
+	if &got[0] != &buf[0] {
+		t.Error("the buffer, which had room, was not used")
+	}
+	for i, b := range buf[len(got):cap(buf)] {
+		if !reflect.DeepEqual(b, binding{}) {
+			t.Errorf("buffer entry %d past the result still holds %+v", len(got)+i, b)
+		}
 	}
 }

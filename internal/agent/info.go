@@ -144,7 +144,7 @@ func ParsePeers(s string) map[string]string {
 func ContestsFor(cpLease string, cpVIPs []netip.Addr, svcLease string, perAddress bool, svcIface string, addrs []services.Address) map[netip.Addr]string {
 	out := map[netip.Addr]string{}
 	s := contestSettings{cpLease: cpLease, cpVIPs: cpVIPs, svcLease: svcLease, perAddress: perAddress, svcIface: svcIface}
-	for _, b := range bindingsFor(s, addrs, nil) {
+	for _, b := range bindingsFor(s, addrs, nil, nil) {
 		for _, v := range b.vips {
 			out[v] = b.contest
 		}

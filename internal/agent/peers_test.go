@@ -109,7 +109,7 @@ func TestSilenced(t *testing.T) {
 		if r.silenced("one") {
 			t.Errorf("%s: silenced before any pass", c.name)
 		}
-		r.boundNow.Store(&bound)
+		r.boundNow = bound
 		ans := r.answeringSet(c.present, c.announc, nil)
 		r.answeringNow.Store(&ans)
 		for contest, want := range c.want {

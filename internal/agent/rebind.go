@@ -102,7 +102,7 @@ func (r *reconciler) setBindings(cfg config.Config) {
 		if ok == nil {
 			ok = addrs
 		}
-		bs = bindingsFor(r.settings, ok, &r.memo)
+		bs = bindingsFor(r.settings, ok, &r.memo, r.spareFor())
 	})
 	rejected := make(map[netip.Addr]string, len(refused))
 	defer func() { r.rejected = rejected }()
@@ -140,10 +140,17 @@ func (r *reconciler) setBindings(cfg config.Config) {
 	}
 	r.links.setUsed(used)
 	old := r.bound
-	r.bindings = bs
-	// Pointers into bindings, which is replaced, never changed, so that
+	r.spareBindings, r.bindings = r.bindings, bs
+	// Pointers into bindings, which is replaced, not changed, so that
 	// lastBound stays as it was: a thousand bindings are copied no more.
-	bound := make(map[string]*binding, len(r.bindings))
+	var bound map[string]*binding
+	if r.passedSinceBind && r.spareBound != nil {
+		bound = r.spareBound
+		clear(bound)
+	} else {
+		bound = make(map[string]*binding, len(r.bindings))
+	}
+	r.spareBound, r.passedSinceBind = old, false
 	for i := range r.bindings {
 		b := &r.bindings[i]
 		b.pos = i
@@ -152,14 +159,28 @@ func (r *reconciler) setBindings(cfg config.Config) {
 			r.freshBound[b.contest] = true
 		}
 	}
-	// Published once filled, and never changed: the election's goroutine
-	// reads it (silenced).
+	// Published once filled: the election's goroutine reads it
+	// (silenced).
 	r.bound = bound
-	r.boundNow.Store(&bound)
+	r.boundMu.Lock()
+	r.boundNow = bound
+	r.boundMu.Unlock()
 	r.rebound = true
 	// SetContests keeps the values, not the slice: the buffer is reused.
 	r.contestBuf = contests(r.contestBuf, r.bindings)
 	r.el.SetContests(r.contestBuf)
+}
+
+// spareFor returns the buffer for the next bindings: those of two rounds
+// ago once a pass has run since the last round, when nothing refers to
+// them any more (lastBound is the last round's, the observer was handed
+// those, and the election reads boundNow, swapped under boundMu since);
+// otherwise none.
+func (r *reconciler) spareFor() []binding {
+	if !r.passedSinceBind {
+		return nil
+	}
+	return r.spareBindings
 }
 
 // nodeAddrs returns this node's own addresses (those vipd did not add),
