@@ -108,6 +108,34 @@ func (a app) command() *cobra.Command {
 // gcPercent is the agent's garbage collection target unless GOGC is set.
 const gcPercent = 25
 
+// tuneRuntime makes the Go runtime's settings for an agent, unless the
+// environment makes them (docs/configuration.md#the-go-runtimes-settings).
+func (a app) tuneRuntime() {
+	if a.getenv("GOMAXPROCS") == "" {
+		// One processor: an agent is idle but for bursts of small
+		// events, and with one per CPU the runtime spent a sixth of its
+		// CPU on threads spinning for work and on marking in parallel on
+		// otherwise idle processors; placing 1,000 Services took each
+		// agent a fifth less CPU with one (docs/scale-runs-2.md).
+		runtime.GOMAXPROCS(1)
+	}
+	if a.getenv("GOGC") == "" {
+		// The agent's heap is mostly caches that change little; collecting
+		// when it has grown by a quarter rather than doubled keeps its
+		// resident memory near what it holds, for a few percent more CPU
+		// (docs/scale-runs.md). GOGC, when set, decides as usual.
+		debug.SetGCPercent(gcPercent)
+	}
+}
+
+// gcSetting is the garbage collection target as set, for the log.
+func gcSetting(getenv func(string) string) string {
+	if v := getenv("GOGC"); v != "" {
+		return v
+	}
+	return fmt.Sprint(gcPercent)
+}
+
 func (a app) run(ctx context.Context, cmd *cobra.Command) error {
 	cfg, err := config.Load(cmd.Flags(), a.getenv)
 	if err != nil {
@@ -123,7 +151,9 @@ func (a app) run(ctx context.Context, cmd *cobra.Command) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	log.Info("starting vipd", "version", version, "config", cfg)
+	a.tuneRuntime()
+	log.Info("starting vipd", "version", version, "config", cfg,
+		"gomaxprocs", runtime.GOMAXPROCS(0), "gogc", gcSetting(a.getenv))
 	for _, w := range cfg.Warnings {
 		log.Warn(w)
 	}
@@ -137,13 +167,6 @@ func (a app) run(ctx context.Context, cmd *cobra.Command) error {
 		// sampling allocations saves the CPU of recording their stacks and
 		// the memory of the table they are kept in (docs/scale-runs.md).
 		runtime.MemProfileRate = 0
-	}
-	if a.getenv("GOGC") == "" {
-		// The agent's heap is mostly caches that change little; collecting
-		// when it has grown by a quarter rather than doubled keeps its
-		// resident memory near what it holds, for a few percent more CPU
-		// (docs/scale-runs.md). GOGC, when set, decides as usual.
-		debug.SetGCPercent(gcPercent)
 	}
 	if err := a.runAgent(ctx, cfg, version, log); err != nil {
 		log.Error("agent failed", "err", err)

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"testing"
@@ -104,6 +106,52 @@ func TestRunPassesConfigAndLogsIt(t *testing.T) {
 	}
 	if strings.Contains(stderr, "hidden at info") {
 		t.Errorf("debug message logged at info level:\n%s", stderr)
+	}
+}
+
+// TestRuntimeSettings: vipd run uses one processor and collects garbage
+// at a quarter's growth, says so, and leaves either to the environment
+// when GOMAXPROCS or GOGC is set there.
+func TestRuntimeSettings(t *testing.T) {
+	before := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { runtime.GOMAXPROCS(before); debug.SetGCPercent(100) })
+	env := map[string]string{"cp_enable": "true", "vip_address": "192.0.2.10", "vip_nodename": "node-a"}
+	agent := func(context.Context, config.Config, string, *slog.Logger) error { return nil }
+
+	runtime.GOMAXPROCS(2)
+	code, _, stderr := vipd(t, []string{"run"}, env, agent)
+	if code != 0 {
+		t.Fatalf("exit code %d, stderr %s", code, stderr)
+	}
+	if got := runtime.GOMAXPROCS(0); got != 1 {
+		t.Errorf("GOMAXPROCS %d, want 1", got)
+	}
+	if got := debug.SetGCPercent(100); got != gcPercent {
+		t.Errorf("GC percent %d, want %d", got, gcPercent)
+	}
+	for _, want := range []string{"gomaxprocs=1", "gogc=25"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("log lacks %q:\n%s", want, stderr)
+		}
+	}
+
+	// Set in the environment: the runtime read them at start, and they stay.
+	runtime.GOMAXPROCS(2)
+	debug.SetGCPercent(60)
+	env["GOMAXPROCS"], env["GOGC"] = "2", "60"
+	if code, _, stderr = vipd(t, []string{"run"}, env, agent); code != 0 {
+		t.Fatalf("exit code %d, stderr %s", code, stderr)
+	}
+	if got := runtime.GOMAXPROCS(0); got != 2 {
+		t.Errorf("GOMAXPROCS %d with GOMAXPROCS=2 in the environment, want 2", got)
+	}
+	if got := debug.SetGCPercent(100); got != 60 {
+		t.Errorf("GC percent %d with GOGC=60 in the environment, want 60", got)
+	}
+	for _, want := range []string{"gomaxprocs=2", "gogc=60"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("log lacks %q:\n%s", want, stderr)
+		}
 	}
 }
 
