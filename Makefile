@@ -100,7 +100,7 @@ bench-migration: deps
 	$(GO) test ./e2e -run '^$$' -bench BenchmarkMigration -benchtime 5x -timeout 30m
 
 # The services benchmark, ~15 min; 5000x10 apart (bench-services-5000):
-# on a 2-core machine it does not settle and reports its cost curve up to
+# on a 2-core machine it is at the edge: it reports its cost curve up to
 # where it gives out, ~10 min (docs/benchmarks.md).
 bench-services: deps
 	$(GO) test ./e2e -run '^$$' -bench 'BenchmarkServices/(one-for-all|per-service)/(200x3|10x10|1000x10)$$' -benchtime 1x -timeout 60m
