@@ -113,8 +113,8 @@ func TestRunPassesConfigAndLogsIt(t *testing.T) {
 // at a quarter's growth, says so, and leaves either to the environment
 // when GOMAXPROCS or GOGC is set there.
 func TestRuntimeSettings(t *testing.T) {
-	before := runtime.GOMAXPROCS(0)
-	t.Cleanup(func() { runtime.GOMAXPROCS(before); debug.SetGCPercent(100) })
+	before, beforeGC := runtime.GOMAXPROCS(0), debug.SetGCPercent(100)
+	t.Cleanup(func() { runtime.GOMAXPROCS(before); debug.SetGCPercent(beforeGC) })
 	env := map[string]string{"cp_enable": "true", "vip_address": "192.0.2.10", "vip_nodename": "node-a"}
 	agent := func(context.Context, config.Config, string, *slog.Logger) error { return nil }
 

@@ -71,7 +71,7 @@ type contestSettings struct {
 func bindingsFor(s contestSettings, addrs []services.Address, memo *bindingMemo, buf []binding) []binding {
 	memo.start()
 	defer memo.done()
-	clear(buf) // nothing of the last use stays reachable through it
+	clear(buf[:cap(buf)]) // nothing of an earlier use stays reachable through it
 	out := slices.Grow(buf[:0], len(addrs)+2)
 	if len(s.cpVIPs) > 0 {
 		out = append(out, binding{contest: s.cpLease, vips: s.cpVIPs, controlPlane: true, iface: s.iface})

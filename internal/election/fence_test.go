@@ -364,7 +364,33 @@ func TestQueuedTakeDroppedWhenHolderIsBack(t *testing.T) {
 		t.Error("a dropped take is reported as taken")
 	}
 
+	// n2 is heard live again, but no evaluation has run since (a worker
+	// took the job first): the beats are asked again.
+	delete(inflight, "c")
+	peers.reports["n2"] = PeerReport{Heard: true, APIOK: true, Live: false}
+	j = decide()
+	peers.reports["n2"] = PeerReport{Heard: true, APIOK: true, Live: true}
+	if err := e.do(ctx, j); !errors.Is(err, errTakeStale) {
+		t.Fatalf("take written after its holder was heard live again, before an evaluation: err %v, want %v", err, errTakeStale)
+	}
+	// This node stopped being a candidate while the take waited.
+	peers.reports["n2"] = PeerReport{Heard: true, APIOK: true, Live: false}
+	e.evaluate(inflight, freeSince, retryAt)
+	e.SetContests([]Contest{{Name: "c", Candidates: []string{"n2", "n3"}}})
+	if err := e.do(ctx, j); !errors.Is(err, errTakeStale) {
+		t.Fatalf("take written for a node that is no candidate any more: err %v, want %v", err, errTakeStale)
+	}
+	if h := claimHolder(t, ns, "c"); h != "n2" {
+		t.Fatalf("claim holder %q after the dropped takes, want n2", h)
+	}
+	// A dropped take is decided afresh at once: no backoff, no failure
+	// counted.
+	if d := e.retryDelay(result{name: "c", op: opAcquire, err: errTakeStale}); d != 0 || e.retries.Failures("c") != 0 {
+		t.Errorf("a dropped take waits %v and counts %d failures, want neither", d, e.retries.Failures("c"))
+	}
+
 	// The take still stands when its holder is still not live: written.
+	e.SetContests([]Contest{{Name: "c"}})
 	delete(inflight, "c")
 	peers.reports["n2"] = PeerReport{Heard: true, APIOK: true, Live: false}
 	j = decide()

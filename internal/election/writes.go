@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -322,8 +323,9 @@ func isRace(err error) bool {
 var errTakeStale = errors.New("take no longer stands")
 
 // takeStands says why a take decided earlier must not be written now, or
-// "" if it still stands: this agent was live at the last evaluation, which
-// still found the contest free, and the claim is as the take read it.
+// "" if it still stands: this agent is live and still a candidate, the
+// last evaluation still found the contest free, the claim is as the take
+// read it, and the beats that judged its holder do not say otherwise now.
 //
 // Takes wait in a queue behind each other (a re-home decides hundreds at
 // once, and an API server under load writes a few dozen a second), and a
@@ -331,12 +333,27 @@ var errTakeStale = errors.New("take no longer stands")
 // write is conditional on the claim's resourceVersion, but that does not
 // catch it: a holder that comes back takes its claims back without
 // writing them (already-holder), so the claim is unchanged and the write
-// would take it from a live holder that answers for its VIPs.
+// would take it from a live holder that answers for its VIPs. The beats
+// are asked again here because a worker may take the job before the
+// evaluation that follows the change of the beats has run.
 func (e *Elector) takeStands(j job) string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if !e.wasLive {
+	if !e.wasLive || (!e.renewedLocked(e.now()) && !e.holdingThrough) {
 		return "this agent is not live"
+	}
+	c, ok := e.contests[j.name]
+	switch {
+	case !ok:
+		return "the contest is gone"
+	case c.Candidates != nil && !slices.Contains(c.Candidates, e.cfg.Identity):
+		return "this node is no longer a candidate"
+	}
+	if _, refused := e.refusedOut[j.name]; refused {
+		return "this node refuses it"
+	}
+	if _, lacking := e.lackingOut[c.Needs]; lacking && c.Needs != "" {
+		return "this node lacks " + c.Needs
 	}
 	if !e.eval.free[j.name] {
 		return "the claim is held validly now"
@@ -347,6 +364,12 @@ func (e *Elector) takeStands(j job) string {
 		return "the claim was created meanwhile"
 	case j.base != nil && (o == nil || o.lease.ResourceVersion != j.base.ResourceVersion):
 		return "the claim changed meanwhile"
+	}
+	if e.cfg.Peers != nil && (j.why == TookHolderNotLive || j.why == TookHolderSilent) {
+		r := e.cfg.Peers.Peer(holder(j.base))
+		if r.Heard && r.Live {
+			return "its holder is heard live again"
+		}
 	}
 	return ""
 }
