@@ -304,10 +304,7 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 						"lease", name)
 				}
 			}
-			notCandidate := c.Candidates != nil && !slices.Contains(c.Candidates, me)
-			_, refused := e.refusedOut[name]
-			_, lacking := e.lackingOut[c.Needs]
-			lacking = lacking && c.Needs != ""
+			notCandidate, refused, lacking := e.unfitLocked(name, c)
 			if h == me && (notCandidate || refused || lacking) {
 				e.eval.watch[name] = true // until released
 				if e.silenced != nil {
@@ -426,6 +423,16 @@ func (e *Elector) evaluate(inflight map[string]bool, freeSince, retryAt map[stri
 		}
 	}
 	return jobs, wakeAt
+}
+
+// unfitLocked says why this node may not hold contest c, if it may not:
+// it is no candidate, it refuses the contest (SetRefused), or it lacks
+// what the contest needs (SetLacking).
+func (e *Elector) unfitLocked(name string, c Contest) (notCandidate, refused, lacking bool) {
+	notCandidate = c.Candidates != nil && !slices.Contains(c.Candidates, e.cfg.Identity)
+	_, refused = e.refusedOut[name]
+	_, lacking = e.lackingOut[c.Needs]
+	return notCandidate, refused, lacking && c.Needs != ""
 }
 
 // foreignLiveLocked reports whether the claim of contest, held by h, which

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"math"
-	"slices"
 	"strings"
 	"time"
 
@@ -343,16 +342,15 @@ func (e *Elector) takeStands(j job) string {
 		return "this agent is not live"
 	}
 	c, ok := e.contests[j.name]
-	switch {
-	case !ok:
+	if !ok {
 		return "the contest is gone"
-	case c.Candidates != nil && !slices.Contains(c.Candidates, e.cfg.Identity):
+	}
+	switch notCandidate, refused, lacking := e.unfitLocked(j.name, c); {
+	case notCandidate:
 		return "this node is no longer a candidate"
-	}
-	if _, refused := e.refusedOut[j.name]; refused {
+	case refused:
 		return "this node refuses it"
-	}
-	if _, lacking := e.lackingOut[c.Needs]; lacking && c.Needs != "" {
+	case lacking:
 		return "this node lacks " + c.Needs
 	}
 	if !e.eval.free[j.name] {
