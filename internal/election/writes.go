@@ -338,6 +338,9 @@ var errTakeStale = errors.New("take no longer stands")
 func (e *Elector) takeStands(j job) string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	// Not liveLocked: that moves the fence's state, which is the
+	// evaluation's to move; the last evaluation's verdict, and the renew
+	// deadline since, say the same here.
 	if !e.wasLive || (!e.renewedLocked(e.now()) && !e.holdingThrough) {
 		return "this agent is not live"
 	}
